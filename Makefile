@@ -1,0 +1,45 @@
+# Two commands for a new user: `make demo` and `make test` (both set up .venv first).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+STUDY ?= studies/digits.yaml
+
+.PHONY: install demo test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,postgres]'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tunetrack run $(STUDY)
+
+# pytest exit code 5 means "no tests collected": not a failure of the suite itself
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench.trainer_throughput
+	$(BIN)/python -m bench.pruning
+	$(BIN)/python -m bench.study_time_to_target
+	$(BIN)/python -m bench.tracking_overhead
+	$(BIN)/python -m bench.memory
+
+clean:
+	rm -rf $(VENV) mlruns mlflow.db tunetrack.db .pytest_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""Plain, fully resolved configuration of one training run.
+
+`search` turns an Optuna trial into these dataclasses; `models` consumes them. They hold
+values only (no distributions), so a trial can be replayed from its `trial.yaml` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | imagefolder | torchvision | synthetic
+    path: str | None = None  # imagefolder: folder of class sub-folders
+    id: str | None = None  # torchvision: dataset class name, e.g. FashionMNIST
+    root: str | None = None  # torchvision: local root holding the files (never downloads)
+    image_size: int | None = None  # resize to this square size (imagefolder default 64)
+    channels: int | None = None  # force 1 (grayscale) or 3 (RGB); None keeps the source's
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0  # fixes the split, independent of the trial seed
+    max_samples: int | None = None  # stratified subsample, for quick experiments
+    # synthetic only
+    n_samples: int = 512
+    n_classes: int = 4
+    shape: tuple[int, int, int] = (1, 8, 8)
+    # larger than this (bytes as float32) streams through a DataLoader instead of living
+    # on the device
+    resident_limit_mb: float = 1024.0
+
+
+@dataclass
+class ModelConfig:
+    family: str = "mlp"  # mlp | cnn | resnet
+    depth: int = 2  # mlp: hidden layers; cnn: conv blocks; resnet: residual stages
+    width: int = 128  # mlp: hidden units; cnn/resnet: channels of the first block
+    activation: str = "relu"
+    init: str = "default"
+    dropout: float = 0.0
+    batch_norm: bool = False
+    kernel_size: int = 3  # cnn
+    pool: str = "max"  # cnn: max | avg | none (stride-2 conv instead)
+    width_multiplier: float = 2.0  # cnn/resnet: channel growth per block
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 0  # random crop after reflect-padding by this many pixels
+    flip: bool = False  # random horizontal flip
+    rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]
+    brightness: float = 0.0  # multiplicative factor in [1-b, 1+b]
+    contrast: float = 0.0  # contrast factor in [1-c, 1+c]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.crop_padding or self.flip or self.rotation or self.brightness
+                    or self.contrast)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int | None = None  # epochs without improvement; None disables
+    min_delta: float = 0.0
+    monitor: str = "val_loss"  # val_loss | val_accuracy
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adam"  # sgd | adam | adamw | rmsprop
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd / rmsprop
+    nesterov: bool = False  # sgd
+    weight_decay: float = 0.0  # L2, through the optimizer
+    l1: float = 0.0  # explicit L1 penalty on weights, added to the loss
+    label_smoothing: float = 0.0
+    scheduler: str = "none"  # none | step | exponential | cosine | onecycle | plateau
+    step_size: int = 10  # step: epochs between decays
+    step_gamma: float = 0.5  # step
+    exp_gamma: float = 0.95  # exponential
+    cosine_eta_min: float = 0.0  # cosine (T_max = max_epochs)
+    onecycle_pct_start: float = 0.3  # onecycle (max_lr = lr)
+    plateau_factor: float = 0.5  # plateau
+    plateau_patience: int = 3  # plateau
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval_batch_size: int = 4096
+    amp: bool = True  # autocast on CUDA (bf16 where supported); ignored on CPU
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    stream: bool | None = None  # force the DataLoader path (True) or resident tensors (False)
+
+
+@dataclass
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrialConfig:
+        """Inverse of `to_dict`; unknown keys are errors so stale files are noticed."""
+        from .errors import TunetrackError
+
+        def build(kind: type, values: dict[str, Any], where: str) -> Any:
+            names = {f.name: f for f in fields(kind)}
+            extra = set(values) - set(names)
+            if extra:
+                raise TunetrackError(f"{where}: unknown keys {sorted(extra)}")
+            out = dict(values)
+            nested = {"early_stopping": EarlyStoppingConfig, "augment": AugmentConfig}
+            for key, sub in nested.items():
+                if key in out and isinstance(out[key], dict):
+                    out[key] = build(sub, out[key], f"{where}.{key}")
+            if "shape" in out and out["shape"] is not None:
+                out["shape"] = tuple(out["shape"])
+            return kind(**out)
+
+        extra = set(raw) - {"data", "model", "train"}
+        if extra:
+            raise TunetrackError(f"trial config: unknown keys {sorted(extra)}")
+        return cls(
+            data=build(DataConfig, raw.get("data", {}), "data"),
+            model=build(ModelConfig, raw.get("model", {}), "model"),
+            train=build(TrainConfig, raw.get("train", {}), "train"),
+        )

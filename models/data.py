@@ -1,0 +1,254 @@
+"""Datasets -> stratified, seeded train/val/test splits held as tensors.
+
+Images are kept as float32 pixels in [0, 1] with shape (N, C, H, W); the per-channel
+mean/std are computed on the train split only and travel with the splits, so the network
+normalises its own input (see `nets.Normalize`) and a saved model takes raw pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .errors import TunetrackError, unknown
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    mean: list[float]  # per channel, train split only
+    std: list[float]
+    fingerprint: str  # content hash of all three splits: same data, same fingerprint
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+
+
+def _load_synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Class-dependent blobs plus noise: learnable, seeded, any shape."""
+    if cfg.n_classes < 2 or cfg.n_samples < cfg.n_classes * 3:
+        raise TunetrackError(
+            f"synthetic dataset needs n_classes >= 2 and n_samples >= 3 * n_classes, got "
+            f"n_classes={cfg.n_classes}, n_samples={cfg.n_samples}"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    prototypes = rng.random((cfg.n_classes, *cfg.shape), dtype=np.float32)
+    y = np.arange(cfg.n_samples) % cfg.n_classes
+    rng.shuffle(y)
+    noise = rng.normal(0.0, 0.35, size=(cfg.n_samples, *cfg.shape)).astype(np.float32)
+    x = np.clip(prototypes[y] + noise, 0.0, 1.0)
+    return x, y.astype(np.int64), [f"class_{i}" for i in range(cfg.n_classes)]
+
+
+def _decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.float32)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as img:
+                img = img.convert(mode).resize((size, size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError) as exc:
+            raise TunetrackError(f"imagefolder: cannot read image {file}: {exc}") from None
+        out[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
+    return out
+
+
+def _image_mode(files: list[Path], channels: int | None) -> str:
+    """Grayscale only when every image is grayscale (or asked for); RGB otherwise."""
+    if channels is not None:
+        if channels not in (1, 3):
+            raise TunetrackError(f"data.channels must be 1 or 3, got {channels}")
+        return "L" if channels == 1 else "RGB"
+    from PIL import Image
+
+    for file in files:
+        with Image.open(file) as img:
+            if img.mode not in ("L", "1", "I", "I;16", "LA"):
+                return "RGB"
+    return "L"
+
+
+def _scan_imagefolder(path: Path) -> tuple[list[Path], list[int], list[str]]:
+    if not path.is_dir():
+        raise TunetrackError(f"imagefolder: data.path {str(path)!r} is not a folder")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise TunetrackError(
+            f"imagefolder: {path} must hold at least 2 class sub-folders, found {len(classes)}"
+            f"{': ' + classes[0] if classes else ''}"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = sorted(f for f in (path / name).rglob("*") if f.is_file()
+                       and not f.name.startswith("."))
+        bad = [f for f in found if f.suffix.lower() not in IMAGE_EXTENSIONS]
+        if bad:
+            raise TunetrackError(
+                f"imagefolder: {bad[0]} is not an image file (allowed extensions: "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
+            )
+        if not found:
+            raise TunetrackError(f"imagefolder: class folder {path / name} holds no images")
+        files += found
+        labels += [label] * len(found)
+    return files, labels, classes
+
+
+def _load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if not cfg.path:
+        raise TunetrackError("imagefolder: data.path is required (a folder of class sub-folders)")
+    files, labels, classes = _scan_imagefolder(Path(cfg.path).expanduser())
+    x = _decode_images(files, cfg.image_size or 64, _image_mode(files, cfg.channels))
+    return x, np.asarray(labels, dtype=np.int64), classes
+
+
+def _torchvision_arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+    """Use the dataset's in-memory arrays when it has them (MNIST family, CIFAR)."""
+    data = getattr(ds, "data", None)
+    targets = getattr(ds, "targets", None)
+    if data is not None and targets is not None:
+        arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        arr = arr.astype(np.float32) / 255.0
+        arr = arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
+        return arr, np.asarray(targets, dtype=np.int64)
+    from torchvision.transforms.functional import pil_to_tensor
+
+    xs, ys = zip(*((pil_to_tensor(img).float() / 255.0, int(t)) for img, t in ds), strict=True)
+    return torch.stack(xs).numpy(), np.asarray(ys, dtype=np.int64)
+
+
+def _load_torchvision(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Train + official test set; returns the size of the train part as the last value."""
+    import torchvision.datasets as tvd
+
+    allowed = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "CIFAR10", "CIFAR100",
+               "SVHN", "STL10"]
+    if cfg.id not in allowed:
+        raise unknown("torchvision dataset id", cfg.id, allowed)
+    if not cfg.root:
+        raise TunetrackError("torchvision: data.root is required (a local folder; no downloads)")
+    root = str(Path(cfg.root).expanduser())
+    kind = getattr(tvd, cfg.id)
+    parts = []
+    for train in (True, False):
+        split_kw = {"split": "train" if train else "test"} if cfg.id in ("SVHN", "STL10") else (
+            {"train": train})
+        try:
+            parts.append(kind(root, download=False, **split_kw))
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise TunetrackError(
+                f"torchvision: {cfg.id} not found under {root} ({exc}); downloads are disabled, "
+                f"copy the dataset files there in torchvision's layout"
+            ) from None
+    (x_tr, y_tr), (x_te, y_te) = (_torchvision_arrays(p) for p in parts)
+    classes = [str(c) for c in getattr(parts[0], "classes", sorted(set(y_tr.tolist())))]
+    return np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]), classes, len(y_tr)
+
+
+LOADERS: dict[str, Callable[[DataConfig], tuple[np.ndarray, np.ndarray, list[str]]]] = {
+    "digits": _load_digits,
+    "imagefolder": _load_imagefolder,
+    "synthetic": _load_synthetic,
+}
+DATASETS = [*LOADERS, "torchvision"]
+
+
+def _stratified(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    if fraction <= 0:
+        return indices, indices[:0]
+    try:
+        return train_test_split(indices, test_size=fraction, random_state=seed,
+                                stratify=y[indices])
+    except ValueError as exc:
+        raise TunetrackError(f"cannot make a stratified split of {len(indices)} samples "
+                             f"with fraction {fraction}: {exc}") from None
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for arr in arrays:
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load the dataset named by `cfg` and split it, stratified, by `cfg.seed`."""
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(cfg, name)
+        if not 0 <= value < 1:
+            raise TunetrackError(f"data.{name} must be in [0, 1) but got {value}")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise TunetrackError("data.val_fraction + data.test_fraction must be < 1")
+    official_test: np.ndarray | None = None
+    if cfg.name == "torchvision":
+        x, y, classes, n_train = _load_torchvision(cfg)
+        official_test = np.arange(n_train, len(y))
+        pool = np.arange(n_train)
+    elif cfg.name in LOADERS:
+        x, y, classes = LOADERS[cfg.name](cfg)
+        pool = np.arange(len(y))
+    else:
+        raise unknown("dataset", cfg.name, DATASETS)
+    if cfg.max_samples is not None and cfg.max_samples < len(pool):
+        pool, _ = _stratified(pool, y, 1 - cfg.max_samples / len(pool), cfg.seed)
+        if official_test is not None:
+            keep = max(1, int(len(official_test) * cfg.max_samples / n_train))
+            official_test = official_test[:keep]
+    if official_test is None:
+        pool, test_idx = _stratified(pool, y, cfg.test_fraction, cfg.seed)
+    else:
+        test_idx = official_test
+    val_share = cfg.val_fraction / (1 - (0 if official_test is not None else cfg.test_fraction))
+    train_idx, val_idx = _stratified(pool, y, val_share, cfg.seed + 1)
+    train_idx, val_idx, test_idx = (np.sort(i) for i in (train_idx, val_idx, test_idx))
+    x_train = x[train_idx]
+    mean = x_train.mean(axis=(0, 2, 3))
+    std = x_train.std(axis=(0, 2, 3)) + 1e-6
+
+    def split(idx: np.ndarray) -> Split:
+        return Split(torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(y[idx]))
+
+    return Splits(
+        train=split(train_idx), val=split(val_idx), test=split(test_idx), classes=classes,
+        mean=[float(m) for m in mean], std=[float(s) for s in std],
+        fingerprint=_fingerprint(x[train_idx], y[train_idx], y[val_idx], y[test_idx],
+                                 x[val_idx], x[test_idx]),
+    )

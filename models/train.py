@@ -1,0 +1,287 @@
+"""One trainer for every network and recipe, with a per-epoch callback hook.
+
+The epoch loop never synchronises with the device: loss and correct counts accumulate as
+tensors and are read once per epoch. Callers (Optuna pruning, MLflow logging) plug in via
+`EpochCallback.on_epoch_end(result) -> stop?`; the trainer knows nothing about them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import augment_batch
+from .batches import ResidentBatches, StreamingBatches
+from .config import TrainConfig
+from .data import Split, Splits
+from .device import resolve_device
+from .errors import TunetrackError, unknown
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "plateau")
+MONITORS = ("val_loss", "val_accuracy")
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 0-based
+    train_loss: float  # mean cross-entropy over the epoch (without the L1 term)
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # learning rate in effect at the start of the epoch
+    epoch_seconds: float  # training + validation wall time
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if k != "epoch"}
+
+
+class EpochCallback(Protocol):
+    def on_epoch_end(self, result: EpochResult) -> bool:
+        """Return True to stop training after this epoch."""
+
+
+@dataclass
+class FitResult:
+    history: list[EpochResult] = field(default_factory=list)
+    best_epoch: int | None = None  # epoch whose weights the model holds after `fit`
+    stop_reason: str = "max_epochs"  # max_epochs | early_stopping | callback | non_finite
+    message: str = ""
+
+    @property
+    def best(self) -> EpochResult | None:
+        return None if self.best_epoch is None else self.history[self.best_epoch]
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor  # (N,) int64, on CPU
+    probabilities: torch.Tensor  # (N, n_classes) float32, on CPU
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
+    if cfg.optimizer not in OPTIMIZERS:
+        raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
+    if cfg.lr <= 0:
+        raise TunetrackError(f"train.lr must be > 0 but got {cfg.lr}")
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0, **common, **fast)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, **common, **fast)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, **common, **fast)
+    return torch.optim.RMSprop(params, momentum=cfg.momentum, **common, foreach=True)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The scheduler named by `cfg.scheduler`, or None; see `Trainer` for when each steps."""
+    sched = torch.optim.lr_scheduler
+    if cfg.scheduler not in SCHEDULERS:
+        raise unknown("scheduler", cfg.scheduler, SCHEDULERS)
+    if cfg.scheduler == "step":
+        return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    if cfg.scheduler == "exponential":
+        return sched.ExponentialLR(opt, gamma=cfg.exp_gamma)
+    if cfg.scheduler == "cosine":
+        return sched.CosineAnnealingLR(opt, T_max=cfg.max_epochs, eta_min=cfg.cosine_eta_min)
+    if cfg.scheduler == "onecycle":
+        return sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.max_epochs * steps_per_epoch,
+                                pct_start=cfg.onecycle_pct_start)
+    if cfg.scheduler == "plateau":
+        return sched.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
+                                       patience=cfg.plateau_patience)
+    return None
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over weight matrices/kernels (biases and norm scales are not penalised)."""
+    weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    return torch.stack([w.abs().sum() for w in weights]).sum()
+
+
+def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Trainer:
+    """Trains `model` on `splits.train`, validating on `splits.val` after every epoch.
+
+    LR schedulers step where PyTorch documents: OneCycleLR after every batch,
+    ReduceLROnPlateau after every epoch with the validation loss, the others after every
+    epoch. After `fit`, the model holds the weights of the best epoch by
+    `early_stopping.monitor` (restored from memory), whether or not patience ran out.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, splits: Splits, *,
+                 callbacks: Sequence[EpochCallback] = (), device: torch.device | None = None):
+        if cfg.early_stopping.monitor not in MONITORS:
+            raise unknown("early_stopping.monitor", cfg.early_stopping.monitor, MONITORS)
+        if cfg.batch_size < 1 or cfg.max_epochs < 1:
+            raise TunetrackError(f"train.batch_size and train.max_epochs must be >= 1, got "
+                                 f"{cfg.batch_size} and {cfg.max_epochs}")
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.device)
+        self.callbacks = list(callbacks)
+        self.channels_last = self.device.type == "cuda" and splits.train.x.dim() == 4
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=fmt)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.train_data = self._batches(splits.train)
+        self.val_data = self._batches(splits.val)
+        self.amp_dtype = _autocast_dtype(self.device, cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+
+    def _batches(self, split: Split) -> ResidentBatches | StreamingBatches:
+        stream = self.cfg.stream
+        if stream is None:
+            stream = split.x.numel() * 4 > 1024**3  # > 1 GiB stays on the host
+        if stream:
+            workers = 2 if self.device.type == "cuda" else 0
+            return StreamingBatches(split, self.device, workers, self.channels_last)
+        return ResidentBatches(split, self.device, self.channels_last)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def _train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        for x, y in self.train_data.iterate(cfg.batch_size, self.gen):
+            x = augment_batch(x, cfg.augment, self.aug_gen)
+            with self._autocast():
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            total = loss + cfg.l1 * l1_penalty(model) if cfg.l1 else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                total.backward()
+                self.optimizer.step()
+            if onecycle and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
+                self.scheduler.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return loss_sum, correct, seen
+
+    @torch.inference_mode()
+    def _predict(self, data: ResidentBatches | StreamingBatches
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed loss, logits and labels over `data` in eval mode."""
+        self.model.eval()
+        logits, labels = [], []
+        for x, y in data.iterate(self.cfg.eval_batch_size):
+            with self._autocast():
+                logits.append(self.forward(x).float())
+            labels.append(y)
+        out, y = torch.cat(logits), torch.cat(labels)
+        return F.cross_entropy(out, y, reduction="sum"), out, y
+
+    def evaluate(self, split: Split) -> Evaluation:
+        """Loss, accuracy, predictions and probabilities of the current model on `split`."""
+        loss_sum, logits, y = self._predict(self._batches(split))
+        pred = logits.argmax(1)
+        n = max(len(y), 1)
+        return Evaluation(loss=float(loss_sum) / n, accuracy=int((pred == y).sum()) / n,
+                          predictions=pred.cpu(), probabilities=logits.softmax(1).cpu())
+
+    def _improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        delta = self.cfg.early_stopping.min_delta
+        if self.cfg.early_stopping.monitor == "val_loss":
+            return value < best - delta
+        return value > best + delta
+
+    def fit(self) -> FitResult:
+        cfg = self.cfg
+        result = FitResult()
+        best_value: float | None = None
+        best_state: dict[str, torch.Tensor] | None = None
+        since_best = 0
+        for epoch in range(cfg.max_epochs):
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss_sum, correct, seen = self._train_epoch()
+            val_loss_sum, val_logits, val_y = self._predict(self.val_data)
+            val_correct = (val_logits.argmax(1) == val_y).sum()
+            # the one host sync of the epoch
+            stats = torch.stack([loss_sum, correct.float(), val_loss_sum.float(),
+                                 val_correct.float()]).tolist()
+            seen_val = max(len(val_y), 1)
+            res = EpochResult(
+                epoch=epoch, train_loss=stats[0] / max(seen, 1),
+                train_accuracy=stats[1] / max(seen, 1), val_loss=stats[2] / seen_val,
+                val_accuracy=stats[3] / seen_val, lr=lr,
+                epoch_seconds=time.perf_counter() - start,
+            )
+            result.history.append(res)
+            if not all(math.isfinite(v) for v in (res.train_loss, res.val_loss)):
+                result.stop_reason = "non_finite"
+                result.message = (f"non-finite loss at epoch {epoch} (train_loss="
+                                  f"{res.train_loss}, val_loss={res.val_loss}); lr={lr:g} "
+                                  f"is probably too high")
+                break
+            monitored = getattr(res, cfg.early_stopping.monitor)
+            if self._improved(monitored, best_value):
+                best_value, since_best, result.best_epoch = monitored, 0, epoch
+                best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                since_best += 1
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(res.val_loss)
+            elif self.scheduler is not None and not isinstance(
+                    self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                self.scheduler.step()
+            stop = False
+            for callback in self.callbacks:
+                stop = bool(callback.on_epoch_end(res)) or stop
+            if stop:
+                result.stop_reason = "callback"
+                break
+            patience = cfg.early_stopping.patience
+            if patience is not None and since_best >= patience:
+                result.stop_reason = "early_stopping"
+                result.message = (f"no {cfg.early_stopping.monitor} improvement > "
+                                  f"{cfg.early_stopping.min_delta:g} for {patience} epochs")
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        return result
