@@ -1,65 +1,38 @@
 """Pure PyTorch: datasets, networks, init schemes and the trainer.
 
 This package imports neither Optuna nor MLflow; `search` and `tracking` plug into the
-trainer through `EpochCallback`.
+trainer through `EpochCallback`. Names are loaded lazily so that importing the light
+modules (`config`, `choices`, `errors`) never pulls in torch.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import (
-    AugmentConfig,
-    DataConfig,
-    EarlyStoppingConfig,
-    ModelConfig,
-    TrainConfig,
-    TrialConfig,
-)
-from .data import DATASETS, Split, Splits, load_splits
-from .device import resolve_device
-from .errors import TunetrackError
-from .init_schemes import INIT_SCHEMES, apply_init
-from .metrics import ClassificationReport, classification_metrics
-from .nets import ACTIVATIONS, FAMILIES, Classifier, count_parameters, create
-from .train import (
-    MONITORS,
-    OPTIMIZERS,
-    SCHEDULERS,
-    EpochCallback,
-    EpochResult,
-    Evaluation,
-    FitResult,
-    Trainer,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ACTIVATIONS",
-    "DATASETS",
-    "FAMILIES",
-    "INIT_SCHEMES",
-    "MONITORS",
-    "OPTIMIZERS",
-    "SCHEDULERS",
-    "AugmentConfig",
-    "ClassificationReport",
-    "Classifier",
-    "DataConfig",
-    "EarlyStoppingConfig",
-    "EpochCallback",
-    "EpochResult",
-    "Evaluation",
-    "FitResult",
-    "ModelConfig",
-    "Split",
-    "Splits",
-    "TrainConfig",
-    "Trainer",
-    "TrialConfig",
-    "TunetrackError",
-    "apply_init",
-    "classification_metrics",
-    "count_parameters",
-    "create",
-    "load_checkpoint",
-    "load_splits",
-    "resolve_device",
-    "save_checkpoint",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ACTIVATIONS": "choices", "DATASETS": "choices", "FAMILIES": "choices",
+    "INIT_SCHEMES": "choices", "MONITORS": "choices", "OPTIMIZERS": "choices",
+    "SCHEDULERS": "choices",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "AugmentConfig": "config", "DataConfig": "config", "EarlyStoppingConfig": "config",
+    "ModelConfig": "config", "TrainConfig": "config", "TrialConfig": "config",
+    "Split": "data", "Splits": "data", "load_splits": "data",
+    "resolve_device": "device",
+    "TunetrackError": "errors",
+    "apply_init": "init_schemes",
+    "ClassificationReport": "metrics", "classification_metrics": "metrics",
+    "Classifier": "nets", "count_parameters": "nets", "create": "nets",
+    "EpochCallback": "train", "EpochResult": "train", "Evaluation": "train",
+    "FitResult": "train", "Trainer": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -26,9 +26,6 @@ class DataConfig:
     n_samples: int = 512
     n_classes: int = 4
     shape: tuple[int, int, int] = (1, 8, 8)
-    # larger than this (bytes as float32) streams through a DataLoader instead of living
-    # on the device
-    resident_limit_mb: float = 1024.0
 
 
 @dataclass

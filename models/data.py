@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import DATASETS
 from .config import DataConfig
 from .errors import TunetrackError, unknown
 
@@ -186,7 +187,6 @@ LOADERS: dict[str, Callable[[DataConfig], tuple[np.ndarray, np.ndarray, list[str
     "imagefolder": _load_imagefolder,
     "synthetic": _load_synthetic,
 }
-DATASETS = [*LOADERS, "torchvision"]
 
 
 def _stratified(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int):

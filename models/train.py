@@ -20,14 +20,11 @@ from torch import nn
 
 from .augment import augment_batch
 from .batches import ResidentBatches, StreamingBatches
+from .choices import MONITORS, OPTIMIZERS, SCHEDULERS
 from .config import TrainConfig
 from .data import Split, Splits
 from .device import resolve_device
 from .errors import TunetrackError, unknown
-
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "plateau")
-MONITORS = ("val_loss", "val_accuracy")
 
 
 @dataclass

@@ -1,0 +1,220 @@
+"""The `tunetrack` command line.
+
+Imports are lazy: `tunetrack --help`, `validate` and `status` never import torch or
+mlflow, so they answer instantly. Errors a user can fix (`TunetrackError`) print one line
+on stderr and exit with code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from tunetrack.models.errors import TunetrackError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter search and experiment tracking for PyTorch image "
+    "classifiers (Optuna + MLflow).",
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        envvar="TUNETRACK_STORAGE",
+        help="Optuna storage URL [default: sqlite:///tunetrack.db]",
+    ),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI"),
+]
+
+
+def user_errors(fn: F) -> F:
+    """Turn `TunetrackError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunetrackError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _quiet_libraries() -> None:
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def _load_study(name: str, storage: str | None):
+    import optuna
+
+    from .storage import open_storage
+
+    backend = open_storage(storage)
+    try:
+        return optuna.load_study(study_name=name, storage=backend)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
+        raise TunetrackError(
+            f"unknown study {name!r}; studies here: {', '.join(names) or 'none'}"
+        ) from None
+
+
+@app.command()
+@user_errors
+def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) -> None:
+    """Check a study file and print its resolved search space (or every error found)."""
+    from rich.table import Table
+
+    from .config import StudyFileError, load_study_file
+    from .space import SearchSpace
+
+    try:
+        spec = load_study_file(file)
+    except StudyFileError as exc:
+        for line in exc.errors:
+            typer.echo(f"{file}: {line}", err=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"{spec.name}: {len(SearchSpace(spec).dimensions)} searched parameters")
+    for column in ("parameter", "space", "only when"):
+        table.add_column(column)
+    for row in SearchSpace(spec).rows():
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    search = spec.search
+    objectives = ", ".join(f"{o.resolved_direction} {o.metric}" for o in search.objective_list)
+    console.print(
+        f"{objectives}; sampler {search.sampler}, pruner {search.pruner.type}, "
+        f"{search.n_trials} trials"
+    )
+
+
+@app.command()
+@user_errors
+def run(
+    file: Annotated[Path, typer.Argument(help="study file (YAML)")],
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", "-n", min=1, help="trials to add [default: the file's]"),
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
+    data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Create or resume the study in FILE and run its trials."""
+    from .config import load_study_file
+
+    spec = load_study_file(file)
+    if data is not None:
+        spec.dataset.path = data
+    if no_tracking:
+        spec.tracking.enabled = False
+    _quiet_libraries()
+    from .progress import StudyProgress
+    from .runner import run_study
+
+    total = trials or spec.search.n_trials
+    bar = StudyProgress(spec.name, total) if progress else None
+    if bar is not None:
+        with bar:
+            study = run_study(
+                spec,
+                n_trials=total,
+                timeout=timeout,
+                storage=storage,
+                tracking_uri=tracking_uri,
+                device=device,
+                callbacks=[bar],
+            )
+    else:
+        study = run_study(
+            spec,
+            n_trials=total,
+            timeout=timeout,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            device=device,
+        )
+    _print_summary(study, spec, tracking_uri)
+
+
+def _print_summary(study, spec, tracking_uri: str | None) -> None:
+    from .reports import study_summary
+
+    console = _console()
+    console.print(study_summary(study))
+    if spec.tracking.enabled:
+        console.print(
+            f"MLflow: experiment [bold]{spec.tracking.experiment or spec.name}[/] at "
+            f"{tracking_uri or 'sqlite:///mlflow.db (this folder)'}; open the UI with "
+            f"[bold]mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'} "
+            f"--host 127.0.0.1 --port 5000[/] and browse http://127.0.0.1:5000"
+        )
+
+
+@app.command()
+@user_errors
+def status(
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None
+) -> None:
+    """Table of the study's trials: state, value, params, epochs run, duration."""
+    from .reports import trials_table
+
+    _console().print(trials_table(_load_study(study, storage)))
+
+
+@app.command()
+@user_errors
+def best(
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None
+) -> None:
+    """Best value and parameters (the Pareto front for multi-objective studies)."""
+    from .reports import best_table
+
+    _console().print(best_table(_load_study(study, storage)))
+
+
+@app.command()
+@user_errors
+def studies(storage: StorageOpt = None) -> None:
+    """List the studies in the storage."""
+    from .reports import studies_table
+    from .storage import open_storage
+
+    _console().print(studies_table(open_storage(storage)))
+
+
+def main() -> None:
+    app(prog_name="tunetrack")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

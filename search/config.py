@@ -1,0 +1,288 @@
+"""Study files (YAML) -> validated `StudySpec` objects.
+
+A literal value is fixed; a mapping with `int`, `float` or `choice` is searched; `when:`
+makes a parameter conditional. The `model`, `train` and `dataset` sections are generated
+from the `tunetrack.models` config dataclasses, so every trainer option is a study option
+with the same name and type, and an unknown key is an error (pydantic `extra="forbid"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
+from tunetrack.models.errors import TunetrackError
+
+STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+Scalar = bool | int | float | str | None
+
+
+class StudyFileError(TunetrackError):
+    """Every problem found in one study file, each as `path.to.field: message`."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+        super().__init__(f"{source}: {shown}")
+
+
+class _Searched(BaseModel):
+    model_config = STRICT
+    when: dict[str, Scalar | list[Scalar]] | None = None
+
+
+class IntParam(_Searched):
+    int_: tuple[int, int] = Field(alias="int")
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        low, high = self.int_
+        if low >= high:
+            raise ValueError(f"low must be < high, got [{low}, {high}]")
+        if self.log and low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low={low}")
+        if self.step < 1:
+            raise ValueError(f"step must be >= 1, got {self.step}")
+        if self.log and self.step != 1:
+            raise ValueError("log: true cannot be combined with step")
+        return self
+
+
+class FloatParam(_Searched):
+    float_: tuple[float, float] = Field(alias="float")
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        low, high = self.float_
+        if low >= high:
+            raise ValueError(f"low must be < high, got [{low}, {high}]")
+        if self.log and low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low={low}")
+        if self.step is not None and (self.step <= 0 or self.log):
+            raise ValueError("step must be > 0 and cannot be combined with log: true")
+        return self
+
+
+class ChoiceParam(_Searched):
+    choice: list[Scalar]
+
+    @model_validator(mode="after")
+    def _check(self) -> ChoiceParam:
+        if not self.choice:
+            raise ValueError("choice must list at least one value")
+        if len(set(map(repr, self.choice))) != len(self.choice):
+            raise ValueError(f"choice lists a value twice: {self.choice}")
+        return self
+
+
+SearchedParam = IntParam | FloatParam | ChoiceParam
+
+
+def _param_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        for kind in ("int", "float", "choice"):
+            if kind in value:
+                return kind
+    if isinstance(value, (IntParam, FloatParam, ChoiceParam)):
+        return {IntParam: "int", FloatParam: "float", ChoiceParam: "choice"}[type(value)]
+    return "fixed"
+
+
+def _param(kind: Any) -> Any:
+    """Annotation for one study option: a fixed value of the field's type, or a search."""
+    return Annotated[
+        Annotated[IntParam, Tag("int")]
+        | Annotated[FloatParam, Tag("float")]
+        | Annotated[ChoiceParam, Tag("choice")]
+        | Annotated[kind, Tag("fixed")],
+        Discriminator(_param_kind),
+    ]
+
+
+@functools.cache
+def section_model(config: type, searchable: bool) -> type[BaseModel]:
+    """A pydantic model mirroring the dataclass `config`; None means "dataclass default"."""
+    hints = typing.get_type_hints(config)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            fields[field.name] = (section_model(kind, searchable) | None, None)
+        else:
+            fields[field.name] = ((_param(kind) if searchable else kind) | None, None)
+    return create_model(f"{config.__name__}Section", __config__=STRICT, **fields)
+
+
+ModelSection = section_model(ModelConfig, True)
+TrainSection = section_model(TrainConfig, True)
+DatasetSection = section_model(DataConfig, False)
+
+Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms"]
+DEFAULT_DIRECTION = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+    "params": "minimize",
+    "latency_ms": "minimize",
+}
+
+
+class ObjectiveSpec(BaseModel):
+    model_config = STRICT
+    metric: Metric
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or DEFAULT_DIRECTION[self.metric]
+
+
+class PrunerSpec(BaseModel):
+    model_config = STRICT
+    type: Literal["hyperband", "asha", "median", "percentile", "patient", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0)  # median / percentile: trials before pruning
+    n_warmup_steps: int = Field(2, ge=0)  # median / percentile: epochs before pruning
+    percentile: float = Field(25.0, gt=0, lt=100)
+    min_resource: int = Field(1, ge=1)  # hyperband / asha: epochs
+    reduction_factor: int = Field(3, ge=2)
+    patience: int = Field(3, ge=0)  # patient: wraps a median pruner
+
+
+class SearchSpec(BaseModel):
+    model_config = STRICT
+    metric: Metric = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+    objectives: list[ObjectiveSpec] | None = Field(None, min_length=2)  # multi-objective
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"] = "tpe"
+    n_startup_trials: int = Field(10, ge=0)  # tpe / gp: random trials before modelling
+    pruner: PrunerSpec = PrunerSpec()
+    n_trials: int = Field(30, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+
+    @property
+    def objective_list(self) -> list[ObjectiveSpec]:
+        return self.objectives or [ObjectiveSpec(metric=self.metric, direction=self.direction)]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_list) > 1
+
+
+class TrackingSpec(BaseModel):
+    model_config = STRICT
+    enabled: bool = True
+    experiment: str | None = None  # default: the study name
+    log_models: Literal["all", "best", "none"] = "best"
+    system_metrics: bool = False
+
+
+class RegistrySpec(BaseModel):
+    model_config = STRICT
+    model_name: str
+    alias: str = "champion"
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class StudySpec(BaseModel):
+    model_config = STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=120)
+    seed: int = 0
+    dataset: DatasetSection = DatasetSection()  # type: ignore[valid-type]
+    model: ModelSection = ModelSection()  # type: ignore[valid-type]
+    train: TrainSection = TrainSection()  # type: ignore[valid-type]
+    search: SearchSpec = SearchSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    registry: RegistrySpec | None = None
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> StudySpec:
+        if self.search.multi_objective and self.search.sampler in ("cmaes", "gp"):
+            raise ValueError(
+                f"search.sampler {self.search.sampler!r} is single-objective; "
+                f"use nsga2, tpe or random with search.objectives"
+            )
+        return self
+
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """`${VAR}` and `${VAR:-default}` from the environment (for dataset paths)."""
+
+    def sub(match: re.Match) -> str:
+        value = os.environ.get(match.group(1)) or match.group(2)
+        if value is None:
+            raise TunetrackError(
+                f"environment variable {match.group(1)} is not set (used in {text!r})"
+            )
+        return value
+
+    return _ENV.sub(sub, text)
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        # drop the union tags pydantic inserts (e.g. "fixed", "function-after[...]")
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "fixed"))]
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{'.'.join(loc) or '(top level)'}: {msg}")
+    return out
+
+
+def parse_study(raw: object, source: str = "<study>") -> StudySpec:
+    """Validate an already-loaded mapping; every problem raises one `StudyFileError`."""
+    if not isinstance(raw, dict):
+        raise StudyFileError(source, [f"(top level): expected a mapping, got {type(raw).__name__}"])
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise StudyFileError(source, _format_errors(exc)) from None
+    from .space import SearchSpace
+
+    errors = SearchSpace.check(spec)
+    if errors:
+        raise StudyFileError(source, errors)
+    return spec
+
+
+def load_study_file(path: str | Path) -> StudySpec:
+    """Read and validate a study file (`yaml.safe_load` only)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TunetrackError(f"study file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TunetrackError(f"study file {path} cannot be read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TunetrackError(f"study file {path}: invalid YAML{where}: {problem}") from None
+    return parse_study(raw, str(path))

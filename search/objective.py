@@ -1,0 +1,174 @@
+"""The Optuna objective: one trial = sample a config, train it, report every epoch.
+
+Outcomes map onto Optuna states so nothing looks better than it is:
+- the pruner stops the trial -> PRUNED (`trial.report` every epoch, `should_prune`);
+- patience runs out -> COMPLETE with the best epoch's value (its weights are restored);
+- non-finite loss -> PRUNED, the reason in user attr `reason`;
+- CUDA out of memory or any other error -> FAIL with the reason; the study goes on for OOM.
+The test split is evaluated once per COMPLETE trial, for reporting and promotion only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_parameters, create
+from tunetrack.models.config import TrialConfig
+
+from .config import StudySpec
+from .space import SearchSpace
+
+
+class PruningCallback:
+    """Reports the study metric to Optuna after each epoch and asks the pruner."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric = trial, metric
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, result: EpochResult) -> bool:
+        self.trial.report(getattr(result, self.metric), result.epoch)
+        if self.trial.should_prune():
+            self.pruned_at = result.epoch
+            return True
+        return False
+
+
+def measure_latency_ms(model: torch.nn.Module, splits: Splits, device: torch.device) -> float:
+    """Median forward time of one 64-image batch in eval mode, in milliseconds."""
+    x = splits.test.x[:64].to(device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(7):
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+@dataclass
+class Objective:
+    """Callable for `study.optimize`; holds the data so trials share one loaded copy."""
+
+    spec: StudySpec
+    space: SearchSpace
+    splits: Splits
+    device: torch.device
+    tracker: Any = None  # tunetrack.tracking.StudyTracker, or None when tracking is off
+    objectives: list = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.objectives = self.spec.search.objective_list
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        sampled = self.space.sample(trial)
+        cfg = self.space.resolve(sampled, device=str(self.device))
+        run = None
+        if self.tracker is not None:
+            run = self.tracker.start_trial(
+                trial.number,
+                sampled,
+                cfg,
+                device=str(self.device),
+                data_fingerprint=self.splits.fingerprint,
+                trial=trial,
+            )
+        state, reason = "FAIL", ""
+        try:
+            values, state, reason = self._train(trial, cfg, run)
+            return values
+        except optuna.TrialPruned as exc:
+            state, reason = "PRUNED", str(exc)
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            raise
+        except KeyboardInterrupt:
+            reason = "interrupted (SIGINT)"
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if state != "COMPLETE":
+                trial.set_user_attr("reason", reason)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if run is not None:
+                run.end(state, reason)
+
+    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: Any):
+        splits = self.splits
+        model = create(
+            cfg.model,
+            splits.input_shape,
+            splits.n_classes,
+            splits.mean,
+            splits.std,
+            seed=cfg.train.seed,
+        )
+        callbacks: list[Any] = [run] if run is not None else []
+        pruning = None
+        if not self.spec.search.multi_objective:  # Optuna prunes single-objective only
+            pruning = PruningCallback(trial, self.objectives[0].metric)
+            callbacks.append(pruning)
+        trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
+        fit = trainer.fit()
+        trial.set_user_attr("epochs_run", fit.epochs_run)
+        trial.set_user_attr("stop_reason", fit.stop_reason)
+        if fit.stop_reason == "non_finite":
+            raise optuna.TrialPruned(fit.message)
+        if pruning is not None and pruning.pruned_at is not None:
+            metric = self.objectives[0].metric
+            last = fit.history[-1]
+            raise optuna.TrialPruned(
+                f"pruned by {type(trial.study.pruner).__name__} at epoch "
+                f"{pruning.pruned_at} ({metric}={getattr(last, metric):.4f})"
+            )
+        values = self._values(fit, trainer)
+        test = trainer.evaluate(splits.test)
+        trial.set_user_attr("best_epoch", fit.best_epoch)
+        trial.set_user_attr("test_accuracy", test.accuracy)
+        trial.set_user_attr("param_count", count_parameters(model))
+        if run is not None:
+            run.log_completed(
+                model=trainer.model,
+                splits=splits,
+                test_eval=test,
+                fit=fit,
+                log_model=self._should_log_model(trial, values),
+            )
+        return (values[0] if len(values) == 1 else tuple(values)), "COMPLETE", ""
+
+    def _values(self, fit: FitResult, trainer: Trainer) -> list[float]:
+        best = fit.best
+        out = []
+        for objective in self.objectives:
+            if objective.metric == "params":
+                out.append(float(count_parameters(trainer.model)))
+            elif objective.metric == "latency_ms":
+                out.append(measure_latency_ms(trainer.model, self.splits, self.device))
+            else:
+                out.append(float(getattr(best, objective.metric)))
+        return out
+
+    def _should_log_model(self, trial: optuna.Trial, values: list[float]) -> bool:
+        mode = self.spec.tracking.log_models
+        if mode != "best":
+            return mode == "all"
+        if len(values) > 1:
+            return True  # multi-objective: any completed trial may sit on the Pareto front
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not done:
+            return True
+        best = [t.value for t in done]
+        if self.objectives[0].resolved_direction == "maximize":
+            return values[0] > max(best)
+        return values[0] < min(best)

@@ -1,0 +1,278 @@
+"""The search space of a study: fixed values, searched dimensions and their conditions.
+
+Sampling is define-by-run: `sample(trial)` walks the dimensions in dependency order and
+asks Optuna only for those whose `when` conditions hold, so a scheduler's knobs are
+sampled only in trials that use that scheduler. Parameter names are the dotted study-file
+paths (`train.lr`, `model.depth`), the same names MLflow shows as params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from tunetrack.models.choices import FIELD_CHOICES
+from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
+
+from .config import ChoiceParam, FloatParam, IntParam, SearchedParam, StudySpec, expand_env
+
+# knobs that only matter for one optimizer / scheduler: conditional unless the file says
+IMPLIED_WHEN: dict[str, dict[str, list[Any]]] = {
+    "train.momentum": {"train.optimizer": ["sgd", "rmsprop"]},
+    "train.nesterov": {"train.optimizer": ["sgd"]},
+    "train.step_size": {"train.scheduler": ["step"]},
+    "train.step_gamma": {"train.scheduler": ["step"]},
+    "train.exp_gamma": {"train.scheduler": ["exponential"]},
+    "train.cosine_eta_min": {"train.scheduler": ["cosine"]},
+    "train.onecycle_pct_start": {"train.scheduler": ["onecycle"]},
+    "train.plateau_factor": {"train.scheduler": ["plateau"]},
+    "train.plateau_patience": {"train.scheduler": ["plateau"]},
+}
+GRID_MAX_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class Dimension:
+    path: str  # e.g. "train.lr"
+    param: SearchedParam
+    field_type: Any
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (parent path, allowed values)
+
+    @property
+    def kind(self) -> str:
+        return {IntParam: "int", FloatParam: "float", ChoiceParam: "choice"}[type(self.param)]
+
+    def values(self) -> list[Any] | None:
+        """Every value the dimension can take, or None when it is continuous."""
+        p = self.param
+        if isinstance(p, ChoiceParam):
+            return list(p.choice)
+        if isinstance(p, IntParam) and not p.log:
+            return list(range(p.int_[0], p.int_[1] + 1, p.step))
+        if isinstance(p, FloatParam) and p.step:
+            low, high = p.float_
+            n = round((high - low) / p.step)
+            return [low + i * p.step for i in range(n + 1)]
+        return None
+
+    def suggest(self, trial: Any) -> Any:
+        p = self.param
+        if isinstance(p, IntParam):
+            return trial.suggest_int(self.path, *p.int_, step=p.step, log=p.log)
+        if isinstance(p, FloatParam):
+            return trial.suggest_float(self.path, *p.float_, step=p.step, log=p.log)
+        return trial.suggest_categorical(self.path, p.choice)
+
+    def describe(self) -> str:
+        p = self.param
+        if isinstance(p, ChoiceParam):
+            return "choice " + ", ".join(map(str, p.choice))
+        low, high = p.int_ if isinstance(p, IntParam) else p.float_
+        extra = " log" if p.log else (f" step {p.step}" if p.step not in (None, 1) else "")
+        return f"{self.kind} [{low}, {high}]{extra}"
+
+
+def _walk(section: BaseModel | None, config: type, prefix: str):
+    """Yield (path, value, field type) for every option the file sets."""
+    if section is None:
+        return
+    hints = typing.get_type_hints(config)
+    for field in dataclasses.fields(config):
+        value = getattr(section, field.name)
+        if value is None:
+            continue
+        kind = hints[field.name]
+        path = f"{prefix}.{field.name}"
+        if dataclasses.is_dataclass(kind):
+            yield from _walk(value, kind, path)
+        else:
+            yield path, value, kind
+
+
+def _is_numeric(kind: Any) -> bool:
+    args = typing.get_args(kind) or (kind,)
+    return any(a in (int, float) for a in args) and bool not in args
+
+
+class SearchSpace:
+    """Fixed values and searched dimensions of a validated `StudySpec`."""
+
+    def __init__(self, spec: StudySpec):
+        self.spec = spec
+        self.fixed: dict[str, Any] = {}
+        found: dict[str, tuple[SearchedParam, Any]] = {}
+        for section, config in ((spec.model, ModelConfig), (spec.train, TrainConfig)):
+            prefix = "model" if config is ModelConfig else "train"
+            for path, value, kind in _walk(section, config, prefix):
+                if isinstance(value, (IntParam, FloatParam, ChoiceParam)):
+                    found[path] = (value, kind)
+                else:
+                    self.fixed[path] = value
+        self.errors: list[str] = []
+        names = [*found, *self.fixed]
+        dims = {
+            path: Dimension(path, param, kind, self._conditions(path, param, names))
+            for path, (param, kind) in found.items()
+        }
+        self.dimensions = self._ordered(dims)
+
+    def _resolve_name(self, name: str, names: list[str], where: str) -> str | None:
+        matches = [n for n in names if n == name or n.endswith("." + name)]
+        if len(matches) == 1:
+            return matches[0]
+        reason = "is ambiguous" if matches else "names an unknown parameter"
+        self.errors.append(f"{where}.when: {name!r} {reason}; parameters: {', '.join(names)}")
+        return None
+
+    def _conditions(self, path: str, param: SearchedParam, names: list[str]):
+        if param.when is None:
+            implied = IMPLIED_WHEN.get(path, {})
+            return tuple((k, tuple(v)) for k, v in implied.items() if k in names)
+        out = []
+        for name, allowed in param.when.items():
+            parent = self._resolve_name(name, names, path)
+            if parent == path:
+                self.errors.append(f"{path}.when: a parameter cannot depend on itself")
+            elif parent is not None:
+                out.append((parent, tuple(allowed if isinstance(allowed, list) else [allowed])))
+        return tuple(out)
+
+    def _ordered(self, dims: dict[str, Dimension]) -> list[Dimension]:
+        """Parents before children; a dependency cycle is an error."""
+        ordered: list[Dimension] = []
+        state: dict[str, str] = {}
+
+        def visit(path: str) -> None:
+            if state.get(path) == "done":
+                return
+            if state.get(path) == "visiting":
+                self.errors.append(f"{path}.when: conditions form a cycle")
+                return
+            state[path] = "visiting"
+            for parent, _ in dims[path].when:
+                if parent in dims:
+                    visit(parent)
+            state[path] = "done"
+            ordered.append(dims[path])
+
+        for path in dims:
+            visit(path)
+        return ordered
+
+    @classmethod
+    def check(cls, spec: StudySpec) -> list[str]:
+        """Every problem pydantic cannot see: types, names, conditions, grid limits."""
+        space = cls(spec)
+        errors = list(space.errors)
+        for dim in space.dimensions:
+            errors += _check_dimension(dim)
+            for parent, allowed in dim.when if dim.param.when is not None else ():
+                options = space.options(parent)
+                bad = [a for a in allowed if options is not None and a not in options]
+                if bad:
+                    errors.append(
+                        f"{dim.path}.when: {parent} never takes {bad}; it takes {options}"
+                    )
+        for path, value in [
+            *space.fixed.items(),
+            *(("dataset." + k, v) for k, v in spec.dataset.model_dump().items()),
+        ]:
+            if path in FIELD_CHOICES and value is not None and value not in FIELD_CHOICES[path]:
+                errors.append(
+                    f"{path}: unknown value {value!r}; allowed: {', '.join(FIELD_CHOICES[path])}"
+                )
+        if spec.search.sampler == "grid":
+            errors += space._check_grid()
+        return errors
+
+    def options(self, path: str) -> list[Any] | None:
+        if path in self.fixed:
+            return [self.fixed[path]]
+        dim = next((d for d in self.dimensions if d.path == path), None)
+        return None if dim is None else dim.values()
+
+    def _check_grid(self) -> list[str]:
+        errors, points = [], 1
+        for dim in self.dimensions:
+            values = dim.values()
+            if values is None:
+                errors.append(
+                    f"{dim.path}: search.sampler grid needs a finite set of values "
+                    f"(choice, int, or float with step)"
+                )
+            else:
+                points *= len(values)
+        if points > GRID_MAX_POINTS:
+            errors.append(f"search.sampler: the grid has {points} points (> {GRID_MAX_POINTS})")
+        return errors
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {d.path: d.values() or [] for d in self.dimensions}
+
+    def active(self, dim: Dimension, values: dict[str, Any]) -> bool:
+        return all(parent in values and values[parent] in allowed for parent, allowed in dim.when)
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Suggest every active dimension; returns {path: value} of the sampled ones."""
+        values = dict(self.fixed)
+        sampled: dict[str, Any] = {}
+        for dim in self.dimensions:
+            if self.active(dim, values):
+                sampled[dim.path] = values[dim.path] = dim.suggest(trial)
+        return sampled
+
+    def resolve(self, sampled: dict[str, Any], *, device: str | None = None) -> TrialConfig:
+        """Fixed + sampled values on top of the dataclass defaults -> a plain `TrialConfig`."""
+        data = {k: v for k, v in self.spec.dataset.model_dump().items() if v is not None}
+        for key in ("path", "root"):
+            if key in data:
+                data[key] = expand_env(data[key])
+        data.setdefault("seed", self.spec.seed)
+        cfg = TrialConfig(data=DataConfig(**data), model=ModelConfig(), train=TrainConfig())
+        cfg.train.seed = self.spec.seed
+        for path, value in {**self.fixed, **sampled}.items():
+            *parents, name = path.split(".")
+            target: Any = cfg
+            for part in parents:
+                target = getattr(target, part)
+            setattr(target, name, value)
+        if device is not None:
+            cfg.train.device = device
+        return cfg
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(parameter, searched-or-fixed description, condition) for `tunetrack validate`."""
+        out = [
+            (d.path, d.describe(), " and ".join(f"{p} in {list(a)}" for p, a in d.when))
+            for d in self.dimensions
+        ]
+        out += [(path, f"fixed {value}", "") for path, value in self.fixed.items()]
+        return out
+
+
+def _check_dimension(dim: Dimension) -> list[str]:
+    p, kind = dim.param, dim.field_type
+    if isinstance(p, (IntParam, FloatParam)) and not _is_numeric(kind):
+        return [f"{dim.path}.{dim.kind}: {dim.path} is not numeric; use choice"]
+    if isinstance(p, FloatParam) and float not in (typing.get_args(kind) or (kind,)):
+        return [f"{dim.path}.float: {dim.path} takes integers; use int"]
+    if isinstance(p, ChoiceParam):
+        adapter = TypeAdapter(kind)
+        errors = []
+        for option in p.choice:
+            try:
+                adapter.validate_python(option, strict=True)
+            except ValidationError:
+                if not (isinstance(option, int) and float in (typing.get_args(kind) or (kind,))):
+                    errors.append(f"{dim.path}.choice: {option!r} is not a valid {kind}")
+        allowed = FIELD_CHOICES.get(dim.path)
+        bad = [o for o in p.choice if allowed and o not in allowed]
+        if bad:
+            errors.append(
+                f"{dim.path}.choice: unknown value(s) {bad}; allowed: {', '.join(allowed)}"
+            )
+        return errors
+    return []

@@ -1,0 +1,72 @@
+"""Opening Optuna storages with errors a user can act on.
+
+SQLite is the one-command default; PostgreSQL (or any SQLAlchemy URL) scales out; a
+`journal:` path selects Optuna's file-based JournalStorage, the safe choice for several
+local worker processes (SQLite locks under concurrent writers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from tunetrack.models.errors import TunetrackError
+
+DEFAULT_STORAGE = "sqlite:///tunetrack.db"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///")
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def open_storage(
+    url: str | None = None,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+) -> optuna.storages.BaseStorage:
+    """Open (creating where that is the storage's nature) the storage at `url`.
+
+    Fails fast with one line naming the URL: a missing SQLite folder, a PostgreSQL server
+    that refuses the connection or the credentials, an unknown scheme.
+    """
+    url = url or DEFAULT_STORAGE
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        if not path.parent.is_dir():
+            raise TunetrackError(f"storage {url}: folder {path.parent} does not exist")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    sqlite = _sqlite_path(url)
+    if sqlite is not None and not sqlite.parent.is_dir():
+        raise TunetrackError(f"storage {url}: folder {sqlite.parent} does not exist")
+    if "://" not in url:
+        raise TunetrackError(
+            f"storage {url!r} is not a URL; use sqlite:///FILE, "
+            f"postgresql://USER:PASSWORD@HOST/DB or journal:FILE"
+        )
+    engine_kwargs = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgres") else {}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+        )
+    except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TunetrackError(f"cannot open storage {_redact(url)}: {first}") from None
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it reaches a terminal or a log."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
