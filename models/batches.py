@@ -7,6 +7,7 @@ indexes tensors that already live on the device: no per-sample Python, no host c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -16,11 +17,21 @@ from .data import Split
 
 
 def _index_batches(n: int, batch_size: int, perm: torch.Tensor | None) -> list[torch.Tensor]:
+    """Index batches of one pass; with `perm` (a shuffled training pass) a trailing 1-sample
+    batch is dropped, since it breaks batch-norm. Evaluation passes (no `perm`) keep every
+    sample."""
     order = perm if perm is not None else torch.arange(n)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:  # a 1-sample batch breaks batch-norm
+    if perm is not None and len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()
     return batches
+
+
+def count_train_batches(n: int, batch_size: int) -> int:
+    """Optimizer steps in one training pass over `n` samples (see `_index_batches`)."""
+    batches = math.ceil(n / batch_size)
+    last = n - (batches - 1) * batch_size
+    return batches - 1 if batches > 1 and last < 2 else batches
 
 
 class ResidentBatches:
@@ -70,7 +81,9 @@ class _PermutationBatches(Sampler[list[int]]):
         return (b.tolist() for b in _index_batches(self.n, self.batch_size, perm))
 
     def __len__(self) -> int:
-        return len(_index_batches(self.n, self.batch_size, None))
+        if self.gen is None:
+            return math.ceil(self.n / self.batch_size)
+        return count_train_batches(self.n, self.batch_size)
 
 
 class StreamingBatches:

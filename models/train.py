@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment_batch
-from .batches import ResidentBatches, StreamingBatches
+from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .choices import MONITORS, OPTIMIZERS, SCHEDULERS
 from .config import TrainConfig
 from .data import Split, Splits
@@ -151,7 +151,7 @@ class Trainer:
         self.val_data = self._batches(splits.val)
         self.amp_dtype = _autocast_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
+        self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
         self.optimizer = build_optimizer(self.model.parameters(), cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)

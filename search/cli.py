@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
 from tunetrack.models.errors import TunetrackError
 
 app = typer.Typer(
@@ -216,5 +217,5 @@ def main() -> None:
     app(prog_name="tunetrack")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m tunetrack.search.cli
     sys.exit(main())

@@ -26,6 +26,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
+
 from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
 from tunetrack.models.errors import TunetrackError
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 import torch
+
 from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_parameters, create
 from tunetrack.models.config import TrialConfig
 

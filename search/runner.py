@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec, load_study_file
@@ -83,6 +84,7 @@ def run_study(
     between them (Optuna's `MaxTrialsCallback`).
     """
     import torch
+
     from tunetrack.models import load_splits, resolve_device
 
     from .objective import Objective

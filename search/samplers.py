@@ -6,13 +6,22 @@ explores new points instead of replaying its first random trials.
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from .config import PrunerSpec, StudySpec
 from .space import SearchSpace
 
 
-def make_sampler(
+def make_sampler(*args, **kwargs) -> optuna.samplers.BaseSampler:
+    """`_make_sampler` without Optuna's experimental-feature warnings (group, QMC)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(*args, **kwargs)
+
+
+def _make_sampler(
     spec: StudySpec, space: SearchSpace, *, offset: int = 0
 ) -> optuna.samplers.BaseSampler:
     search, seed = spec.search, spec.seed + offset
@@ -56,5 +65,6 @@ def make_pruner(spec: PrunerSpec, max_epochs: int) -> optuna.pruners.BasePruner:
     if spec.type == "percentile":
         return pruners.PercentilePruner(spec.percentile, **median)
     if spec.type == "patient":
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return pruners.PatientPruner(pruners.MedianPruner(**median), patience=spec.patience)
     return pruners.NopPruner()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+
 from tunetrack.models.choices import FIELD_CHOICES
 from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
 
@@ -116,6 +117,12 @@ class SearchSpace:
         dims = {
             path: Dimension(path, param, kind, self._conditions(path, param, names))
             for path, (param, kind) in found.items()
+        }
+        # a condition on a fixed parameter is decided now: drop dimensions that never apply
+        dims = {
+            path: dim
+            for path, dim in dims.items()
+            if all(p not in self.fixed or self.fixed[p] in allowed for p, allowed in dim.when)
         }
         self.dimensions = self._ordered(dims)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+
 from tunetrack.models.errors import TunetrackError
 
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
