@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 0  # random crop after reflect-padding by this many pixels
+    crop_padding: int = 0  # random shift by up to this many pixels (zero fill)
     flip: bool = False  # random horizontal flip
     rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]
     brightness: float = 0.0  # multiplicative factor in [1-b, 1+b]

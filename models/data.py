@@ -74,8 +74,17 @@ def _load_synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]
     return x, y.astype(np.int64), [f"class_{i}" for i in range(cfg.n_classes)]
 
 
+# what Pillow raises for unreadable, truncated or corrupt files (UnidentifiedImageError is
+# an OSError; some corrupt headers surface as SyntaxError or ValueError)
+_PIL_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+def _unreadable(file: Path, exc: Exception) -> TunetrackError:
+    return TunetrackError(f"imagefolder: cannot read image {file}: {exc}")
+
+
 def _decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.float32)
     for i, file in enumerate(files):
@@ -83,8 +92,8 @@ def _decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
             with Image.open(file) as img:
                 img = img.convert(mode).resize((size, size), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
-            raise TunetrackError(f"imagefolder: cannot read image {file}: {exc}") from None
+        except _PIL_ERRORS as exc:
+            raise _unreadable(file, exc) from None
         out[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
     return out
 
@@ -98,9 +107,12 @@ def _image_mode(files: list[Path], channels: int | None) -> str:
     from PIL import Image
 
     for file in files:
-        with Image.open(file) as img:
-            if img.mode not in ("L", "1", "I", "I;16", "LA"):
-                return "RGB"
+        try:
+            with Image.open(file) as img:
+                if img.mode not in ("L", "1", "I", "I;16", "LA"):
+                    return "RGB"
+        except _PIL_ERRORS as exc:
+            raise _unreadable(file, exc) from None
     return "L"
 
 
@@ -158,8 +170,8 @@ def _load_torchvision(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str
     """Train + official test set; returns the size of the train part as the last value."""
     import torchvision.datasets as tvd
 
-    allowed = ["MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "CIFAR10", "CIFAR100",
-               "SVHN", "STL10"]
+    allowed = ["MNIST", "FashionMNIST", "KMNIST", "QMNIST", "CIFAR10", "CIFAR100", "SVHN",
+               "STL10"]
     if cfg.id not in allowed:
         raise unknown("torchvision dataset id", cfg.id, allowed)
     if not cfg.root:
@@ -211,10 +223,10 @@ def _fingerprint(*arrays: np.ndarray) -> str:
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load the dataset named by `cfg` and split it, stratified, by `cfg.seed`."""
-    for name in ("val_fraction", "test_fraction"):
-        value = getattr(cfg, name)
-        if not 0 <= value < 1:
-            raise TunetrackError(f"data.{name} must be in [0, 1) but got {value}")
+    if not 0 < cfg.val_fraction < 1:
+        raise TunetrackError(f"data.val_fraction must be in (0, 1) but got {cfg.val_fraction}")
+    if not 0 <= cfg.test_fraction < 1:
+        raise TunetrackError(f"data.test_fraction must be in [0, 1) but got {cfg.test_fraction}")
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise TunetrackError("data.val_fraction + data.test_fraction must be < 1")
     official_test: np.ndarray | None = None

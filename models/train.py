@@ -233,6 +233,9 @@ class Trainer:
         best_value: float | None = None
         best_state: dict[str, torch.Tensor] | None = None
         since_best = 0
+        # dropout draws from torch's global generator: seed it so a trial can be replayed
+        # from its config alone (one trial per process thread, as Optuna runs them here)
+        torch.manual_seed(cfg.seed)
         for epoch in range(cfg.max_epochs):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
