@@ -129,8 +129,14 @@ def run(
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="local worker processes sharing the study")
+    ] = 1,
+    gpus: Annotated[
+        str | None, typer.Option(help="GPU ids for the workers, one each: 0,1 (default: all)")
+    ] = None,
 ) -> None:
-    """Create or resume the study in FILE and run its trials."""
+    """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .config import load_study_file
 
     spec = load_study_file(file)
@@ -139,6 +145,12 @@ def run(
     if no_tracking:
         spec.tracking.enabled = False
     _quiet_libraries()
+    if workers > 1:
+        from .workers import run_workers
+
+        raise typer.Exit(run_workers(file, spec, workers=workers, gpus=gpus, storage=storage,
+                                     tracking_uri=tracking_uri, device=device, trials=trials,
+                                     timeout=timeout, data=data))
     from .progress import StudyProgress
     from .runner import run_study
 
@@ -211,6 +223,76 @@ def studies(storage: StorageOpt = None) -> None:
     from .storage import open_storage
 
     _console().print(studies_table(open_storage(storage)))
+
+
+@app.command()
+@user_errors
+def worker(
+    file: Annotated[Path, typer.Argument(help="study file (YAML)")],
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
+    trials_total: Annotated[int | None, typer.Option(
+        "--trials-total", min=1,
+        help="finished trials the study needs, all workers together (default: the file's)")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch threads (default: OMP_NUM_THREADS or torch's)")] = None,
+    heartbeat_interval: Annotated[int, typer.Option(
+        min=1, help="seconds between heartbeats (RDB storages)")] = 10,
+    grace_period: Annotated[int, typer.Option(
+        min=2, help="seconds without a heartbeat before a trial is dead and retried")] = 60,
+    max_retry: Annotated[int, typer.Option(min=0, help="retries of a dead worker's trial")] = 2,
+    data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
+) -> None:
+    """Join (or create) the study in FILE; run trials until it has enough, all workers
+    together. Start as many as you like, on any host that reaches the storage."""
+    from .config import load_study_file
+    from .stale_trials import Heartbeat
+
+    spec = load_study_file(file)
+    if data is not None:
+        spec.dataset.path = data
+    if no_tracking:
+        spec.tracking.enabled = False
+    heartbeat = Heartbeat(heartbeat_interval, grace_period, max_retry)
+    _quiet_libraries()
+    from .reports import study_summary
+    from .shared_study import run_worker
+
+    try:
+        study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
+                           device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    if study is not None:
+        typer.echo(study_summary(study))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def server(
+    ctx: typer.Context,
+    backend_store_uri: Annotated[str, typer.Option(
+        help="MLflow's database, e.g. postgresql+psycopg://USER:PASSWORD@HOST/mlflow")],
+    artifacts_destination: Annotated[str, typer.Option(
+        help="folder (or s3://...) where the server keeps artifacts")],
+    host: Annotated[str, typer.Option(help="interface to bind; keep 127.0.0.1")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5000,
+    server_workers: Annotated[int, typer.Option(
+        "--server-workers", min=1, help="MLflow web worker processes")] = 2,
+) -> None:
+    """Start the MLflow tracking server workers log to (execs `mlflow server`; extra
+    arguments after -- go to it)."""
+    from .server import mlflow_server_argv, serve
+
+    argv = mlflow_server_argv(backend_store_uri=backend_store_uri,
+                              artifacts_destination=artifacts_destination, host=host,
+                              port=port, workers=server_workers, extra=ctx.args)
+    serve(argv, backend_store_uri=backend_store_uri, host=host)
 
 
 def main() -> None:

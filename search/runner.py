@@ -41,6 +41,7 @@ def create_or_load(
     spec: StudySpec,
     space: SearchSpace,
     storage: optuna.storages.BaseStorage,
+    seed_offset: int = 0,
 ) -> optuna.Study:
     done = existing_trial_count(storage, spec.name) or 0
     directions = [o.resolved_direction for o in spec.search.objective_list]
@@ -51,7 +52,7 @@ def create_or_load(
             storage=storage,
             load_if_exists=True,
             directions=directions,
-            sampler=make_sampler(spec, space, offset=done),
+            sampler=make_sampler(spec, space, offset=done + seed_offset),
             pruner=make_pruner(spec.search.pruner, max_epochs),
         )
     except ValueError as exc:
@@ -71,17 +72,19 @@ def run_study(
     *,
     n_trials: int | None = None,
     timeout: float | None = None,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     tracking_uri: str | None = None,
     device: str | None = None,
     callbacks: Sequence[TrialCallback] = (),
     max_total_trials: int | None = None,
+    seed_offset: int = 0,
 ) -> optuna.Study:
     """Run `n_trials` more trials (default: the file's `search.n_trials`); returns the study.
 
     Re-running resumes: finished trials are kept and new ones are added. With
     `max_total_trials`, workers sharing one study stop once that many trials have finished
-    between them (Optuna's `MaxTrialsCallback`).
+    between them (Optuna's `MaxTrialsCallback`). `seed_offset` shifts the sampler's seed:
+    workers that share a study and start together must not draw the same trials.
     """
     import torch
 
@@ -96,6 +99,8 @@ def run_study(
     if spec.tracking.enabled:
         from tunetrack.tracking import StudyTracker
 
+        from .resilient_tracking import ResilientTracker
+
         tracker = StudyTracker(
             study_name=spec.name,
             experiment=spec.tracking.experiment,
@@ -104,8 +109,9 @@ def run_study(
             system_metrics=spec.tracking.system_metrics,
         )
         tracker.check_reachable()
+        tracker = ResilientTracker(tracker)  # MLflow failing mid-study: warn, keep training
     splits = load_splits(space.resolve({}).data)
-    study = create_or_load(spec, space, open_storage(storage))
+    study = create_or_load(spec, space, open_storage(storage), seed_offset)
     if tracker is not None:
         tracker.start_study(study)
     objective = Objective(spec, space, splits, dev, tracker)

@@ -7,6 +7,9 @@ local worker processes (SQLite locks under concurrent writers).
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -14,6 +17,7 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
+StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -24,16 +28,21 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def open_storage(
-    url: str | None = None,
+    url: str | optuna.storages.BaseStorage | None = None,
     *,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
+    heartbeat_stale_trial_callback: StaleTrialCallback | None = None,
 ) -> optuna.storages.BaseStorage:
     """Open (creating where that is the storage's nature) the storage at `url`.
 
     Fails fast with one line naming the URL: a missing SQLite folder, a PostgreSQL server
-    that refuses the connection or the credentials, an unknown scheme.
+    that refuses the connection or the credentials, an unknown scheme. An already open
+    storage is returned as is, so a worker can open one with heartbeats and hand it on.
+    Heartbeats exist only for RDB storages; JournalStorage ignores them.
     """
+    if isinstance(url, optuna.storages.BaseStorage):
+        return url
     url = url or DEFAULT_STORAGE
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
@@ -52,15 +61,37 @@ def open_storage(
         )
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgres") else {}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-        )
+        for attempt in range(_SCHEMA_RACE_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=heartbeat_stale_trial_callback,
+                )
+            except Exception as exc:
+                if attempt + 1 == _SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
+                    raise
+                time.sleep(0.2 + random.random())  # the winner is creating the tables
+        raise AssertionError("unreachable")
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunetrackError(f"cannot open storage {_redact(url)}: {first}") from None
+
+
+_SCHEMA_RACE_ATTEMPTS = 4
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    """Workers opening a fresh database at once all try to create Optuna's tables; the
+    losers get "already exists" / duplicate-key errors and only need to open it again."""
+    import sqlalchemy.exc
+
+    if not isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)):
+        return False
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate key" in text
 
 
 def _redact(url: str) -> str:
