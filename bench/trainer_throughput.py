@@ -1,0 +1,121 @@
+"""Images/s of the tunetrack trainer vs the textbook loop: same model, data and epochs.
+
+Two workloads: an MLP on digits and a CNN on CIFAR-shaped (3x32x32) synthetic data.
+Each prints one JSON line; the ratio (tunetrack / textbook images per second) comes last,
+with both final validation accuracies so "same accuracy band" is visible, not assumed.
+On CUDA it also prints achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode).
+Run: python -m bench.trainer_throughput
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from torch import nn
+
+from bench import textbook
+from tunetrack.models import DataConfig, ModelConfig, TrainConfig, Trainer, create, load_splits
+from tunetrack.models.device import resolve_device
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
+
+
+def textbook_run(model: nn.Module, splits, epochs: int, lr: float) -> tuple[float, float]:
+    train_loader, val_loader = textbook.make_loaders(splits)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        textbook.train_epoch(model, train_loader, optimizer, loss_fn)
+    seconds = time.perf_counter() - start
+    return epochs * len(splits.train) / seconds, textbook.evaluate(model, val_loader)
+
+
+def tunetrack_run(
+    model_cfg: ModelConfig, splits, epochs: int, batch_size: int, lr: float
+) -> tuple[float, float, Trainer]:
+    model = create(model_cfg, splits.input_shape, splits.n_classes, splits.mean, splits.std, seed=0)
+    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam")
+    trainer = Trainer(model, cfg, splits)
+    fit = trainer.fit()
+    train_seconds = sum(r.epoch_seconds for r in fit.history)
+    return epochs * len(splits.train) / train_seconds, fit.history[-1].val_accuracy, trainer
+
+
+def flops_per_image(model: nn.Module, shape, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(8, *shape, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 8
+
+
+def bench(
+    name: str, data: DataConfig, model_cfg: ModelConfig, epochs: int, lr: float, batch_size: int
+) -> dict:
+    splits = load_splits(data)
+    base = create(model_cfg, splits.input_shape, splits.n_classes, seed=0)
+    textbook_ips, textbook_acc = textbook_run(base.body, splits, epochs, lr)
+    ours_ips, ours_acc, trainer = tunetrack_run(model_cfg, splits, epochs, batch_size, lr)
+    out = {
+        "bench": "trainer_throughput",
+        "workload": name,
+        "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+        "epochs": epochs,
+        "textbook_images_per_s": round(textbook_ips),
+        "textbook_val_acc": round(textbook_acc, 4),
+        "tunetrack_batch_size": batch_size,
+        "tunetrack_images_per_s": round(ours_ips),
+        "tunetrack_val_acc": round(ours_acc, 4),
+    }
+    if trainer.device.type == "cuda":
+        flops = flops_per_image(trainer.model, splits.input_shape, trainer.device)
+        achieved = flops * ours_ips / 1e12
+        name_gpu = torch.cuda.get_device_name(trainer.device)
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in name_gpu), None)
+        out |= {
+            "gpu": name_gpu,
+            "tflops": round(achieved, 2),
+            "peak_fraction": round(achieved / peak, 4) if peak else None,
+        }
+    out["ratio"] = round(ours_ips / textbook_ips, 2)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("TUNETRACK_BENCH_THREADS", os.cpu_count() or 1)))
+    gpu = resolve_device("auto").type == "cuda"
+    print(
+        json.dumps(
+            bench(
+                "mlp-digits",
+                DataConfig(name="digits"),
+                ModelConfig(family="mlp", depth=2, width=256),
+                epochs=15,
+                lr=2e-3,
+                batch_size=128,
+            )
+        )
+    )
+    n = 20000 if gpu else 4000
+    print(
+        json.dumps(
+            bench(
+                "cnn-synthetic-3x32x32",
+                DataConfig(name="synthetic", n_samples=n, n_classes=10, shape=(3, 32, 32)),
+                ModelConfig(family="cnn", depth=3, width=32, batch_norm=True),
+                epochs=3,
+                lr=2e-3,
+                batch_size=256,
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
