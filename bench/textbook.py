@@ -14,8 +14,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
-
 
 def make_loaders(splits, batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
     mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
@@ -51,42 +49,54 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     return correct / total
 
 
-def mlp(
-    in_features: int, n_classes: int, depth: int, width: int, activation: str, dropout: float
-) -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten()]
-    for _ in range(depth):
-        layers += [nn.Linear(in_features, width), ACTIVATIONS[activation](), nn.Dropout(dropout)]
-        in_features = width
-    return nn.Sequential(*layers, nn.Linear(in_features, n_classes))
+def objective_factory(spec, splits):
+    """The hand-written objective over the same search space as the study file.
 
-
-def objective_factory(splits, max_epochs: int = 20):
-    """The hand-written objective: same kind of MLP space as studies/digits.yaml."""
+    Parameters come from tunetrack's `SearchSpace` (same names, same conditions) and the
+    network from `tunetrack.models.create`, so only the training loop and the tracking
+    differ from tunetrack's own objective. Augmentation is skipped, which only flatters
+    the baseline.
+    """
     import optuna
 
-    in_features = int(torch.tensor(splits.input_shape).prod())
+    from tunetrack.models import create
+    from tunetrack.models.train import build_optimizer, build_scheduler, l1_penalty
+    from tunetrack.search.space import SearchSpace
+
+    space = SearchSpace(spec)
+    train_loader_cache: dict[int, tuple[DataLoader, DataLoader]] = {}
 
     def objective(trial: optuna.Trial) -> float:
-        depth = trial.suggest_int("depth", 1, 3)
-        width = trial.suggest_int("width", 32, 512, log=True)
-        activation = trial.suggest_categorical("activation", ["relu", "gelu", "leaky_relu", "tanh"])
-        dropout = trial.suggest_float("dropout", 0.0, 0.5)
-        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-        optimizer_name = trial.suggest_categorical("optimizer", ["sgd", "adam", "adamw"])
-        weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
-        model = mlp(in_features, len(splits.classes), depth, width, activation, dropout)
-        optimizer = {
-            "sgd": lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=weight_decay),
-            "adam": lambda p: torch.optim.Adam(p, lr=lr, weight_decay=weight_decay),
-            "adamw": lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay),
-        }[optimizer_name](model.parameters())
-        train_loader, val_loader = make_loaders(splits)
+        cfg = space.resolve(space.sample(trial), device="cpu")
+        train = cfg.train
+        loaders = train_loader_cache.setdefault(
+            train.batch_size, make_loaders(splits, train.batch_size)
+        )
+        model = create(cfg.model, splits.input_shape, splits.n_classes, seed=train.seed).body
+        optimizer = build_optimizer(model.parameters(), train, torch.device("cpu"))
+        scheduler = build_scheduler(optimizer, train, len(loaders[0]))
         loss_fn = nn.CrossEntropyLoss()
         best = 0.0
-        for epoch in range(max_epochs):
-            train_epoch(model, train_loader, optimizer, loss_fn)
-            accuracy = evaluate(model, val_loader)
+        for epoch in range(train.max_epochs):
+            model.train()
+            for x, y in loaders[0]:
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                if train.l1:
+                    loss = loss + train.l1 * l1_penalty(model)
+                loss.backward()
+                optimizer.step()
+                if (
+                    train.scheduler == "onecycle"
+                    and scheduler.last_epoch + 1 < scheduler.total_steps
+                ):
+                    scheduler.step()
+                loss.item()
+            accuracy = evaluate(model, loaders[1])
+            if train.scheduler == "plateau":
+                scheduler.step(1 - accuracy)
+            elif scheduler is not None and train.scheduler != "onecycle":
+                scheduler.step()
             best = max(best, accuracy)
             trial.report(accuracy, epoch)
             if trial.should_prune():
@@ -97,7 +107,7 @@ def objective_factory(splits, max_epochs: int = 20):
 
 
 def run_textbook_study(
-    splits, *, n_trials: int, tracking_uri: str, seed: int = 0, max_epochs: int = 20, on_trial=None
+    spec, splits, *, n_trials: int, tracking_uri: str, on_trial=None
 ) -> tuple[float, object]:
     """Optuna TPE + median pruner + MLflowCallback; returns (seconds, study)."""
     import optuna
@@ -106,12 +116,12 @@ def run_textbook_study(
     callback = MLflowCallback(tracking_uri=tracking_uri, metric_name="val_accuracy")
     study = optuna.create_study(
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
     )
     start = time.perf_counter()
     study.optimize(
-        objective_factory(splits, max_epochs),
+        objective_factory(spec, splits),
         n_trials=n_trials,
         callbacks=[callback, *([on_trial] if on_trial else [])],
     )

@@ -35,9 +35,15 @@ from tunetrack.search.workers import available_cores, launch, plan_workers
 def run(study: Path, workers: int, trials: int, cores: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="tunetrack-bench-") as tmp:
         storage = f"journal:{tmp}/bench.journal"
-        plans = plan_workers(study.resolve(), workers=workers, storage=storage, gpus=[],
-                             device="cpu", cores=cores,
-                             worker_args=["--trials-total", str(trials), "--no-tracking"])
+        plans = plan_workers(
+            study.resolve(),
+            workers=workers,
+            storage=storage,
+            gpus=[],
+            device="cpu",
+            cores=cores,
+            worker_args=["--trials-total", str(trials), "--no-tracking"],
+        )
         started = time.perf_counter()
         result = launch(plans, cwd=Path(tmp), stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
@@ -49,14 +55,15 @@ def run(study: Path, workers: int, trials: int, cores: int | None = None) -> dic
         done = optuna.load_study(
             study_name=name, storage=JournalStorage(JournalFileBackend(f"{tmp}/bench.journal"))
         ).get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done))
+    span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     return {
         "trials": len(done),
         "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in done),
         "span_s": round(span.total_seconds(), 1),
         "wall_s": round(wall, 1),
-        "epochs_per_hour": round(sum(t.user_attrs.get("epochs_run", 0) for t in done) * 3600
-                                 / span.total_seconds()),
+        "epochs_per_hour": round(
+            sum(t.user_attrs.get("epochs_run", 0) for t in done) * 3600 / span.total_seconds()
+        ),
         "trials_per_hour": round(len(done) * 3600 / span.total_seconds(), 1),
         "threads_per_worker": plans[0].threads,
     }

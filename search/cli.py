@@ -272,6 +272,77 @@ def worker(
         typer.echo(study_summary(study))
 
 
+@app.command()
+@user_errors
+def compare(
+    study: Annotated[str, typer.Argument(help="study name")],
+    top: Annotated[int, typer.Option(min=1, help="how many trials")] = 10,
+    csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Top trials side by side: value, test accuracy, key params, epochs, duration, run id."""
+    from rich.table import Table
+
+    from tunetrack.tracking import compare_trials
+
+    frame = compare_trials(_load_study(study, storage), tracking_uri=tracking_uri, top=top)
+    if csv is not None:
+        frame.to_csv(csv, index=False)
+    table = Table(title=f"top {len(frame)} trials of {study}")
+    for column in frame.columns:
+        table.add_column(str(column).removeprefix("params_"))
+    for row in frame.itertuples(index=False):
+        table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
+                        else str(v) for v in row))
+    _console().print(table)
+
+
+@app.command()
+@user_errors
+def promote(
+    study: Annotated[str, typer.Argument(help="study name")],
+    model_name: Annotated[str | None, typer.Option(
+        help="registered model name [default: the study file's registry.model_name]")] = None,
+    alias: Annotated[str | None, typer.Option(help="alias to move [default: champion]")] = None,
+    min_improvement: Annotated[float | None, typer.Option(
+        min=0, help="test-accuracy gain needed over the champion")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Register the best trial's model; move the alias only if it beats the champion."""
+    loaded = _load_study(study, storage)
+    registry = loaded.user_attrs.get("spec", {}).get("registry") or {}
+    model_name = model_name or registry.get("model_name")
+    if not model_name:
+        raise TunetrackError("--model-name is required (the study file has no registry section)")
+    _quiet_libraries()
+    from tunetrack.tracking import promote as promote_best
+
+    result = promote_best(loaded, model_name=model_name,
+                          alias=alias or registry.get("alias", "champion"),
+                          min_improvement=(min_improvement if min_improvement is not None
+                                           else registry.get("min_improvement", 0.0)),
+                          tracking_uri=tracking_uri)
+    typer.echo(("promoted: " if result.promoted else "not promoted: ") + result.message)
+
+
+@app.command()
+@user_errors
+def predict(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/digits-classifier@champion")],
+    path: Annotated[str, typer.Argument(help="an image file or a folder of images")],
+    top: Annotated[int, typer.Option(min=1, help="classes per image")] = 3,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Classify images with a registered model; prints the top classes with probabilities."""
+    _quiet_libraries()
+    from tunetrack.tracking import predict as predict_images
+
+    for image, ranked in predict_images(model_uri, path, top=top, tracking_uri=tracking_uri):
+        typer.echo(f"{image}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def server(

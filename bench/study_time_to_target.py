@@ -1,0 +1,84 @@
+"""Wall time for the digits study to first reach val accuracy 0.97: tunetrack vs a plain script.
+
+The plain script is the textbook workflow (`bench.textbook`: Optuna TPE + median pruner,
+`optuna_integration.MLflowCallback`, per-sample DataLoader loop) over the same search
+space and sampler seed. tunetrack runs with full tracking (per-epoch metrics, artifacts,
+models, study plots). Both run here, one after the other, each with its own MLflow store.
+Prints one JSON line, ratio (tunetrack / plain time to target) last; target <= 0.4.
+Run: python -m bench.study_time_to_target [--trials 30] [--target 0.97]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+
+class TimeToTarget:
+    """Optuna callback noting when a trial first reaches the target value."""
+
+    def __init__(self, target: float):
+        self.target, self.start, self.reached = target, time.perf_counter(), None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.reached is None and trial.value is not None and trial.value >= self.target:
+            self.reached = time.perf_counter() - self.start
+
+
+def main() -> None:
+    from bench.textbook import run_textbook_study
+    from tunetrack.models import load_splits
+    from tunetrack.search import load_study_file, run_study
+    from tunetrack.search.space import SearchSpace
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--target", type=float, default=0.97)
+    parser.add_argument("--study", default="studies/digits.yaml")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_study_file(args.study)
+    splits = load_splits(SearchSpace(spec).resolve({}).data)
+    out: dict = {"bench": "study_time_to_target", "trials": args.trials, "target": args.target}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = TimeToTarget(args.target)
+        seconds, study = run_textbook_study(
+            spec,
+            splits,
+            n_trials=args.trials,
+            tracking_uri=f"sqlite:///{tmp}/plain.db",
+            on_trial=plain,
+        )
+        out["plain"] = {
+            "seconds": round(seconds, 1),
+            "to_target_s": plain.reached and round(plain.reached, 1),
+            "best": round(study.best_value, 4),
+        }
+        ours = TimeToTarget(args.target)
+        start = time.perf_counter()
+        study = run_study(
+            spec,
+            n_trials=args.trials,
+            storage=f"sqlite:///{tmp}/t.db",
+            tracking_uri=f"sqlite:///{Path(tmp)}/ours.db",
+            callbacks=[ours],
+        )
+        out["tunetrack"] = {
+            "seconds": round(time.perf_counter() - start, 1),
+            "to_target_s": ours.reached and round(ours.reached, 1),
+            "best": round(study.best_value, 4),
+            "best_test": round(study.best_trial.user_attrs["test_accuracy"], 4),
+        }
+    if plain.reached and ours.reached:
+        out["ratio"] = round(ours.reached / plain.reached, 3)
+    out["ratio_total_time"] = round(out["tunetrack"]["seconds"] / out["plain"]["seconds"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
