@@ -129,6 +129,8 @@ def run(
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch threads on CPU [default: 1, or OMP_NUM_THREADS]")] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="local worker processes sharing the study")
     ] = 1,
@@ -155,27 +157,13 @@ def run(
     from .runner import run_study
 
     total = trials or spec.search.n_trials
-    bar = StudyProgress(spec.name, total) if progress else None
-    if bar is not None:
-        with bar:
-            study = run_study(
-                spec,
-                n_trials=total,
-                timeout=timeout,
-                storage=storage,
-                tracking_uri=tracking_uri,
-                device=device,
-                callbacks=[bar],
-            )
+    options = dict(n_trials=total, timeout=timeout, storage=storage, tracking_uri=tracking_uri,
+                   device=device, threads=threads)
+    if progress:
+        with StudyProgress(spec.name, total) as bar:
+            study = run_study(spec, callbacks=[bar], **options)
     else:
-        study = run_study(
-            spec,
-            n_trials=total,
-            timeout=timeout,
-            storage=storage,
-            tracking_uri=tracking_uri,
-            device=device,
-        )
+        study = run_study(spec, **options)
     _print_summary(study, spec, tracking_uri)
 
 
