@@ -1,0 +1,65 @@
+"""Trial figures: no pyplot, constant memory over many trials, sane for many classes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tunetrack.tracking import figures
+
+SCRIPT = """
+import gc, sys
+from pathlib import Path
+import numpy as np
+from matplotlib.figure import Figure
+from tunetrack.tracking import figures
+out = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+for i in range(10):
+    figures.draw_confusion(out / "cm.png", rng.integers(0, 9, (3, 3)), ["a", "b", "c"])
+    n = int(rng.integers(1, 25))
+    figures.draw_misclassified(out / "mis.png", rng.random((n, 1, 8, 8)), [0] * n, [1] * n,
+                               ["a", "b"])
+    epochs = list(range(i + 1))
+    series = {k: list(rng.random(i + 1)) for k in
+              ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")}
+    figures.draw_curves(out / "curves.png", epochs, series, i // 2)
+gc.collect()
+alive = sum(isinstance(o, Figure) for o in gc.get_objects())
+print("pyplot" if "matplotlib.pyplot" in sys.modules else "no-pyplot", alive)
+"""
+
+
+def test_figures_use_no_pyplot_and_memory_stays_flat(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["no-pyplot", "3"]  # one reused figure per kind, after 10 "trials"
+    for name in ("cm.png", "mis.png", "curves.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reused_figures_show_the_new_data(tmp_path):
+    classes = ["a", "b"]
+    figures.draw_confusion(tmp_path / "one.png", np.array([[5, 0], [0, 5]]), classes)
+    figures.draw_confusion(tmp_path / "two.png", np.array([[0, 5], [5, 0]]), classes)
+    one = np.asarray(Image.open(tmp_path / "one.png"))
+    two = np.asarray(Image.open(tmp_path / "two.png"))
+    assert one.shape == two.shape and not np.array_equal(one, two)
+
+
+def test_figures_for_many_classes_and_colour_images(tmp_path):
+    classes = [f"class_with_a_long_name_{i}" for i in range(60)]
+    confusion = np.random.default_rng(0).integers(0, 9, size=(60, 60))
+    figures.draw_confusion(tmp_path / "cm.png", confusion, classes)
+    images = np.random.default_rng(1).random((7, 3, 16, 16), dtype=np.float32)
+    figures.draw_misclassified(tmp_path / "mis.png", images, [0] * 7, [1] * 7, classes)
+    epochs = list(range(40))
+    series = {k: list(np.linspace(1, 0.1, 40)) for k in
+              ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
+    series["lr"] = list(np.geomspace(1e-1, 1e-4, 40))
+    figures.draw_curves(tmp_path / "curves.png", epochs, series, None)
+    for name in ("cm.png", "mis.png", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 1000

@@ -1,0 +1,104 @@
+"""One `MlflowClient` per store, and experiments created where their artifacts belong.
+
+Every call passes run ids explicitly: the fluent API's global active run is never used, so
+parallel trials (threads or processes) cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Iterator
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tunetrack.models import TunetrackError
+
+from .uri import sqlite_path
+
+
+@functools.lru_cache(maxsize=8)
+def client_for(tracking_uri: str) -> MlflowClient:
+    """Cached client; the registry lives in the same store unless MLFLOW_REGISTRY_URI says."""
+    registry = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry)
+
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: str | None = None
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No tqdm bars while MLflow downloads a few small files (restored afterwards; a
+    user's own setting of the variable wins)."""
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = os.environ.get(_PROGRESS_BAR)
+            if _quiet_saved is None:
+                os.environ[_PROGRESS_BAR] = "false"
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is None:
+                os.environ.pop(_PROGRESS_BAR, None)
+
+
+def error_code(exc: BaseException) -> str:
+    return str(getattr(exc, "error_code", ""))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a local SQLite store go next to the database, not into the cwd.
+
+    MLflow's default artifact root for SQLite is `./mlruns` of whatever folder the process
+    runs in, which scatters one study's artifacts when workers start from different
+    folders. Servers and other stores keep their own default (None).
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    slug = experiment
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,80}", experiment):
+        digest = hashlib.blake2b(experiment.encode(), digest_size=4).hexdigest()
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)[:60].strip("_.") + "-" + digest
+    return (db.parent / "mlruns" / slug).as_uri()
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """Id of the experiment called `name`, created if missing (safe when workers race)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(
+                tracking_uri, name))
+        except MlflowException as exc:
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise TunetrackError(f"cannot create MLflow experiment {name!r}: "
+                                     f"{first_line(exc)}") from None
+            experiment = client.get_experiment_by_name(name)  # another worker was faster
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TunetrackError(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted; restore it "
+            f"with `mlflow experiments restore --experiment-id {experiment.experiment_id}` or "
+            f"choose another tracking.experiment"
+        )
+    return experiment.experiment_id

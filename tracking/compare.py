@@ -1,0 +1,103 @@
+"""A ranked table of a study's trials, joined with what MLflow recorded about them.
+
+Optuna's user attributes are read first (`test_accuracy`, `epochs_run`), so the table
+needs no MLflow at all for trials logged by `TrialRun`; MLflow is asked only for completed
+trials that lack them, and an unreachable store just leaves those cells empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from tunetrack.models import TunetrackError
+
+from . import tags as T
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from optuna.trial import FrozenTrial
+
+_log = logging.getLogger(__name__)
+
+
+def _sort_key(trial: FrozenTrial, signs: list[int]) -> tuple:
+    """Completed by value (direction aware), then pruned by their last reported value,
+    then the rest by number."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.COMPLETE and trial.values is not None:
+        return (0, *[s * v for s, v in zip(signs, trial.values, strict=True)], trial.number)
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        last = trial.intermediate_values[max(trial.intermediate_values)]
+        return (1, signs[0] * last, *[0.0] * (len(signs) - 1), trial.number)
+    return (2, *[0.0] * len(signs), trial.number)
+
+
+def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, dict]:
+    """Metrics of the given runs; {} when the store cannot be reached."""
+    if not run_ids:
+        return {}
+    from mlflow.exceptions import MlflowException
+
+    from .background import QUEUE
+    from .client import client_for
+    from .uri import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        check_reachable(uri)
+    except TunetrackError as exc:
+        _log.warning("compare_trials: no MLflow metrics (%s)", exc)
+        return {}
+    QUEUE.flush_all()
+    client, found = client_for(uri), {}
+    for run_id in run_ids:
+        try:
+            found[run_id] = client.get_run(run_id).data.metrics
+        except MlflowException as exc:
+            _log.info("compare_trials: run %s not found (%s)", run_id, exc)
+    return found
+
+
+def compare_trials(study: optuna.Study, *, tracking_uri: str | None = None,
+                   top: int = 10) -> pd.DataFrame:
+    """The `top` trials, best first: number, state, value(s), test_accuracy, epochs,
+    duration_s, run_id and the sampled params (one column each)."""
+    import pandas as pd
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    if top < 1:
+        raise TunetrackError(f"top must be >= 1 but got {top}")
+    signs = [-1 if d == StudyDirection.MAXIMIZE else 1 for d in study.directions]
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: _sort_key(t, signs))[:top]
+    missing = [t.user_attrs[T.ATTR_RUN_ID] for t in trials
+               if t.state == TrialState.COMPLETE and T.ATTR_RUN_ID in t.user_attrs
+               and T.ATTR_TEST_ACCURACY not in t.user_attrs]
+    metrics = _mlflow_metrics(missing, tracking_uri)
+    rows = []
+    for trial in trials:
+        run_id = trial.user_attrs.get(T.ATTR_RUN_ID)
+        logged = metrics.get(run_id, {})
+        row: dict[str, object] = {"number": trial.number, "state": trial.state.name}
+        values = trial.values or [math.nan] * len(signs)
+        if len(signs) == 1:
+            row["value"] = values[0]
+        else:
+            row.update({f"value_{i}": v for i, v in enumerate(values)})
+        epochs = trial.user_attrs.get(T.ATTR_EPOCHS_RUN, logged.get("epochs_run"))
+        if epochs is None and trial.intermediate_values:
+            epochs = len(trial.intermediate_values)
+        duration = trial.duration.total_seconds() if trial.duration is not None else math.nan
+        row.update({
+            "test_accuracy": trial.user_attrs.get(T.ATTR_TEST_ACCURACY,
+                                                  logged.get("test_accuracy", math.nan)),
+            "epochs": epochs if epochs is not None else math.nan,
+            "duration_s": duration, "run_id": run_id,
+        })
+        row.update(trial.params)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,151 @@
+"""Files of a study for its parent run: Optuna plots, trials.csv, best params / Pareto front.
+
+Each plot is written twice: interactive HTML (plotly, plotly.js from the CDN so a file is
+~10 kB instead of ~4 MB) and a static PNG from Optuna's matplotlib twins (kaleido, which
+plotly needs for PNGs, is not a dependency). A plot that does not apply (too few trials,
+multi-objective study, nothing reported) is skipped with its reason, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from . import tags as T
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudySummary:
+    written: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # plot -> reason
+
+
+def _pyplot():
+    """pyplot on the Agg canvas unless the program already chose a backend."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plots(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable]], dict[str, str]]:
+    """Plot name -> (plotly function, matplotlib function) for the plots that apply."""
+    import optuna.visualization as vis
+    import optuna.visualization.matplotlib as vis_mpl
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
+    skipped: dict[str, str] = {}
+    plots: dict[str, tuple[Callable, Callable]] = {}
+    multi = len(study.directions) > 1
+    single = {
+        "optimization_history": (vis.plot_optimization_history,
+                                  vis_mpl.plot_optimization_history),
+        "param_importances": (vis.plot_param_importances, vis_mpl.plot_param_importances),
+        "parallel_coordinate": (vis.plot_parallel_coordinate,
+                                vis_mpl.plot_parallel_coordinate),
+        "slice": (vis.plot_slice, vis_mpl.plot_slice),
+    }
+    for name, funcs in single.items():
+        if multi:
+            skipped[name] = "multi-objective study (see pareto_front)"
+        elif not complete:
+            skipped[name] = "no completed trial"
+        elif name == "param_importances" and len(complete) < 2:
+            skipped[name] = "needs at least 2 completed trials"
+        else:
+            plots[name] = funcs
+    if reported:
+        plots["intermediate_values"] = (vis.plot_intermediate_values,
+                                        vis_mpl.plot_intermediate_values)
+    else:
+        skipped["intermediate_values"] = "no trial reported intermediate values"
+    if multi:
+        if len(study.directions) in (2, 3) and complete:
+            plots["pareto_front"] = (vis.plot_pareto_front, vis_mpl.plot_pareto_front)
+        else:
+            skipped["pareto_front"] = "needs 2 or 3 objectives and a completed trial"
+    return plots, skipped
+
+
+def _figure_of(axes):
+    first = axes if hasattr(axes, "figure") else axes.flat[0]
+    return first.figure
+
+
+def write_plots(study: optuna.Study, out: Path) -> StudySummary:
+    import matplotlib
+
+    plt = _pyplot()
+    plots, skipped = _plots(study)
+    summary = StudySummary(skipped=skipped)
+    for name, (plotly_fn, mpl_fn) in plots.items():
+        with warnings.catch_warnings(), matplotlib.rc_context():  # optuna sets ggplot style
+            warnings.simplefilter("ignore")
+            try:
+                plotly_fn(study).write_html(out / f"{name}.html", include_plotlyjs="cdn")
+                summary.written.append(f"{name}.html")
+                fig = _figure_of(mpl_fn(study))
+                try:
+                    fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+                    summary.written.append(f"{name}.png")
+                finally:
+                    plt.close(fig)
+            except Exception as exc:  # e.g. importances with a constant parameter
+                summary.skipped[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                _log.info("study plot %s skipped: %s", name, summary.skipped[name])
+    return summary
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """`study.trials_dataframe()` with the MLflow run id of each trial as a column."""
+    frame = study.trials_dataframe()
+    run_ids = {t.number: t.user_attrs.get(T.ATTR_RUN_ID) for t in study.get_trials(
+        deepcopy=False)}
+    if len(frame):
+        frame.insert(1, "mlflow_run_id", frame["number"].map(run_ids))
+    return frame
+
+
+def pareto_frame(study: optuna.Study) -> pd.DataFrame:
+    rows = []
+    for trial in study.best_trials:
+        row = {"number": trial.number, T.ATTR_RUN_ID: trial.user_attrs.get(T.ATTR_RUN_ID)}
+        row.update({f"values_{i}": v for i, v in enumerate(trial.values)})
+        row.update({f"params_{k}": v for k, v in trial.params.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_study_artifacts(study: optuna.Study, out: Path) -> StudySummary:
+    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`."""
+    summary = write_plots(study, out)
+    trials_frame(study).to_csv(out / "trials.csv", index=False)
+    summary.written.append("trials.csv")
+    has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if len(study.directions) > 1:
+        if has_complete:
+            pareto_frame(study).to_csv(out / "pareto_front.csv", index=False)
+            summary.written.append("pareto_front.csv")
+    elif has_complete:
+        best = study.best_trial
+        (out / "best_params.json").write_text(json.dumps({
+            "number": best.number, "value": best.value, "params": best.params,
+            T.ATTR_RUN_ID: best.user_attrs.get(T.ATTR_RUN_ID)}, indent=1, default=str))
+        summary.written.append("best_params.json")
+    return summary
