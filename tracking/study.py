@@ -178,7 +178,8 @@ class StudyTracker:
         keep = mine
         # Workers on other hosts may have raced past the lock: all keep the earliest. A
         # second look after a pause catches a rival whose insert committed late.
-        for pause in (0.0, 0.0 if sqlite_path(self.tracking_uri) else PARENT_SETTLE_S):
+        locked = sqlite_path(self.tracking_uri) is not None  # see _parent_lock
+        for pause in (0.0,) if locked else (0.0, PARENT_SETTLE_S):
             time.sleep(pause)
             found = self._find_parents()
             keep = found[0] if found else mine
