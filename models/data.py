@@ -83,7 +83,7 @@ def _unreadable(file: Path, exc: Exception) -> TunetrackError:
     return TunetrackError(f"imagefolder: cannot read image {file}: {exc}")
 
 
-def _decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
+def decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
     from PIL import Image
 
     out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.float32)
@@ -147,7 +147,7 @@ def _load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str
     if not cfg.path:
         raise TunetrackError("imagefolder: data.path is required (a folder of class sub-folders)")
     files, labels, classes = _scan_imagefolder(Path(cfg.path).expanduser())
-    x = _decode_images(files, cfg.image_size or 64, _image_mode(files, cfg.channels))
+    x = decode_images(files, cfg.image_size or 64, _image_mode(files, cfg.channels))
     return x, np.asarray(labels, dtype=np.int64), classes
 
 

@@ -103,7 +103,7 @@ class Objective:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if run is not None:
-                run.end(state, reason)
+                run.end(state, reason, wait=False)  # final writes go on in the background
 
     def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: Any):
         splits = self.splits
@@ -144,7 +144,7 @@ class Objective:
                 splits=splits,
                 test_eval=test,
                 fit=fit,
-                log_model=self._should_log_model(trial, values),
+                log_model=self.tracker.wants_model(trial.study, values),
             )
         return (values[0] if len(values) == 1 else tuple(values)), "COMPLETE", ""
 
@@ -159,17 +159,3 @@ class Objective:
             else:
                 out.append(float(getattr(best, objective.metric)))
         return out
-
-    def _should_log_model(self, trial: optuna.Trial, values: list[float]) -> bool:
-        mode = self.spec.tracking.log_models
-        if mode != "best":
-            return mode == "all"
-        if len(values) > 1:
-            return True  # multi-objective: any completed trial may sit on the Pareto front
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if not done:
-            return True
-        best = [t.value for t in done]
-        if self.objectives[0].resolved_direction == "maximize":
-            return values[0] > max(best)
-        return values[0] < min(best)

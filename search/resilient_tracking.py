@@ -194,7 +194,7 @@ class ResilientTrialRun:
         if not self._disabled:
             self._guard("log_completed", self._run.log_completed, **kwargs)
 
-    def end(self, state: str, reason: str = "") -> None:
+    def end(self, state: str, reason: str = "", *, wait: bool = True) -> None:
         if self._disabled and not self._tracker.answering():
             return
-        self._guard("end", self._run.end, state, reason)
+        self._guard("end", self._run.end, state, reason, wait=wait)

@@ -35,7 +35,7 @@ def predict(model_uri: str, path: str, *, top: int = 3, tracking_uri: str | None
     """Top-`top` classes with probabilities for each image in the file or folder `path`."""
     import torch
 
-    from tunetrack.models.data import _decode_images
+    from tunetrack.models.data import decode_images
 
     from .client import client_for
     from .model_io import load_pytorch_model, predict_logits
@@ -56,7 +56,7 @@ def predict(model_uri: str, path: str, *, top: int = 3, tracking_uri: str | None
     if height != width or channels not in (1, 3):
         raise TunetrackError(f"model {model_uri} takes {channels}x{height}x{width} inputs; "
                              f"predict supports square 1- or 3-channel images")
-    x = torch.from_numpy(_decode_images(files, height, "L" if channels == 1 else "RGB"))
+    x = torch.from_numpy(decode_images(files, height, "L" if channels == 1 else "RGB"))
     probabilities = predict_logits(model, x).softmax(1)
     k = min(top, len(classes))
     values, indices = probabilities.topk(k, dim=1)
