@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python -m bench.study_time_to_target
 	$(BIN)/python -m bench.tracking_overhead
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.workers_scaling
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db tunetrack.db .pytest_cache .ruff_cache

@@ -19,15 +19,6 @@ from tunetrack.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is fastest, and robust when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def trained():
     data = DataConfig(name="synthetic", n_samples=120, n_classes=3, shape=(2, 6, 6))

@@ -24,15 +24,6 @@ from tunetrack.models.data import Split, Splits
 from tunetrack.models.train import l1_penalty
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is fastest, and robust when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def splits():
     # 96 samples -> 66 train / 15 val / 15 test, 4 classes of 1x8x8

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
@@ -31,14 +30,6 @@ from tunetrack.tracking import tags as T
 
 pytestmark = pytest.mark.slow  # a server start alone takes 10-30 s on a small machine
 
-
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow database: copying it skips MLflow's slow schema setup."""
-    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"
-    if not path.exists():
-        MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
 
 
 def free_port() -> int:

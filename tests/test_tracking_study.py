@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -40,25 +39,6 @@ TRIAL_ARTIFACTS = {"trial.yaml", "confusion_matrix.png", "confusion_matrix.csv",
                    "misclassified.png", "history.csv"}
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow database: copying it skips MLflow's slow schema setup."""
-    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"
-    if not path.exists():
-        MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def uri(tmp_path, template_db, monkeypatch):
-    """A fresh store outside the cwd: any lookup through MLflow's global default store
-    (./mlflow.db) would miss it, so such a bug cannot hide."""
-    (tmp_path / "store").mkdir()
-    shutil.copy(template_db, tmp_path / "store" / "mlflow.db")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield f"sqlite:///{tmp_path}/store/mlflow.db"
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
 @pytest.fixture(scope="module")

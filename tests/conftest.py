@@ -1,0 +1,42 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is fastest, and robust when the cores are shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow database: copying it skips MLflow's slow schema setup."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.getbasetemp() / "mlflow-template.db"
+    if not path.exists():
+        MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def uri(tmp_path, template_db, monkeypatch):
+    """A fresh store outside the cwd: any lookup through MLflow's global default store
+    (./mlflow.db) would miss it, so such a bug cannot hide."""
+    (tmp_path / "store").mkdir()
+    shutil.copy(template_db, tmp_path / "store" / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
