@@ -225,7 +225,7 @@ class _FlakyRun:
     def log_completed(self, **kwargs):
         self.calls.append("completed")
 
-    def end(self, state, reason=""):
+    def end(self, state, reason="", *, wait=True):
         self.calls.append(f"end {state}")
 
 
