@@ -8,13 +8,7 @@ modules (`config`, `choices`, `errors`) never pulls in torch.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
-
-# OpenMP threads that spin while waiting make small-model training 10-20x slower as soon
-# as another process shares the cores (parallel workers, an MLflow server, CI). Passive
-# waiting costs little when the cores are free; set before torch loads, overridable.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "ACTIVATIONS": "choices", "DATASETS": "choices", "FAMILIES": "choices",

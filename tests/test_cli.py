@@ -150,7 +150,8 @@ def test_help_validate_and_status_do_not_import_torch_or_mlflow(workdir):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=workdir)
 
 
-def test_sigint_marks_the_running_trial_failed_and_keeps_the_rest(workdir):
+def _signal_mid_study(workdir: Path, sig: int) -> tuple[Path, list[optuna.trial.FrozenTrial]]:
+    """Start a long study, send `sig` once a trial completed and the next one runs."""
     file = write_study(
         workdir,
         n_trials=50,
@@ -176,18 +177,34 @@ def test_sigint_marks_the_running_trial_failed_and_keeps_the_rest(workdir):
             continue
         if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and states[-1].name == "RUNNING":
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
-    trials = trials_in(db, "tiny")
-    assert not [t for t in trials if t.state.name == "RUNNING"]
-    interrupted = trials[-1]
-    assert interrupted.state.name == "FAIL"
-    assert interrupted.user_attrs["reason"] == "interrupted (SIGINT)"
+    return file, trials_in(db, "tiny")
+
+
+def _resume_keeps_completed(workdir: Path, file: Path, trials) -> None:
     complete = [t.number for t in trials if t.state.name == "COMPLETE"]
     assert complete
     resumed = runner.invoke(app, ["run", str(file), "--trials", "1", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
-    again = trials_in(db, "tiny")
+    again = trials_in(workdir / "tunetrack.db", "tiny")
     assert [t.number for t in again if t.state.name == "COMPLETE"][: len(complete)] == complete
     assert len(again) == len(trials) + 1
+
+
+def test_sigint_marks_the_running_trial_failed_and_keeps_the_rest(workdir):
+    file, trials = _signal_mid_study(workdir, signal.SIGINT)
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    interrupted = trials[-1]
+    assert interrupted.state.name == "FAIL"
+    assert interrupted.user_attrs["reason"] == "interrupted (SIGINT)"
+    _resume_keeps_completed(workdir, file, trials)
+
+
+def test_sigkill_loses_only_the_running_trial(workdir):
+    """SIGKILL gives no chance to clean up: the running trial stays RUNNING in plain SQLite
+    (workers with heartbeats fail and retry it, see test_scaleout_*), the rest is kept."""
+    file, trials = _signal_mid_study(workdir, signal.SIGKILL)
+    assert [t.state.name for t in trials].count("RUNNING") == 1
+    _resume_keeps_completed(workdir, file, trials)
