@@ -226,7 +226,7 @@ def worker(
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     threads: Annotated[int | None, typer.Option(
-        min=1, help="torch threads (default: OMP_NUM_THREADS or torch's)")] = None,
+        min=1, help="torch threads on CPU [default: 1, or OMP_NUM_THREADS]")] = None,
     heartbeat_interval: Annotated[int, typer.Option(
         min=1, help="seconds between heartbeats (RDB storages)")] = 10,
     grace_period: Annotated[int, typer.Option(

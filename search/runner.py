@@ -84,6 +84,8 @@ def _set_cpu_threads(device: Any, threads: int | None) -> None:
         if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
             return
         threads = 1
+    if threads < 1:
+        raise TunetrackError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
 
 

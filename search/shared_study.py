@@ -27,8 +27,6 @@ from typing import TextIO
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
-
 from .config import StudySpec
 from .stale_trials import Heartbeat, RetryStaleTrial
 from .storage import open_storage
@@ -56,17 +54,6 @@ def sampler_seed_offset() -> int:
     if index is not None and index.isdigit():
         return int(index) * SEED_STRIDE
     return secrets.randbelow(2**30)
-
-
-def set_threads(threads: int | None) -> None:
-    """Intra-op threads of torch for this process (None: torch's default / OMP_NUM_THREADS)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise TunetrackError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 @dataclass
@@ -142,7 +129,6 @@ def run_worker(
     total = total or spec.search.n_trials
     heartbeat = heartbeat or Heartbeat()
     label = worker_label()
-    set_threads(threads)
     backend = open_shared_storage(storage, heartbeat, spec=spec, tracking_uri=tracking_uri)
     if not has_heartbeats(backend):
         _log.info("%s: storage has no heartbeats; a killed worker's trial stays RUNNING", label)
@@ -169,6 +155,7 @@ def run_worker(
         callbacks=[TrialLine(label, total, stream), budget],  # the budget may wait: last
         max_total_trials=total,
         seed_offset=sampler_seed_offset(),
+        threads=threads,
     )
 
 

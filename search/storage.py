@@ -15,16 +15,10 @@ from pathlib import Path
 import optuna
 
 from tunetrack.models.errors import TunetrackError
+from tunetrack.tracking.uri import redact, sqlite_path
 
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
 StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
-
-
-def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url.removeprefix("sqlite:///")
-    return None if path in ("", ":memory:") else Path(path)
 
 
 def open_storage(
@@ -51,7 +45,7 @@ def open_storage(
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
-    sqlite = _sqlite_path(url)
+    sqlite = sqlite_path(url)
     if sqlite is not None and not sqlite.parent.is_dir():
         raise TunetrackError(f"storage {url}: folder {sqlite.parent} does not exist")
     if "://" not in url:
@@ -80,7 +74,7 @@ def open_storage(
         raise AssertionError("unreachable")
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunetrackError(f"cannot open storage {_redact(url)}: {first}") from None
+        raise TunetrackError(f"cannot open storage {redact(url)}: {first}") from None
 
 
 _SCHEMA_RACE_ATTEMPTS = 4
@@ -112,13 +106,3 @@ def _lost_schema_race(exc: Exception) -> bool:
         return False
     text = str(exc).lower()
     return "already exists" in text or "duplicate key" in text
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches a terminal or a log."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

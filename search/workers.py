@@ -333,6 +333,6 @@ def run_workers(
 
 
 def _shown(storage: str | None) -> str:
-    from .storage import _redact
+    from tunetrack.tracking.uri import redact
 
-    return _redact(storage) if storage else DEFAULT_STORAGE
+    return redact(storage) if storage else DEFAULT_STORAGE

@@ -59,3 +59,23 @@ def test_digits_study_short(tmp_path):
             assert 0 < t.user_attrs["test_accuracy"] <= 1
             best_epoch = t.user_attrs["best_epoch"]
             assert t.value == pytest.approx(t.intermediate_values[best_epoch])
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_cpu_threads_default_to_one_and_an_explicit_count_is_kept(tmp_path, monkeypatch,
+                                                                  threads):
+    import torch
+
+    from tunetrack.search import parse_study
+
+    from .studyfiles import tiny_study
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run_study(parse_study(tiny_study(n_trials=1, max_epochs=1)), device="cpu",
+                  storage=f"sqlite:///{tmp_path}/t.db", threads=threads)
+        assert torch.get_num_threads() == (threads or 1)
+    finally:
+        torch.set_num_threads(previous)
