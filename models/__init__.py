@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ACTIVATIONS": "choices", "DATASETS": "choices", "FAMILIES": "choices",
-    "INIT_SCHEMES": "choices", "MONITORS": "choices", "OPTIMIZERS": "choices",
-    "SCHEDULERS": "choices",
+    "ACTIVATIONS": "choices", "BACKBONES": "choices", "DATASETS": "choices",
+    "FAMILIES": "choices", "INIT_SCHEMES": "choices", "MONITORS": "choices",
+    "OPTIMIZERS": "choices", "PREPROCESSING": "choices", "SCHEDULERS": "choices",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "AugmentConfig": "config", "DataConfig": "config", "EarlyStoppingConfig": "config",
     "ModelConfig": "config", "TrainConfig": "config", "TrialConfig": "config",
@@ -24,7 +24,8 @@ _EXPORTS = {
     "ClassificationReport": "metrics", "classification_metrics": "metrics",
     "Classifier": "nets", "count_parameters": "nets", "create": "nets",
     "EpochCallback": "train", "EpochResult": "train", "Evaluation": "train",
-    "FitResult": "train", "Trainer": "train",
+    "FitResult": "train", "Trainer": "train", "param_groups": "train",
+    "TransferNet": "transfer", "build_transfer": "transfer", "stages": "transfer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -30,7 +30,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "mlp"  # mlp | cnn | resnet
+    family: str = "mlp"  # mlp | cnn | resnet | torchvision (pretrained backbone, new head)
     depth: int = 2  # mlp: hidden layers; cnn: conv blocks; resnet: residual stages
     width: int = 128  # mlp: hidden units; cnn/resnet: channels of the first block
     activation: str = "relu"
@@ -40,20 +40,65 @@ class ModelConfig:
     kernel_size: int = 3  # cnn
     pool: str = "max"  # cnn: max | avg | none (stride-2 conv instead)
     width_multiplier: float = 2.0  # cnn/resnet: channel growth per block
+    # torchvision family (models/transfer.py; stages per backbone in the README)
+    backbone: str = "resnet18"  # resnet18/34/50, vgg11_bn, vgg16_bn, efficientnet_b0, ...
+    freeze: int = 0  # leading stages kept frozen (no gradients, BatchNorm in eval mode)
+    backbone_lr_factor: float = 1.0  # unfrozen backbone lr = train.lr * this (head: train.lr)
+    # a state_dict file ("{backbone}" is replaced by the backbone's name) or a torchvision
+    # weights name (DEFAULT, IMAGENET1K_V1) from torchvision's cache; None: random init
+    weights: str | None = None
+    preprocess: str = "auto"  # auto | imagenet | dataset: input mean/std (auto: by weights)
+    # side the backbone sees (the model resizes its input); None: the preset's 224 with
+    # imagenet preprocessing, else the images' own size; a study's dataset.image_size sets it
+    input_size: int | None = None
 
 
 @dataclass
 class AugmentConfig:
+    """Training-split augmentation; every knob's zero (crop_scale: 1) means off.
+
+    A study searches on/off and strength in one parameter by including the off value, e.g.
+    `rotation: {float: [0, 20], step: 5}` or `mixup_alpha: {choice: [0.0, 0.2, 0.4]}`.
+    """
+
     crop_padding: int = 0  # random shift by up to this many pixels (zero fill)
+    crop_scale: float = 1.0  # random resized crop: min area fraction in (0, 1]; 1 = off
+    crop_ratio: float = 4 / 3  # ... aspect ratio log-uniform in [1/r, r] (r >= 1)
     flip: bool = False  # random horizontal flip
     rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]
-    brightness: float = 0.0  # multiplicative factor in [1-b, 1+b]
-    contrast: float = 0.0  # contrast factor in [1-c, 1+c]
+    brightness: float = 0.0  # multiplicative factor in [1-b, 1+b], b in [0, 1]
+    contrast: float = 0.0  # contrast factor in [1-c, 1+c], c in [0, 1]
+    mixup_alpha: float = 0.0  # mixup: lam ~ Beta(a, a) per batch; 0 = off
+    cutmix_alpha: float = 0.0  # cutmix: box area ~ Beta(a, a); both on: one per batch
 
     @property
     def enabled(self) -> bool:
-        return bool(self.crop_padding or self.flip or self.rotation or self.brightness
-                    or self.contrast)
+        """Whether any per-sample transform (not mixing) is on."""
+        return bool(self.crop_padding or self.crop_scale < 1 or self.flip or self.rotation
+                    or self.brightness or self.contrast)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether batches are mixed (mixup and/or cutmix), which needs soft targets."""
+        return bool(self.mixup_alpha or self.cutmix_alpha)
+
+    def problems(self) -> list[str]:
+        """Out-of-range values, one line each naming the field (import-light: no torch)."""
+        where, out = "train.augment", []
+        bounds = [
+            ("crop_padding", self.crop_padding >= 0, ">= 0 (pixels)"),
+            ("crop_scale", 0 < self.crop_scale <= 1, "in (0, 1] (1 = off)"),
+            ("crop_ratio", self.crop_ratio >= 1, ">= 1 (1 keeps the aspect ratio)"),
+            ("rotation", 0 <= self.rotation <= 180, "in [0, 180] (degrees)"),
+            ("brightness", 0 <= self.brightness <= 1, "in [0, 1]"),
+            ("contrast", 0 <= self.contrast <= 1, "in [0, 1]"),
+            ("mixup_alpha", self.mixup_alpha >= 0, ">= 0 (0 = off)"),
+            ("cutmix_alpha", self.cutmix_alpha >= 0, ">= 0 (0 = off)"),
+        ]
+        for name, ok, allowed in bounds:
+            if not ok:
+                out.append(f"{where}.{name} must be {allowed} but got {getattr(self, name)!r}")
+        return out
 
 
 @dataclass

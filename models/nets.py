@@ -2,7 +2,8 @@
 
 A `name -> builder` registry (as timm does) keeps `create` open to new families. Every
 network is wrapped in `Classifier`, which normalises raw [0, 1] pixels with the train
-split's statistics, so a saved model needs no separate preprocessing step.
+split's statistics (pretrained torchvision backbones: their weights' own), so a saved
+model needs no separate preprocessing step.
 """
 
 from __future__ import annotations
@@ -142,10 +143,18 @@ def _resnet(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn
     return nn.Sequential(*layers)
 
 
+def _torchvision(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn.Module:
+    """A pretrained torchvision backbone with a new head (see `transfer`)."""
+    from .transfer import build_transfer  # torchvision is imported only when used
+
+    return build_transfer(cfg, shape, n_classes)
+
+
 FAMILIES: dict[str, Callable[[ModelConfig, tuple[int, int, int], int], nn.Module]] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "resnet": _resnet,
+    "torchvision": _torchvision,
 }
 
 
@@ -170,7 +179,13 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        body = apply_init(FAMILIES[cfg.family](cfg, shape, n_classes), cfg.init, cfg.activation)
+        body = FAMILIES[cfg.family](cfg, shape, n_classes)
+        if cfg.family != "torchvision":  # transfer applies `init` itself (head only if pretrained)
+            body = apply_init(body, cfg.init, cfg.activation)
+    if cfg.family == "torchvision":  # ImageNet weights want ImageNet statistics
+        from .transfer import input_statistics
+
+        mean, std = input_statistics(cfg, mean, std)
     return Classifier(Normalize(mean or [0.0] * channels, std or [1.0] * channels), body)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment_batch
+from .augment import augment_batch, check_augment, mix_batch
 from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .choices import MONITORS, OPTIMIZERS, SCHEDULERS
 from .config import TrainConfig
@@ -30,8 +30,10 @@ from .errors import TunetrackError, unknown
 @dataclass
 class EpochResult:
     epoch: int  # 0-based
-    train_loss: float  # mean cross-entropy over the epoch (without the L1 term)
-    train_accuracy: float
+    # mean cross-entropy over the epoch, without the L1 term; on mixup/cutmix batches
+    # lam * CE(y_a) + (1 - lam) * CE(y_b), the loss actually optimised
+    train_loss: float
+    train_accuracy: float  # mixup/cutmix batches: against the label with the larger weight
     val_loss: float
     val_accuracy: float
     lr: float  # learning rate in effect at the start of the epoch
@@ -70,8 +72,28 @@ class Evaluation:
     probabilities: torch.Tensor  # (N, n_classes) float32, on CPU
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig,
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """Trainable parameters as optimizer groups; frozen ones (requires_grad=False) left out.
+
+    A module may carry an `lr_factor` attribute (a transfer backbone does, from
+    `model.backbone_lr_factor`): its parameters form a group at `lr * lr_factor`. The group
+    at `lr` itself comes first, so `param_groups[0]["lr"]` stays the logged `train.lr`.
+    """
+    factor_of: dict[int, float] = {}
+    for module in model.modules():  # outer first: an inner lr_factor overrides an outer one
+        factor = getattr(module, "lr_factor", None)
+        if factor is not None:
+            factor_of.update({id(p): float(factor) for p in module.parameters()})
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault(factor_of.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr": lr * f} for f, ps in groups.items() if ps]
+
+
+def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainConfig,
                     device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.optimizer`; `params` may be groups with their own `lr`."""
     if cfg.optimizer not in OPTIMIZERS:
         raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
     if cfg.lr <= 0:
@@ -100,7 +122,9 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
     if cfg.scheduler == "cosine":
         return sched.CosineAnnealingLR(opt, T_max=cfg.max_epochs, eta_min=cfg.cosine_eta_min)
     if cfg.scheduler == "onecycle":
-        return sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.max_epochs * steps_per_epoch,
+        # one peak per group (a transfer backbone's is lower than the head's)
+        peaks = [group["lr"] for group in opt.param_groups]
+        return sched.OneCycleLR(opt, max_lr=peaks, total_steps=cfg.max_epochs * steps_per_epoch,
                                 pct_start=cfg.onecycle_pct_start)
     if cfg.scheduler == "plateau":
         return sched.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
@@ -133,6 +157,7 @@ class Trainer:
                  callbacks: Sequence[EpochCallback] = (), device: torch.device | None = None):
         if cfg.early_stopping.monitor not in MONITORS:
             raise unknown("early_stopping.monitor", cfg.early_stopping.monitor, MONITORS)
+        check_augment(cfg.augment)
         if cfg.batch_size < 1 or cfg.max_epochs < 1:
             raise TunetrackError(f"train.batch_size and train.max_epochs must be >= 1, got "
                                  f"{cfg.batch_size} and {cfg.max_epochs}")
@@ -152,7 +177,7 @@ class Trainer:
         self.amp_dtype = _autocast_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg, self.device)
+        self.optimizer = build_optimizer(param_groups(self.model, cfg.lr), cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -178,10 +203,15 @@ class Trainer:
         seen = 0
         onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
         for x, y in self.train_data.iterate(cfg.batch_size, self.gen):
+            # training split only: evaluation (`_predict`) neither augments nor mixes
             x = augment_batch(x, cfg.augment, self.aug_gen)
+            mix = mix_batch(x, y, cfg.augment, self.aug_gen)
             with self._autocast():
-                logits = self.forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                logits = self.forward(x if mix is None else mix.x)
+                if mix is None:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                else:
+                    loss = mix.loss(logits, cfg.label_smoothing)
             total = loss + cfg.l1 * l1_penalty(model) if cfg.l1 else loss
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -194,7 +224,7 @@ class Trainer:
             if onecycle and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
                 self.scheduler.step()
             loss_sum += loss.detach().float() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            correct += (logits.argmax(1) == (y if mix is None else mix.dominant_labels())).sum()
             seen += len(y)
         return loss_sum, correct, seen
 

@@ -20,7 +20,8 @@ from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig, TrialC
 
 from .config import ChoiceParam, FloatParam, IntParam, SearchedParam, StudySpec, expand_env
 
-# knobs that only matter for one optimizer / scheduler: conditional unless the file says
+# knobs that only matter for one optimizer / scheduler / model family: conditional unless
+# the file says otherwise
 IMPLIED_WHEN: dict[str, dict[str, list[Any]]] = {
     "train.momentum": {"train.optimizer": ["sgd", "rmsprop"]},
     "train.nesterov": {"train.optimizer": ["sgd"]},
@@ -31,6 +32,12 @@ IMPLIED_WHEN: dict[str, dict[str, list[Any]]] = {
     "train.onecycle_pct_start": {"train.scheduler": ["onecycle"]},
     "train.plateau_factor": {"train.scheduler": ["plateau"]},
     "train.plateau_patience": {"train.scheduler": ["plateau"]},
+    "model.backbone": {"model.family": ["torchvision"]},
+    "model.freeze": {"model.family": ["torchvision"]},
+    "model.backbone_lr_factor": {"model.family": ["torchvision"]},
+    "model.weights": {"model.family": ["torchvision"]},
+    "model.preprocess": {"model.family": ["torchvision"]},
+    "model.input_size": {"model.family": ["torchvision"]},
 }
 GRID_MAX_POINTS = 1000
 
@@ -248,6 +255,7 @@ class SearchSpace:
             setattr(target, name, value)
         if device is not None:
             cfg.train.device = device
+        _resolve_transfer(cfg, self.spec)
         return cfg
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -258,6 +266,19 @@ class SearchSpace:
         ]
         out += [(path, f"fixed {value}", "") for path, value in self.fixed.items()]
         return out
+
+
+def _resolve_transfer(cfg: TrialConfig, spec: StudySpec) -> None:
+    """torchvision family: `${VAR}` in `model.weights`, and `dataset.image_size` as the
+    side the backbone sees unless `model.input_size` says otherwise (no resize inside the
+    model: the images are already decoded at the size the study asked for)."""
+    model = cfg.model
+    if model.family != "torchvision":
+        return
+    if model.weights is not None:
+        model.weights = expand_env(model.weights)
+    if model.input_size is None and spec.dataset.image_size is not None:
+        model.input_size = spec.dataset.image_size
 
 
 def _check_dimension(dim: Dimension) -> list[str]:
