@@ -1,4 +1,4 @@
-"""Classification metrics on a split (scikit-learn does the counting)."""
+"""Classification metrics of predicted labels (scikit-learn does the counting)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from .data import Split
 
 
 @dataclass
@@ -18,12 +16,17 @@ class ClassificationReport:
     per_class_error: dict[str, float]  # 1 - recall per class
 
 
-def classification_metrics(split: Split, predictions: torch.Tensor,
+def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
+def classification_metrics(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | np.ndarray,
                            classes: list[str]) -> ClassificationReport:
+    """Counts on label vectors (tensors or arrays), so it also runs where only the labels
+    were sent (the tracking sidecar)."""
     from sklearn.metrics import classification_report, confusion_matrix
 
-    y_true = split.y.cpu().numpy()
-    y_pred = predictions.cpu().numpy()
+    y_true, y_pred = _numpy(y_true), _numpy(y_pred)
     labels = list(range(len(classes)))
     confusion = confusion_matrix(y_true, y_pred, labels=labels)
     report = classification_report(y_true, y_pred, labels=labels, target_names=classes,

@@ -288,6 +288,30 @@ def compare(
 
 @app.command()
 @user_errors
+def report(
+    study: Annotated[str, typer.Argument(help="study name")],
+    out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("report.html"),
+    top: Annotated[int, typer.Option(min=1, help="trials in the top-trials table")] = 10,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """One self-contained HTML report: summary, Optuna plots, top trials and the best
+    trial's pictures from MLflow (opens offline; a study without completed trials still
+    gets one)."""
+    loaded = _load_study(study, storage)
+    _quiet_libraries()
+    from tunetrack.tracking import write_report
+
+    summary = write_report(loaded, out, tracking_uri=tracking_uri, top=top)
+    best = ("no completed trial" if summary.best_trial is None else
+            f"{len(summary.pictures)} pictures of trial {summary.best_trial}")
+    typer.echo(f"report: {summary.path.resolve()} ({len(summary.plots)} plots, {best})")
+    for note in summary.notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command()
+@user_errors
 def promote(
     study: Annotated[str, typer.Argument(help="study name")],
     model_name: Annotated[str | None, typer.Option(

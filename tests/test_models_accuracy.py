@@ -50,7 +50,7 @@ def test_mlp_reaches_96_percent(digits):
     assert result.best.val_accuracy >= 0.96
     assert seconds < 60
     # the report agrees with the evaluation
-    report = classification_metrics(digits.test, ev.predictions, digits.classes)
+    report = classification_metrics(digits.test.y, ev.predictions, digits.classes)
     assert report.accuracy == pytest.approx(ev.accuracy)
     assert report.confusion.sum() == len(digits.test) == 270
     assert report.confusion.trace() == round(ev.accuracy * 270)

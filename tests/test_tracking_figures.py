@@ -23,10 +23,10 @@ for i in range(10):
     n = int(rng.integers(1, 25))
     figures.draw_misclassified(out / "mis.png", rng.random((n, 1, 8, 8)), [0] * n, [1] * n,
                                ["a", "b"])
-    epochs = list(range(i + 1))
-    series = {k: list(rng.random(i + 1)) for k in
-              ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")}
-    figures.draw_curves(out / "curves.png", epochs, series, i // 2)
+    history = {k: list(rng.random(i + 1)) for k in
+               ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
+    history["epoch"] = list(range(i + 1))
+    figures.draw_curves(out / "curves.png", history, i // 2)
 gc.collect()
 alive = sum(isinstance(o, Figure) for o in gc.get_objects())
 print("pyplot" if "matplotlib.pyplot" in sys.modules else "no-pyplot", alive)
@@ -56,10 +56,9 @@ def test_figures_for_many_classes_and_colour_images(tmp_path):
     figures.draw_confusion(tmp_path / "cm.png", confusion, classes)
     images = np.random.default_rng(1).random((7, 3, 16, 16), dtype=np.float32)
     figures.draw_misclassified(tmp_path / "mis.png", images, [0] * 7, [1] * 7, classes)
-    epochs = list(range(40))
-    series = {k: list(np.linspace(1, 0.1, 40)) for k in
-              ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
-    series["lr"] = list(np.geomspace(1e-1, 1e-4, 40))
-    figures.draw_curves(tmp_path / "curves.png", epochs, series, None)
+    history = {k: list(np.linspace(1, 0.1, 40)) for k in
+               ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
+    history["epoch"] = list(range(40))
+    figures.draw_curves(tmp_path / "curves.png", history, None)
     for name in ("cm.png", "mis.png", "curves.png"):
         assert (tmp_path / name).stat().st_size > 1000

@@ -36,7 +36,8 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr
                  "epoch_seconds")
 TRIAL_ARTIFACTS = {"trial.yaml", "confusion_matrix.png", "confusion_matrix.csv",
                    "classification_report.json", "per_class_error.csv", "curves.png",
-                   "misclassified.png", "history.csv"}
+                   "misclassified.png", "history.csv", "lr.png", "first_layer.png",
+                   "feature_maps.png", "per_class_error.png"}
 
 
 
@@ -97,7 +98,7 @@ def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id)}
 
 
-def test_study_end_to_end(uri, splits, monkeypatch):
+def test_study_end_to_end(uri, splits, monkeypatch, tmp_path):
     study = optuna.create_study(study_name="e2e", direction="maximize")
     tracker = StudyTracker(study_name="e2e", tracking_uri=uri)
     tracker.check_reachable()
@@ -141,7 +142,9 @@ def test_study_end_to_end(uri, splits, monkeypatch):
             assert names >= TRIAL_ARTIFACTS
             assert {"test_accuracy", "test_loss", "best_epoch", "epochs_run", "param_count",
                     "best_val_accuracy", "best_val_loss"} <= set(run.data.metrics)
-            assert trial.user_attrs[T.ATTR_TEST_ACCURACY] == run.data.metrics["test_accuracy"]
+            report = json.loads(Path(client.download_artifacts(
+                run_id, "classification_report.json", str(tmp_path))).read_text())
+            assert run.data.metrics["test_accuracy"] == pytest.approx(report["accuracy"])
         else:
             assert names == {"trial.yaml"}
             assert "test_accuracy" not in run.data.metrics

@@ -27,15 +27,19 @@ _EXPORTS = {
     "predict": "prediction",
     "resolve_tracking_uri": "uri",
     "check_reachable": "uri",
+    "write_insight_artifacts": "insight",
+    "write_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .compare import compare_trials as compare_trials
+    from .insight import write_insight_artifacts as write_insight_artifacts
     from .prediction import predict as predict
     from .registry import PromotionResult as PromotionResult
     from .registry import promote as promote
+    from .report import write_report as write_report
     from .study import StudyTracker as StudyTracker
     from .trial_run import TrialRun as TrialRun
     from .uri import check_reachable as check_reachable

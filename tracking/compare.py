@@ -42,8 +42,8 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
         return {}
     from mlflow.exceptions import MlflowException
 
-    from .background import QUEUE
     from .client import client_for
+    from .sidecar import SIDECAR
     from .uri import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -52,7 +52,7 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
     except TunetrackError as exc:
         _log.warning("compare_trials: no MLflow metrics (%s)", exc)
         return {}
-    QUEUE.flush_all()
+    SIDECAR.drain()
     client, found = client_for(uri), {}
     for run_id in run_ids:
         try:

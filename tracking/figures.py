@@ -5,46 +5,56 @@ each kind of figure is built once per thread and reused: a trial only swaps the 
 the texts, then saves. That halves the cost and keeps memory flat over hundreds of trials
 (a few figures per thread, never registered with pyplot). The misclassified grid is one
 image mosaic in a single Axes: 25 separate Axes would cost more than everything else.
+`new_figure`, `reused` and `short` are shared with `insight`, which follows the same rules.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    History = pd.DataFrame | Mapping[str, Sequence[float]]
+
 DPI = 100
 GRID_COLUMNS = 5
 GRID_ROWS = 5  # misclassified grid: up to 25 images, fixed layout so the figure is reused
+MAX_REUSED = 12  # figures kept per thread: ~7 kinds of a trial, a few layouts to spare
 _cache = threading.local()
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: not registered with pyplot, so it is freed with its
+    last reference instead of living until `plt.close`."""
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _reused(key: tuple, build: Callable[[], Any]) -> Any:
+def reused(key: tuple, build: Callable[[], Any]) -> Any:
     """The figure for `key` built on this thread (a small LRU: class lists and image
     shapes differ between studies, rarely within one)."""
     figures = getattr(_cache, "figures", None)
     if figures is None:
         figures = _cache.figures = {}
     if key not in figures:
-        if len(figures) >= 6:
+        if len(figures) >= MAX_REUSED:
             figures.pop(next(iter(figures)))
         figures[key] = build()
     figures[key] = figures.pop(key)  # most recent last
     return figures[key]
 
 
-def _short(name: str, limit: int = 12) -> str:
+def short(name: str, limit: int = 12) -> str:
+    """`name` cut to `limit` characters with an ellipsis: tick labels must not overlap."""
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
@@ -55,7 +65,7 @@ class _Confusion:
         n = len(classes)
         self.annotate = n <= 30  # beyond that a colour scale replaces the numbers
         side = min(16.0, max(4.5, 0.45 * n + 2.0))
-        self.fig = _figure(side + (0.0 if self.annotate else 1.0), side)
+        self.fig = new_figure(side + (0.0 if self.annotate else 1.0), side)
         ax = self.fig.add_axes((0.15, 0.12, 0.8, 0.8) if self.annotate
                                else (0.16, 0.14, 0.7, 0.78))
         self.image = ax.imshow(np.zeros((n, n)), cmap="Blues", interpolation="nearest",
@@ -63,7 +73,7 @@ class _Confusion:
         if not self.annotate:
             self.fig.colorbar(self.image, cax=self.fig.add_axes((0.88, 0.14, 0.03, 0.78)))
         if n <= 50:
-            labels = [_short(c) for c in classes]
+            labels = [short(c) for c in classes]
             ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 0, fontsize=8)
             ax.set_yticks(range(n), labels, fontsize=8)
         self.cells = [[ax.text(j, i, "", ha="center", va="center", fontsize=7)
@@ -90,55 +100,80 @@ class _Confusion:
 
 def draw_confusion(path: Path, confusion: np.ndarray, classes: Sequence[str]) -> None:
     key = ("confusion", tuple(classes))
-    _reused(key, lambda: _Confusion(tuple(classes))).draw(path, np.asarray(confusion))
+    reused(key, lambda: _Confusion(tuple(classes))).draw(path, np.asarray(confusion))
 
 
 class _Curves:
-    """Loss and accuracy (train vs val) and the learning rate per epoch."""
+    """Train vs validation loss and accuracy per epoch. The band between the two curves is
+    the generalisation gap (val - train loss, train - val accuracy); a thick segment marks
+    it at the best epoch (the weights the trial kept) and the title gives its value, so
+    over-fitting shows at a glance. The learning rate has its own figure (`insight`)."""
 
-    PANELS = (("loss", ("train_loss", "val_loss")),
-              ("accuracy", ("train_accuracy", "val_accuracy")), ("learning rate", ("lr",)))
+    PANELS = (("loss", "train_loss", "val_loss", 1.0, "val - train"),
+              ("accuracy", "train_accuracy", "val_accuracy", -1.0, "train - val"))
+    GAP_COLOUR = "C3"
 
     def __init__(self) -> None:
-        self.fig = _figure(12.0, 3.6)
-        self.axes, self.lines, self.best = [], {}, []
-        for index, (title, keys) in enumerate(self.PANELS):
-            ax = self.fig.add_axes((0.05 + index * 0.33, 0.15, 0.27, 0.72))
-            for key in keys:
-                (self.lines[key],) = ax.plot([], [], markersize=3, label=key)
-            self.best.append(ax.axvline(0, color="grey", linestyle="--", linewidth=1,
-                                        label="best epoch"))
-            ax.set_title(title, y=1.01)
+        from matplotlib.patches import Patch
+
+        self.fig = new_figure(10.0, 3.8)
+        self.panels: list[dict[str, Any]] = []
+        self.bands: list[Any] = []
+        for index, (title, train, val, sign, gap_text) in enumerate(self.PANELS):
+            ax = self.fig.add_axes((0.07 + index * 0.5, 0.13, 0.41, 0.7))
+            (train_line,) = ax.plot([], [], markersize=3, label="train", color="C0")
+            (val_line,) = ax.plot([], [], markersize=3, label="validation", color="C1")
+            (gap_mark,) = ax.plot([], [], color=self.GAP_COLOUR, linewidth=3,
+                                  solid_capstyle="butt", label="gap at best epoch")
+            best = ax.axvline(0, color="grey", linestyle="--", linewidth=1, label="best epoch")
+            band = Patch(facecolor=self.GAP_COLOUR, alpha=0.2, label="generalisation gap")
+            ax.legend(handles=[train_line, val_line, band, gap_mark, best], fontsize=7,
+                      loc="upper right" if title == "loss" else "lower right")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.locator_params(nbins=5)  # tick labels are most of the drawing time
-            if len(keys) > 1:
-                ax.legend(fontsize=7, loc="lower right" if title == "accuracy" else
-                          "upper right")
-            self.axes.append(ax)
+            self.panels.append({
+                "ax": ax, "train": train, "val": val, "sign": sign, "name": title,
+                "gap_text": gap_text, "lines": (train_line, val_line), "mark": gap_mark,
+                "best": best, "title": ax.set_title("", y=1.01, fontsize=10)})
 
-    def draw(self, path: Path, epochs: Sequence[int], series: dict[str, Sequence[float]],
-             best_epoch: int | None) -> None:
+    def draw(self, path: Path, history: History, best_epoch: int | None) -> None:
+        epochs = np.asarray(history["epoch"], dtype=float)
         marker = "o" if len(epochs) <= 30 else ""
-        for key, line in self.lines.items():
-            line.set_data(epochs, series[key])
-            line.set_marker(marker)
-        for vline in self.best:
-            vline.set_visible(best_epoch is not None)
-            vline.set_xdata([best_epoch or 0] * 2)
-        lrs = [v for v in series["lr"] if v > 0]
-        scale = "log" if lrs and max(lrs) / min(lrs) > 20 else "linear"
-        if self.axes[2].get_yscale() != scale:
-            self.axes[2].set_yscale(scale)
-        for ax in self.axes:
+        for band in self.bands:
+            band.remove()
+        self.bands = []
+        found = np.flatnonzero(epochs == best_epoch) if best_epoch is not None else []
+        at, where = (int(found[0]), "best") if len(found) else (len(epochs) - 1, "last")
+        for panel in self.panels:
+            ax = panel["ax"]
+            train = np.asarray(history[panel["train"]], dtype=float)
+            val = np.asarray(history[panel["val"]], dtype=float)
+            for line, values in zip(panel["lines"], (train, val), strict=True):
+                line.set_data(epochs, values)
+                line.set_marker(marker)
+            self.bands.append(ax.fill_between(epochs, train, val, color=self.GAP_COLOUR,
+                                              alpha=0.2, linewidth=0))
+            panel["best"].set_visible(best_epoch is not None)
+            panel["best"].set_xdata([best_epoch or 0] * 2)
+            title = panel["name"]
+            panel["mark"].set_data([], [])  # no history: nothing of the last trial stays
+            if at >= 0:
+                panel["mark"].set_data([epochs[at]] * 2, [train[at], val[at]])
+                gap = panel["sign"] * (val[at] - train[at])
+                title += (f"\ngap ({panel['gap_text']}) at {where} epoch {int(epochs[at])}: "
+                          f"{gap:+.4f}")
+            panel["title"].set_text(title)
             ax.relim(visible_only=True)
             ax.autoscale_view()
         self.fig.savefig(path, dpi=DPI)
 
 
-def draw_curves(path: Path, epochs: Sequence[int], series: dict[str, Sequence[float]],
-                best_epoch: int | None) -> None:
-    _reused(("curves",), _Curves).draw(path, epochs, series, best_epoch)
+def draw_curves(path: Path, history: History, best_epoch: int | None) -> None:
+    """Train vs val loss and accuracy with the generalisation gap, from a trial's history
+    (a pandas DataFrame of `EpochResult` rows, or a mapping column -> values) with the
+    columns epoch, train_loss, val_loss, train_accuracy, val_accuracy."""
+    reused(("curves",), _Curves).draw(path, history, best_epoch)
 
 
 class _Misclassified:
@@ -150,7 +185,7 @@ class _Misclassified:
         self.cell = (height + self.pad + self.label, width + self.pad)
         self.mosaic = np.ones((GRID_ROWS * self.cell[0] + self.pad,
                                GRID_COLUMNS * self.cell[1] + self.pad, 3), dtype=np.float32)
-        self.fig = _figure(1.5 * GRID_COLUMNS, 1.6 * GRID_ROWS + 0.4)
+        self.fig = new_figure(1.5 * GRID_COLUMNS, 1.6 * GRID_ROWS + 0.4)
         ax = self.fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / (1.6 * GRID_ROWS + 0.4)))
         self.image = ax.imshow(self.mosaic, interpolation="nearest")
         ax.set_axis_off()
@@ -175,7 +210,7 @@ class _Misclassified:
                 top = r * self.cell[0] + self.pad + self.label
                 left = c * self.cell[1] + self.pad
                 self.mosaic[top:top + height, left:left + width] = tiles[k]
-                text.set_text(f"{_short(classes[true[k]], 8)} → {_short(classes[pred[k]], 8)}")
+                text.set_text(f"{short(classes[true[k]], 8)} → {short(classes[pred[k]], 8)}")
             else:
                 text.set_text("")
         self.image.set_data(self.mosaic)
@@ -187,5 +222,5 @@ def draw_misclassified(path: Path, images: np.ndarray, true: Sequence[int],
                        pred: Sequence[int], classes: Sequence[str]) -> None:
     """Up to 25 images (N, C, H, W) in [0, 1] with their true and predicted labels."""
     shape = tuple(int(s) for s in images.shape[1:])
-    _reused(("misclassified", shape), lambda: _Misclassified(shape)).draw(
+    reused(("misclassified", shape), lambda: _Misclassified(shape)).draw(
         path, images, true, pred, classes)

@@ -97,6 +97,14 @@ class StudyTracker:
         """Raise TunetrackError (naming the URI) unless the store answers; a few seconds."""
         check_reachable(self.tracking_uri)
 
+    def warm_up(self) -> None:
+        """Start the sidecar process now (it imports MLflow, torch, matplotlib), so it is ready
+        by the time the first trial's run is needed; costs the caller nothing."""
+        from . import trial_tasks
+        from .sidecar import SIDECAR
+
+        SIDECAR.submit(trial_tasks.warm_up)
+
     # ---- parent run -------------------------------------------------------------------
 
     def start_study(self, study: optuna.Study) -> str:
@@ -212,45 +220,39 @@ class StudyTracker:
 
     def start_trial(self, trial_number: int, params: dict[str, object], config: TrialConfig,
                     *, device: str, data_fingerprint: str, trial: Any = None) -> TrialRun:
-        """Create the trial's child run (params, tags, trial.yaml) and return its handle."""
-        import yaml
-        from mlflow.entities import Param
+        """Queue the trial's child run (params, tags, trial.yaml) and return its handle.
 
-        from .background import QUEUE
+        The run is created by the sidecar while the trial trains; `trial` (the Optuna
+        trial) gets the run id as user attr `mlflow_run_id` as soon as it exists.
+        """
+        import uuid
+
+        import yaml
+
+        from . import trial_tasks
+        from .sidecar import SIDECAR
         from .trial_run import TrialRun
 
         if self.parent_run_id is None or self.experiment_id is None:
             raise RuntimeError("StudyTracker.start_study(study) must be called before "
                                "start_trial")
-        client = self.client
-        run = client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags={
-            T.PARENT_RUN_ID: self.parent_run_id, T.STUDY: self.study_name,
-            T.ROLE: T.ROLE_TRIAL, T.OPTUNA_STUDY: self.study_name,
-            T.OPTUNA_TRIAL: str(trial_number), T.DEVICE: str(device),
-            T.DATA_FINGERPRINT: data_fingerprint, **T.runtime_tags()})
-        run_id = run.info.run_id
-        logged = {**{k: v for k, v in params.items()}, T.TRIAL_NUMBER_PARAM: trial_number}
-        QUEUE.submit(client, run_id, params=[Param(k, T.clip(str(v), 6000))
-                                             for k, v in logged.items()])
-        if trial is not None:
-            trial.set_user_attr(T.ATTR_RUN_ID, run_id)
-        monitor = None
-        if self.system_metrics:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                           tracking_uri=self.tracking_uri)
-            monitor.start()
-        handle = TrialRun(client, run_id, experiment_id=self.experiment_id,
-                          artifact_uri=run.info.artifact_uri, study_name=self.study_name,
-                          trial_number=trial_number, log_models=self.log_models, trial=trial,
-                          monitor=monitor)
+        token = uuid.uuid4().hex
+        tags = {T.PARENT_RUN_ID: self.parent_run_id, T.STUDY: self.study_name,
+                T.ROLE: T.ROLE_TRIAL, T.OPTUNA_STUDY: self.study_name,
+                T.OPTUNA_TRIAL: str(trial_number), T.DEVICE: str(device),
+                T.DATA_FINGERPRINT: data_fingerprint, **T.runtime_tags()}
+        params = {**{k: T.clip(str(v), 6000) for k, v in params.items()},
+                  T.TRIAL_NUMBER_PARAM: str(trial_number)}
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-        with tempfile.TemporaryDirectory(prefix="tunetrack-trial-") as tmp:
-            path = Path(tmp) / "trial.yaml"
-            path.write_text(yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False))
-            handle.log_artifacts(path)
-        return handle
+        created = SIDECAR.submit(
+            trial_tasks.create_run, self.tracking_uri, token,
+            experiment_id=self.experiment_id, run_name=f"trial-{trial_number}", tags=tags,
+            params=params,
+            trial_yaml=yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False),
+            system_metrics_s=SYSTEM_METRICS_INTERVAL_S if self.system_metrics else None)
+        return TrialRun(tracking_uri=self.tracking_uri, token=token, created=created,
+                        experiment_id=self.experiment_id, study_name=self.study_name,
+                        trial_number=trial_number, log_models=self.log_models, trial=trial)
 
     def end_trial_run(self, run_id: str, state: str, reason: str) -> None:
         """End a trial's run by id (e.g. one left RUNNING by a killed worker)."""
@@ -297,10 +299,10 @@ class StudyTracker:
         from mlflow.entities import Metric, RunTag
         from optuna.trial import TrialState
 
-        from .background import QUEUE
+        from .sidecar import SIDECAR
         from .study_artifacts import write_study_artifacts
 
-        QUEUE.flush_all()  # trial runs ended with wait=False land first
+        SIDECAR.drain()  # trial runs ended with wait=False land first
         if self.parent_run_id is None:
             self.start_study(study)
         client, parent = self.client, self.parent_run_id

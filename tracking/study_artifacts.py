@@ -43,12 +43,16 @@ def _pyplot():
     return plt
 
 
-def _plots(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable]], dict[str, str]]:
-    """Plot name -> (plotly function, matplotlib function) for the plots that apply."""
+def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable]],
+                                           dict[str, str]]:
+    """Plot name -> (plotly function, matplotlib function) for the plots that apply, and
+    plot name -> why not for the others. The one place that decides which Optuna plots a
+    study gets: the parent run's files and `tunetrack report` both use it."""
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    searched = {name for trial in complete for name in trial.params}
     reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     skipped: dict[str, str] = {}
     plots: dict[str, tuple[Callable, Callable]] = {}
@@ -68,6 +72,8 @@ def _plots(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable]], d
             skipped[name] = "no completed trial"
         elif name == "param_importances" and len(complete) < 2:
             skipped[name] = "needs at least 2 completed trials"
+        elif name == "param_importances" and len(searched) < 2:
+            skipped[name] = "needs at least 2 searched parameters"
         else:
             plots[name] = funcs
     if reported:
@@ -92,7 +98,7 @@ def write_plots(study: optuna.Study, out: Path) -> StudySummary:
     import matplotlib
 
     plt = _pyplot()
-    plots, skipped = _plots(study)
+    plots, skipped = plot_list(study)
     summary = StudySummary(skipped=skipped)
     for name, (plotly_fn, mpl_fn) in plots.items():
         with warnings.catch_warnings(), matplotlib.rc_context():  # optuna sets ggplot style
