@@ -26,13 +26,17 @@ def save_checkpoint(path: str | Path, model: Classifier, cfg: TrialConfig, class
 
 
 def load_checkpoint(path: str | Path) -> tuple[Classifier, TrialConfig, list[str]]:
-    """Rebuild the network from the stored config and load its weights (eval mode, CPU)."""
+    """Rebuild the network from the stored config and load its weights (eval mode, CPU).
+
+    The network is built with `pretrained=False`: the checkpoint holds every weight, so the
+    pretrained file a transfer trial started from is neither read nor needed any more.
+    """
     path = Path(path)
     if not path.is_file():
         raise TunetrackError(f"checkpoint {path} does not exist")
     raw = torch.load(path, map_location="cpu", weights_only=True)
     cfg = TrialConfig.from_dict(raw["config"])
     classes = list(raw["classes"])
-    model = create(cfg.model, raw["input_shape"], len(classes))
+    model = create(cfg.model, raw["input_shape"], len(classes), pretrained=False)
     model.load_state_dict(raw["state_dict"])
     return model.eval(), cfg, classes

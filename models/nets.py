@@ -143,11 +143,12 @@ def _resnet(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn
     return nn.Sequential(*layers)
 
 
-def _torchvision(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn.Module:
+def _torchvision(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int, *,
+                 pretrained: bool = True) -> nn.Module:
     """A pretrained torchvision backbone with a new head (see `transfer`)."""
     from .transfer import build_transfer  # torchvision is imported only when used
 
-    return build_transfer(cfg, shape, n_classes)
+    return build_transfer(cfg, shape, n_classes, pretrained=pretrained)
 
 
 FAMILIES: dict[str, Callable[[ModelConfig, tuple[int, int, int], int], nn.Module]] = {
@@ -160,11 +161,13 @@ FAMILIES: dict[str, Callable[[ModelConfig, tuple[int, int, int], int], nn.Module
 
 def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-           seed: int | None = None) -> Classifier:
+           seed: int | None = None, *, pretrained: bool = True) -> Classifier:
     """Build the network named by `cfg.family`, initialised with `cfg.init`.
 
     `seed` makes the initial weights reproducible without touching global RNG state
-    of the caller beyond this call.
+    of the caller beyond this call. `pretrained=False` skips reading `model.weights`
+    (torchvision family) but keeps everything else, normalisation included: the architecture
+    for a state_dict that will overwrite every weight, as `load_checkpoint` needs.
     """
     if cfg.family not in FAMILIES:
         raise unknown("model family", cfg.family, FAMILIES)
@@ -179,7 +182,9 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        body = FAMILIES[cfg.family](cfg, shape, n_classes)
+        # only the torchvision family has pretrained weights to skip
+        options = {"pretrained": pretrained} if cfg.family == "torchvision" else {}
+        body = FAMILIES[cfg.family](cfg, shape, n_classes, **options)
         if cfg.family != "torchvision":  # transfer applies `init` itself (head only if pretrained)
             body = apply_init(body, cfg.init, cfg.activation)
     if cfg.family == "torchvision":  # ImageNet weights want ImageNet statistics

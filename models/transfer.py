@@ -3,7 +3,8 @@
 `model.family: torchvision` builds one of `BACKBONES` with `weights=None` and then loads
 the pretrained weights itself, from a local file or from torchvision's cache only, so that
 nothing is ever downloaded and every mismatch is an error that names the keys. Each
-backbone is cut into *stages* (the table is in the README, `stages()` computes it): every
+backbone is cut into *stages* (the table is in the README, `stages()` computes it and
+`choices.BACKBONE_STAGES` names them for the torch-free validator): every
 pretrained parameter belongs to exactly one stage, and only the new head belongs to none,
 so `freeze = len(stages)` is a linear probe.
 
@@ -16,7 +17,6 @@ group at `train.lr * factor`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import PREPROCESSING
+from .choices import (
+    PREPROCESSING,
+    freeze_problem,
+    missing_weights_file,
+    weights_for,
+    weights_name,
+)
 from .config import ModelConfig
 from .errors import TunetrackError, unknown
 from .init_schemes import apply_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# "IMAGENET1K_V1", "DEFAULT" or "ResNet18_Weights.IMAGENET1K_V1": a weights enum member
-_ENUM_NAME = re.compile(r"(?:\w+_Weights\.)?([A-Z][A-Z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,14 @@ def _torchvision_net(name: str) -> nn.Module:
 
 
 def stages(name: str) -> list[Stage]:
-    """The freezable stages of backbone `name`, first (input side) to last."""
-    return _spec(name).stages(_torchvision_net(name))
+    """The freezable stages of backbone `name`, first (input side) to last.
+
+    Stages depend on the structure only, so the network is built on the meta device: no
+    memory and no init (vgg's 100M-parameter classifier would take seconds).
+    """
+    with torch.device("meta"):
+        net = _torchvision_net(name)
+    return _spec(name).stages(net)
 
 
 # ---------------------------------------------------------------------------- weights
@@ -133,19 +143,19 @@ def stages(name: str) -> list[Stage]:
 
 def _weights_enum(backbone: str, value: str) -> Any | None:
     """The torchvision weights member named by `value`, or None when `value` is a path."""
-    match = _ENUM_NAME.fullmatch(value)
-    if match is None or Path(value).exists():
+    member = weights_name(value)
+    if member is None:
         return None
     from torchvision.models import get_model_weights
 
     enum = get_model_weights(backbone)
     names = list(enum.__members__)
-    if match.group(1) not in names:
+    if member not in names:
         raise TunetrackError(
             f"model.weights {value!r} is neither a file nor a weights name of {backbone}; "
             f"names: {', '.join(names)} (or a path to a state_dict file)"
         )
-    return enum[match.group(1)]
+    return enum[member]
 
 
 def cached_weights_path(weights: Any) -> Path:
@@ -155,7 +165,7 @@ def cached_weights_path(weights: Any) -> Path:
 
 def _weights_file(cfg: ModelConfig) -> Path:
     """The file holding `cfg.weights` (a path, or a cached torchvision enum); must exist."""
-    value = str(cfg.weights).replace("{backbone}", cfg.backbone)
+    value = weights_for(str(cfg.weights), cfg.backbone)
     enum = _weights_enum(cfg.backbone, value)
     if enum is not None:
         path = cached_weights_path(enum)
@@ -165,13 +175,10 @@ def _weights_file(cfg: ModelConfig) -> Path:
                 f"put the file from {enum.url} at {path} (tunetrack never downloads)"
             )
         return path
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise TunetrackError(
-            f"model.weights: {path} is not a file (a state_dict saved with torch.save, or a "
-            f"torchvision weights name such as DEFAULT or IMAGENET1K_V1)"
-        )
-    return path
+    problem = missing_weights_file(value)
+    if problem is not None:
+        raise TunetrackError(f"model.weights: {problem}")
+    return Path(value).expanduser()
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -244,7 +251,7 @@ def preprocessing(cfg: ModelConfig) -> str:
         return cfg.preprocess
     if cfg.weights is None:
         return "dataset"
-    value = str(cfg.weights).replace("{backbone}", cfg.backbone)
+    value = weights_for(str(cfg.weights), cfg.backbone)
     return "imagenet" if _weights_enum(cfg.backbone, value) is not None else "dataset"
 
 
@@ -252,7 +259,7 @@ def preset(cfg: ModelConfig) -> Preset:
     """The preset of the named weights enum, else of the backbone's DEFAULT weights."""
     from torchvision.models import get_model_weights
 
-    value = str(cfg.weights or "").replace("{backbone}", cfg.backbone)
+    value = weights_for(cfg.weights or "", cfg.backbone)
     enum = (_weights_enum(cfg.backbone, value) if value else None) or (
         get_model_weights(cfg.backbone).DEFAULT)
     transforms = enum.transforms()
@@ -337,33 +344,33 @@ def _check(cfg: ModelConfig, shape: tuple[int, int, int]) -> None:
     if shape[0] not in (1, 3):
         raise TunetrackError(f"model.family torchvision takes 1- or 3-channel images, "
                              f"got {shape[0]} channels")
-    if cfg.freeze < 0:
-        raise TunetrackError(f"model.freeze must be >= 0 (leading stages kept frozen), "
-                             f"got {cfg.freeze}")
+    problem = freeze_problem(cfg.backbone, cfg.freeze)  # the validator's rule, verbatim
+    if problem is not None:
+        raise TunetrackError(problem)
     if not cfg.backbone_lr_factor > 0:
         raise TunetrackError(f"model.backbone_lr_factor must be > 0 (freeze stages with "
                              f"model.freeze instead), got {cfg.backbone_lr_factor}")
 
 
-def build_transfer(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int
-                   ) -> TransferNet:
+def build_transfer(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int, *,
+                   pretrained: bool = True) -> TransferNet:
     """The `torchvision` family: backbone, weights, new head, frozen stages, init policy.
 
     Init policy: with pretrained weights `model.init` applies to the new head only (the
     pretrained layers are never re-drawn); without weights it applies to the whole network,
     and `default` keeps torchvision's own per-architecture init.
+
+    `pretrained=False` builds the same network (same frozen stages, input size and
+    preprocessing, all decided from `cfg` alone) without reading `cfg.weights`: for a
+    checkpoint, whose state_dict replaces every weight anyway and must still load after the
+    pretrained file is gone.
     """
     spec = _spec(cfg.backbone)
     _check(cfg, shape)
     target, _ = _input_side(cfg, shape)
     net = _torchvision_net(cfg.backbone)
     parts = spec.stages(net)
-    if cfg.freeze > len(parts):
-        raise TunetrackError(
-            f"model.freeze {cfg.freeze} is too large for backbone {cfg.backbone}: it has "
-            f"{len(parts)} stages ({', '.join(s.name for s in parts)}); allowed: 0..{len(parts)}"
-        )
-    if cfg.weights is not None:
+    if cfg.weights is not None and pretrained:
         load_pretrained(net, cfg)
     old_head = net.get_submodule(spec.head)
     linear = nn.Linear(old_head.in_features, n_classes)

@@ -15,8 +15,21 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from tunetrack.models.choices import FIELD_CHOICES
-from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
+from tunetrack.models.choices import (
+    BACKBONE_STAGES,
+    FIELD_CHOICES,
+    freeze_problem,
+    missing_weights_file,
+    weights_for,
+)
+from tunetrack.models.config import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    TrialConfig,
+)
+from tunetrack.models.errors import TunetrackError
 
 from .config import ChoiceParam, FloatParam, IntParam, SearchedParam, StudySpec, expand_env
 
@@ -178,7 +191,9 @@ class SearchSpace:
 
     @classmethod
     def check(cls, spec: StudySpec) -> list[str]:
-        """Every problem pydantic cannot see: types, names, conditions, grid limits."""
+        """Every problem pydantic cannot see: types, names, conditions, grid limits, and
+        values no trial could train with (augmentation bounds, transfer options), so a bad
+        study fails here, before a study row or an MLflow run exists."""
         space = cls(spec)
         errors = list(space.errors)
         for dim in space.dimensions:
@@ -200,13 +215,36 @@ class SearchSpace:
                 )
         if spec.search.sampler == "grid":
             errors += space._check_grid()
-        return errors
+        errors += _check_augment(space)
+        errors += _check_transfer(space)
+        return list(dict.fromkeys(errors))  # one line per problem, however many backbones
+
+    def dimension(self, path: str) -> Dimension | None:
+        return next((d for d in self.dimensions if d.path == path), None)
 
     def options(self, path: str) -> list[Any] | None:
         if path in self.fixed:
             return [self.fixed[path]]
-        dim = next((d for d in self.dimensions if d.path == path), None)
+        dim = self.dimension(path)
         return None if dim is None else dim.values()
+
+    def edges(self, path: str) -> list[tuple[str, Any]]:
+        """(where, value) to check for option `path`: its fixed value, both ends of its
+        range, or every choice; [] when the file leaves it at its default.
+
+        The trainer's bounds are intervals, so a range whose ends pass passes everywhere.
+        `where` is the path an error should name: `path`, or `path.int` / `.float` /
+        `.choice` for a searched one.
+        """
+        if path in self.fixed:
+            return [(path, self.fixed[path])]
+        dim = self.dimension(path)
+        if dim is None:
+            return []
+        p = dim.param
+        ends = p.choice if isinstance(p, ChoiceParam) else (
+            p.int_ if isinstance(p, IntParam) else p.float_)
+        return [(f"{path}.{dim.kind}", value) for value in ends]
 
     def _check_grid(self) -> list[str]:
         errors, points = [], 1
@@ -279,6 +317,62 @@ def _resolve_transfer(cfg: TrialConfig, spec: StudySpec) -> None:
         model.weights = expand_env(model.weights)
     if model.input_size is None and spec.dataset.image_size is not None:
         model.input_size = spec.dataset.image_size
+
+
+def _named(where: str, path: str, problem: str) -> str:
+    """A checker's own line (it already names `path`), prefixed with `where` when the value
+    came from a searched spec (`path.int`, `path.choice`, ...)."""
+    return problem if where == path else f"{where}: {problem}"
+
+
+def _check_augment(space: SearchSpace) -> list[str]:
+    """`train.augment.*` values out of the trainer's bounds, by `AugmentConfig.problems`
+    itself (one rule set, no copy here). Each knob is checked alone, the others at their
+    defaults, so every line belongs to the option that caused it."""
+    errors = []
+    for field in dataclasses.fields(AugmentConfig):
+        path = f"train.augment.{field.name}"
+        for where, value in space.edges(path):
+            try:
+                problems = AugmentConfig(**{field.name: value}).problems()
+            except TypeError:  # a choice of the wrong type: `_check_dimension` names it
+                continue
+            errors += [_named(where, path, problem) for problem in problems]
+    return errors
+
+
+def _check_transfer(space: SearchSpace) -> list[str]:
+    """`model.freeze` beyond a backbone's stages and `model.weights` files that do not exist,
+    for every backbone the study can pick: these would otherwise fail each trial that draws
+    them, after the study and its MLflow runs exist. Weights *names* (DEFAULT, ...) are left
+    to the trial: finding torchvision's cache takes torch."""
+    families = space.options("model.family") or [ModelConfig.family]
+    if "torchvision" not in families:
+        return []
+    backbones = [b for b in space.options("model.backbone") or [ModelConfig.backbone]
+                 if b in BACKBONE_STAGES]  # an unknown name is reported on its own
+    errors = []
+    freeze = space.dimension("model.freeze")
+    only = dict(freeze.when).get("model.backbone") if freeze is not None else None
+    for where, value in space.edges("model.freeze"):
+        for backbone in backbones:
+            problem = (freeze_problem(backbone, value) if isinstance(value, int)
+                       and (only is None or backbone in only) else None)
+            if problem is not None:
+                errors.append(_named(where, "model.freeze", problem))
+    for where, value in space.edges("model.weights"):
+        if not isinstance(value, str):
+            continue
+        try:
+            value = expand_env(value)
+        except TunetrackError as exc:  # an unset ${VAR}: every trial would stop on it
+            errors.append(f"{where}: {exc}")
+            continue
+        for backbone in backbones:
+            problem = missing_weights_file(weights_for(value, backbone))
+            if problem is not None:
+                errors.append(f"{where}: {problem}")
+    return errors
 
 
 def _check_dimension(dim: Dimension) -> list[str]:

@@ -104,3 +104,43 @@ def test_load_refuses_pickled_code(trained, tmp_path):
 def test_missing_checkpoint_raises(tmp_path):
     with pytest.raises(TunetrackError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("weights", ["file", "DEFAULT"])
+def test_transfer_checkpoint_loads_after_the_pretrained_file_is_gone(weights, tmp_path,
+                                                                     monkeypatch):
+    """The checkpoint holds every weight: the file the trial started from is not needed, and
+    the network comes back with the same normalisation and input size (gray 16 px input:
+    a file means the dataset's 1-channel statistics, a weights name ImageNet's and 224 px)."""
+    import torchvision
+
+    from tunetrack.models.transfer import cached_weights_path
+
+    from .transfer_support import save_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # never the user's cache
+    if weights == "file":
+        pretrained = save_weights(tmp_path / "w" / "resnet18.pth")
+        value = str(tmp_path / "w" / "{backbone}.pth")
+    else:
+        pretrained = save_weights(cached_weights_path(
+            torchvision.models.ResNet18_Weights.DEFAULT))
+        value = weights
+    shape, classes = (1, 16, 16), ["a", "b", "c"]
+    cfg = TrialConfig(data=DataConfig(name="synthetic", shape=shape),
+                      model=ModelConfig(family="torchvision", weights=value, freeze=2),
+                      train=TrainConfig())
+    model = create(cfg.model, shape, len(classes), [0.4], [0.2], seed=0).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, cfg, classes, shape)
+    pretrained.unlink()
+    with pytest.raises(TunetrackError, match=r"model\.weights"):  # building it needs the file
+        create(cfg.model, shape, len(classes))
+    loaded, loaded_cfg, _ = load_checkpoint(path)
+    assert loaded_cfg == cfg
+    assert loaded.body.frozen == model.body.frozen
+    imagenet = weights != "file"
+    assert loaded.body.input_size == model.body.input_size == (224 if imagenet else None)
+    assert len(loaded.normalize.mean.flatten()) == (3 if imagenet else 1)
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tunetrack.models import AugmentConfig, TunetrackError
+from tunetrack.models import AugmentConfig
 from tunetrack.search import load_study_file, parse_study, run_study
 from tunetrack.search.config import StudyFileError
 from tunetrack.search.samplers import make_sampler
@@ -115,10 +115,10 @@ def test_bad_augment_options_name_the_field(augment, needle):
     assert needle in str(info.value)
 
 
-def test_out_of_range_value_stops_the_run_with_one_line_naming_it(tmp_path):
-    spec = parse_study(tiny_study(n_trials=1, max_epochs=1, train={"augment": {"crop_scale": 1.5}}))
-    with pytest.raises(TunetrackError, match=r"train\.augment\.crop_scale must be in \(0, 1\]"):
-        run_study(spec, storage=f"sqlite:///{tmp_path}/t.db", device="cpu")
+def test_out_of_range_value_is_rejected_at_load_with_one_line_naming_it():
+    """Before any trial (see test_search_validation.py for ranges, choices and the CLI)."""
+    with pytest.raises(StudyFileError, match=r"train\.augment\.crop_scale must be in \(0, 1\]"):
+        parse_study(tiny_study(n_trials=1, max_epochs=1, train={"augment": {"crop_scale": 1.5}}))
 
 
 def test_a_study_with_augmentation_and_mixing_searched_runs(tmp_path):

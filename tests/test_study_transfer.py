@@ -41,12 +41,12 @@ def _study(**model) -> dict:
 
 
 def test_transfer_fields_are_study_options():
-    spec = parse_study(_study(freeze={"int": [0, 4]}, weights="w.pth",
+    spec = parse_study(_study(freeze={"int": [0, 4]}, weights="DEFAULT",
                               backbone_lr_factor={"float": [0.01, 1.0], "log": True},
                               preprocess="imagenet", input_size=64))
     space = SearchSpace(spec)
     assert [d.path for d in space.dimensions] == ["model.freeze", "model.backbone_lr_factor"]
-    assert space.fixed["model.weights"] == "w.pth"
+    assert space.fixed["model.weights"] == "DEFAULT"
     assert space.fixed["model.input_size"] == 64
 
 
@@ -77,12 +77,13 @@ def test_transfer_options_are_sampled_only_for_the_torchvision_family():
     assert [d.path for d in SearchSpace(parse_study(raw)).dimensions] == []
 
 
-def test_resolve_expands_weights_env_and_takes_the_image_size(monkeypatch):
+def test_resolve_expands_weights_env_and_takes_the_image_size(monkeypatch, tmp_path):
     monkeypatch.setenv("TT_DATA", "/data")
-    monkeypatch.setenv("TT_WEIGHTS", "/weights")
+    monkeypatch.setenv("TT_WEIGHTS", str(tmp_path))
+    (tmp_path / "resnet18.pth").touch()  # validation checks that the file exists
     space = SearchSpace(parse_study(_study(weights="${TT_WEIGHTS}/{backbone}.pth")))
     cfg = space.resolve({})
-    assert cfg.model.weights == "/weights/{backbone}.pth"
+    assert cfg.model.weights == f"{tmp_path}/{{backbone}}.pth"
     assert cfg.model.input_size == 32  # dataset.image_size: no resize inside the model
     raw = _study(input_size=64)
     assert SearchSpace(parse_study(raw)).resolve({}).model.input_size == 64
