@@ -1,7 +1,8 @@
 """Per-trial cost of MLflow tracking: the digits study with tracking on vs off.
 
 Trials are deterministic for a seed (same sampler draws, same initial weights, same
-dropout masks), so both runs train the very same trials and differ only by tracking.
+dropout masks), so both runs train the very same trials and differ only by tracking. A
+short untracked warm-up study runs first, so neither side pays for first imports.
 Prints one JSON line: mean trial seconds each way, total wall time each way, and the
 per-trial ratio (on / off) last; target <= 1.05.
 Run: python -m bench.tracking_overhead [--trials 30]
@@ -26,8 +27,8 @@ def timed_study(study_file: str, trials: int, tracking: bool, folder: str) -> di
     study = run_study(
         spec,
         n_trials=trials,
-        storage=f"sqlite:///{folder}/{tracking}.db",
-        tracking_uri=f"sqlite:///{folder}/mlflow.db",
+        storage=f"sqlite:///{folder}{tracking}.db",
+        tracking_uri=f"sqlite:///{folder}mlflow.db",
     )
     wall = time.perf_counter() - start
     durations = [t.duration.total_seconds() for t in study.trials]
@@ -46,8 +47,9 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
-        off = timed_study(args.study, args.trials, False, folder)
-        on = timed_study(args.study, args.trials, True, folder)
+        timed_study(args.study, 2, False, f"{folder}/warm-")
+        off = timed_study(args.study, args.trials, False, f"{folder}/")
+        on = timed_study(args.study, args.trials, True, f"{folder}/")
     print(
         json.dumps(
             {

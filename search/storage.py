@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 
 from tunetrack.models.errors import TunetrackError
-from tunetrack.tracking.uri import redact, sqlite_path
+from tunetrack.tracking.uri import redact, sqlite_path, use_wal
 
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
 StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -54,6 +54,8 @@ def open_storage(
             f"postgresql://USER:PASSWORD@HOST/DB or journal:FILE"
         )
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgres") else {}
+    if sqlite is not None:
+        use_wal(sqlite)  # a third of the cost of each per-epoch `trial.report`
     try:
         for attempt in range(_SCHEMA_RACE_ATTEMPTS):
             try:
@@ -64,8 +66,6 @@ def open_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=heartbeat_stale_trial_callback,
                 )
-                if sqlite is not None:
-                    _use_wal(storage)
                 return storage
             except Exception as exc:
                 if attempt + 1 == _SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
@@ -78,23 +78,6 @@ def open_storage(
 
 
 _SCHEMA_RACE_ATTEMPTS = 4
-
-
-def _use_wal(storage: optuna.storages.RDBStorage) -> None:
-    """SQLite in WAL mode: readers (the dashboard, `tunetrack status`) no longer block
-    the writer, and `synchronous=NORMAL` drops an fsync per commit (a third of the cost of
-    each per-epoch `trial.report`); a crash can lose the last commit, never corrupt."""
-    import sqlalchemy
-
-    def pragmas(connection, _record) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
-    storage.engine.dispose()  # pooled connections were opened without the pragmas
 
 
 def _lost_schema_race(exc: Exception) -> bool:

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from tunetrack.tracking import tags as T
 from tunetrack.tracking import trial_tasks
-from tunetrack.tracking.sidecar import SIDECAR
+from tunetrack.tracking.sidecar import SIDECAR, in_background
 
 
 def _append(path: str, text: str, pause: float = 0.0) -> int:
@@ -25,6 +25,10 @@ def _append(path: str, text: str, pause: float = 0.0) -> int:
     with open(path, "a") as handle:
         handle.write(text)
     return os.getpid()
+
+
+def _slow_then_append(path: str, text: str, pause: float) -> None:
+    in_background(lambda: _append(path, text, pause))
 
 
 def _fail(message: str) -> None:
@@ -46,6 +50,15 @@ def test_tasks_run_in_another_process_in_submission_order(tmp_path):
     assert SIDECAR.drain(timeout=120)
     assert out.read_text() == "0123456789"
     assert {f.result() for f in futures} == {SIDECAR.helper_pid()} != {os.getpid()}
+
+
+def test_slow_work_does_not_hold_up_quick_tasks_and_drain_waits_for_it(tmp_path):
+    out = tmp_path / "lanes.txt"
+    SIDECAR.submit(_slow_then_append, str(out), "slow", 1.0)
+    SIDECAR.submit(_append, str(out), "quick").result(timeout=120)
+    assert out.read_text() == "quick"  # the quick task did not wait behind the slow job
+    assert SIDECAR.drain(timeout=120)
+    assert out.read_text() == "quickslow"
 
 
 def test_a_failing_task_is_logged_and_later_tasks_still_run(tmp_path, caplog):
@@ -70,7 +83,7 @@ def test_ctrl_c_reaches_the_study_not_the_sidecar(tmp_path):
 def test_sidecar_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent("""
         import os, sys, time
-        from tunetrack.tracking.sidecar import SIDECAR
+        from tunetrack.tracking.sidecar import SIDECAR, in_background
         if __name__ == "__main__":
             SIDECAR.submit(os.getpid).result(timeout=120)
             print(SIDECAR.helper_pid(), flush=True)

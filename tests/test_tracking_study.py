@@ -145,6 +145,8 @@ def test_study_end_to_end(uri, splits, monkeypatch, tmp_path):
             report = json.loads(Path(client.download_artifacts(
                 run_id, "classification_report.json", str(tmp_path))).read_text())
             assert run.data.metrics["test_accuracy"] == pytest.approx(report["accuracy"])
+            final = client.get_metric_history(run_id, "test_accuracy")[0]
+            assert final.timestamp <= run.info.end_time  # ended after its slow-lane work
         else:
             assert names == {"trial.yaml"}
             assert "test_accuracy" not in run.data.metrics

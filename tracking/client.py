@@ -19,13 +19,18 @@ from mlflow.exceptions import MlflowException
 
 from tunetrack.models import TunetrackError
 
-from .uri import sqlite_path
+from .uri import sqlite_path, use_wal
 
 
 @functools.lru_cache(maxsize=8)
 def client_for(tracking_uri: str) -> MlflowClient:
-    """Cached client; the registry lives in the same store unless MLFLOW_REGISTRY_URI says."""
+    """Cached client; the registry lives in the same store unless MLFLOW_REGISTRY_URI says.
+    A SQLite store is opened in WAL mode (`uri.use_wal`)."""
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    for uri in {tracking_uri, registry}:
+        db = sqlite_path(uri)
+        if db is not None:
+            use_wal(db)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry)
 
 

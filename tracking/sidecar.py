@@ -9,11 +9,15 @@ not share the GIL, and a 1-thread CPU trial (or a GPU trial) leaves a core for i
 The sidecar is a `ProcessPoolExecutor` with a single spawned worker, so tasks run one at
 a time in submission order: a run is created before its metrics land, and its end comes
 after its data. Each task returns a `Future`; `drain()` waits for all of them (end of
-study, `compare`, `promote`, interpreter exit). Spawned, not forked: the parent holds
-torch's thread pools and database connections, which a fork would copy half-alive. Unlike
-a plain spawn, the helper does not re-import the caller's `__main__`: tasks live in
-tunetrack's modules, and a user's script that calls `run_study` without an
+study, `compare`, `promote`); interpreter exit waits for them too. Spawned, not forked:
+the parent holds torch's thread pools and database connections, which a fork would copy
+half-alive. Unlike a plain spawn, the helper does not re-import the caller's `__main__`:
+tasks live in tunetrack's modules, and a user's script that calls `run_study` without an
 `if __name__ == "__main__":` guard would otherwise run again inside the helper.
+
+Inside the helper, slow work (figures, model export) goes to a second thread through
+`in_background`, so it never holds up the quick writes queued behind it: the next trial's
+run is created while the last one's figures are drawn. `drain()` waits for both.
 
 The helper ignores SIGINT (Ctrl-C stops the study; the sidecar still writes what was
 queued, e.g. the interrupted trial's end) and exits by itself when its parent dies, so a
@@ -27,6 +31,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -89,6 +94,54 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn") if os.name == "nt" else _HelperContext()
 
 
+# ---- inside the helper: the slow lane ---------------------------------------------------
+
+_SLOW: queue.Queue | None = None
+_SLOW_GUARD = threading.Lock()
+
+
+def in_background(job: Callable[[], None]) -> None:
+    """Run `job` on the helper's slow-lane thread, after the slow jobs queued before it.
+    Call only from a task (that is, inside the helper). A failing job is logged."""
+    global _SLOW
+    with _SLOW_GUARD:
+        if _SLOW is None:
+            _SLOW = queue.Queue()
+            threading.Thread(target=_slow_loop, args=(_SLOW,), daemon=True,
+                             name="tunetrack-sidecar-slow").start()
+            atexit.register(_SLOW.join)  # the helper exits only once its slow work is done
+    _SLOW.put(job)
+
+
+def _slow_loop(jobs: queue.Queue) -> None:
+    while True:
+        job = jobs.get()
+        try:
+            job()
+        except Exception as exc:
+            _log.warning("MLflow logging failed: %s", exc)
+        finally:
+            jobs.task_done()
+
+
+_DRAIN_HOOKS: list[Callable[[], None]] = []
+
+
+def before_drain(hook: Callable[[], None]) -> None:
+    """Register work that `drain()` must see done, run in the helper when a drain starts
+    (e.g. logging models that were held back until the study's end)."""
+    if hook not in _DRAIN_HOOKS:
+        _DRAIN_HOOKS.append(hook)
+
+
+def _barrier() -> None:
+    """A task that runs the drain hooks and returns once the slow lane is empty."""
+    for hook in _DRAIN_HOOKS:
+        hook()
+    if _SLOW is not None:
+        _SLOW.join()
+
+
 # MLflow settings read per request; the helper takes the parent's values at each start
 _FORWARDED_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_USERNAME",
@@ -103,7 +156,8 @@ class Sidecar:
         self._pid: int | None = None
         self._pool: cf.ProcessPoolExecutor | None = None
         self._pending: set[cf.Future] = set()
-        atexit.register(self.drain)
+        # at interpreter exit, concurrent.futures runs the queued tasks to the end and the
+        # helper finishes its slow lane before it exits (see `in_background`)
 
     def _executor(self) -> cf.ProcessPoolExecutor:
         if self._pid != os.getpid() or self._pool is None:
@@ -133,9 +187,11 @@ class Sidecar:
             _log.warning("MLflow logging failed: %s", future.exception())
 
     def drain(self, timeout: float | None = 300.0) -> bool:
-        """Wait until every task queued so far is done; False if `timeout` ran out."""
-        if self._pid != os.getpid():
+        """Wait until every task queued so far is done, slow lane included; False if
+        `timeout` ran out."""
+        if self._pid != os.getpid() or self._pool is None:
             return True
+        self.submit(_barrier)
         with self._lock:
             pending = list(self._pending)
         _, not_done = cf.wait(pending, timeout=timeout)

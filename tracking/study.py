@@ -61,8 +61,10 @@ class StudyTracker:
         study_name: Optuna study name; tags every run.
         experiment: MLflow experiment name (default: `study_name`).
         tracking_uri: store; default `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`.
-        log_models: `all` (every completed trial), `best` (when `log_completed` is told the
-            trial is the best so far) or `none`.
+        log_models: `all` (every completed trial), `best` (the best trial's; with one
+            objective the model of this process's best trial is logged when the study's
+            tracking is drained, see `trial_tasks.log_completed`; with several, every
+            trial that joins the Pareto front) or `none`.
         system_metrics: also log CPU/GPU/memory use per trial (needs `psutil`).
     """
 
@@ -82,6 +84,8 @@ class StudyTracker:
         self.system_metrics = system_metrics
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self._warm: Any = None  # Future of the sidecar's warm-up
+        self._single_objective = True
 
     def __repr__(self) -> str:
         return (f"StudyTracker(study={self.study_name!r}, experiment={self.experiment_name!r}, "
@@ -103,7 +107,8 @@ class StudyTracker:
         from . import trial_tasks
         from .sidecar import SIDECAR
 
-        SIDECAR.submit(trial_tasks.warm_up)
+        if self._warm is None:
+            self._warm = SIDECAR.submit(trial_tasks.warm_up)
 
     # ---- parent run -------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class StudyTracker:
         if client.get_run(parent).info.status != "RUNNING":
             client.update_run(parent, status="RUNNING")  # a resumed study is live again
         self.parent_run_id = parent
+        self._single_objective = len(study.directions) == 1
+        self.warm_up()
         return parent
 
     def _usable_parent(self, run_id: str) -> str | None:
@@ -223,7 +230,9 @@ class StudyTracker:
         """Queue the trial's child run (params, tags, trial.yaml) and return its handle.
 
         The run is created by the sidecar while the trial trains; `trial` (the Optuna
-        trial) gets the run id as user attr `mlflow_run_id` as soon as it exists.
+        trial) gets the run id as user attr `mlflow_run_id` as soon as it exists. While the
+        sidecar is still starting (the first trial of a process), the run is created here
+        instead, so that trial does not wait for the sidecar at its end.
         """
         import uuid
 
@@ -244,15 +253,21 @@ class StudyTracker:
         params = {**{k: T.clip(str(v), 6000) for k, v in params.items()},
                   T.TRIAL_NUMBER_PARAM: str(trial_number)}
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        run_name, made = f"trial-{trial_number}", None
+        if self._warm is None or not self._warm.done():
+            info = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info
+            made = (info.run_id, info.artifact_uri)
         created = SIDECAR.submit(
-            trial_tasks.create_run, self.tracking_uri, token,
-            experiment_id=self.experiment_id, run_name=f"trial-{trial_number}", tags=tags,
-            params=params,
+            trial_tasks.create_run, self.tracking_uri, token, made=made,
+            experiment_id=self.experiment_id, run_name=run_name, tags=tags, params=params,
             trial_yaml=yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False),
             system_metrics_s=SYSTEM_METRICS_INTERVAL_S if self.system_metrics else None)
         return TrialRun(tracking_uri=self.tracking_uri, token=token, created=created,
+                        run_id=made[0] if made else None,
                         experiment_id=self.experiment_id, study_name=self.study_name,
-                        trial_number=trial_number, log_models=self.log_models, trial=trial)
+                        trial_number=trial_number, log_models=self.log_models,
+                        hold_best=self.log_models == "best" and self._single_objective,
+                        trial=trial)
 
     def end_trial_run(self, run_id: str, state: str, reason: str) -> None:
         """End a trial's run by id (e.g. one left RUNNING by a killed worker)."""

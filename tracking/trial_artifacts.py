@@ -46,10 +46,11 @@ class CompletedTrial:
     stop_reason: str
     values: dict[str, float]  # final metrics: test_accuracy, best_val_accuracy, ...
     log_model: bool
+    hold_model: bool = False  # log the model only if no better trial replaced it by the end
 
     @classmethod
     def collect(cls, *, model: torch.nn.Module, splits: Splits, test_eval: Evaluation,
-                fit: FitResult, log_model: bool) -> CompletedTrial:
+                fit: FitResult, log_model: bool, hold_model: bool = False) -> CompletedTrial:
         from tunetrack.models import count_parameters
 
         model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -74,7 +75,7 @@ class CompletedTrial:
             wrong_true=y_true[wrong].tolist(), wrong_pred=y_pred[wrong].tolist(),
             history=[asdict(h) for h in fit.history], best_epoch=fit.best_epoch,
             stop_reason=fit.stop_reason, values={k: float(v) for k, v in values.items()},
-            log_model=log_model)
+            log_model=log_model, hold_model=hold_model)
 
 
 def write_tables(out: Path, done: CompletedTrial, report: ClassificationReport

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 CREATE_TIMEOUT_S = 300.0  # a trial waits this long, at most, to learn its run id
+METRICS_EVERY_S = 1.0  # epochs faster than this share one log_batch (fewer store commits)
 
 
 class TrialRun:
@@ -34,7 +35,8 @@ class TrialRun:
     """
 
     def __init__(self, *, tracking_uri: str, token: str, created: cf.Future,
-                 experiment_id: str, study_name: str, trial_number: int, log_models: str,
+                 run_id: str | None = None, experiment_id: str, study_name: str,
+                 trial_number: int, log_models: str, hold_best: bool = False,
                  trial: Any = None):
         self.tracking_uri = tracking_uri
         self.token = token
@@ -42,10 +44,14 @@ class TrialRun:
         self.study_name = study_name
         self.trial_number = trial_number
         self.log_models = log_models
+        self.hold_best = hold_best  # a `best` model waits until the study's end (trial_tasks)
         self._created = created
+        self._run_id = run_id  # known at once when the parent created the run itself
         self._trial = trial
         self._linked = trial is None
         self._last: cf.Future = created
+        self._rows: list[tuple[str, float, int, int]] = []  # epoch metrics not yet sent
+        self._sent_at = 0.0
         self._ended = False
         self._lock = threading.Lock()
 
@@ -64,14 +70,16 @@ class TrialRun:
     @property
     def run_id(self) -> str:
         """The MLflow run id (waits for the sidecar to have created the run)."""
-        return self._created.result(timeout=CREATE_TIMEOUT_S)
+        if self._run_id is None:
+            self._run_id = self._created.result(timeout=CREATE_TIMEOUT_S)
+        return self._run_id
 
     def _submit(self, task: Any, *args: Any, **kwargs: Any) -> None:
         self._last = SIDECAR.submit(task, self.tracking_uri, self.token, *args, **kwargs)
 
     def _link(self, wait: bool) -> None:
         """Write the run id into the Optuna trial once it is known."""
-        if self._linked or not (wait or self._created.done()):
+        if self._linked or not (wait or self._run_id or self._created.done()):
             return
         self._linked = True
         try:
@@ -81,12 +89,21 @@ class TrialRun:
         self._trial.set_user_attr(T.ATTR_RUN_ID, run_id)
 
     def on_epoch_end(self, result: EpochResult) -> bool:
-        """Queue this epoch's metrics with `step=epoch` (one log_batch); never stops."""
+        """Queue this epoch's metrics with `step=epoch`; never stops. Epochs quicker than
+        METRICS_EVERY_S are sent together (the UI's curves lag by that much at most)."""
         stamp = int(time.time() * 1000)
-        self._submit(trial_tasks.log_metrics, [
-            (key, float(value), stamp, result.epoch) for key, value in result.metrics().items()])
+        self._rows += [(key, float(value), stamp, result.epoch)
+                       for key, value in result.metrics().items()]
+        if time.monotonic() - self._sent_at >= METRICS_EVERY_S:
+            self._send_metrics()
         self._link(wait=False)
         return False
+
+    def _send_metrics(self) -> None:
+        if self._rows:
+            self._submit(trial_tasks.log_metrics, self._rows)
+            self._rows = []
+        self._sent_at = time.monotonic()
 
     def log_completed(self, *, model: Any, splits: Splits, test_eval: Evaluation,
                       fit: FitResult, log_model: bool) -> None:
@@ -95,9 +112,10 @@ class TrialRun:
         (see `StudyTracker.wants_model`); the `log_models` policy has the last word."""
         from .trial_artifacts import CompletedTrial
 
+        self._send_metrics()
         wanted = self.log_models == "all" or (self.log_models == "best" and log_model)
         done = CompletedTrial.collect(model=model, splits=splits, test_eval=test_eval, fit=fit,
-                                      log_model=wanted)
+                                      log_model=wanted, hold_model=self.hold_best)
         self._submit(trial_tasks.log_completed, done, experiment_id=self.experiment_id,
                      study_name=self.study_name, trial_number=self.trial_number)
 
@@ -117,7 +135,9 @@ class TrialRun:
             if self._ended:
                 return
             self._ended = True
+        self._send_metrics()
         self._submit(trial_tasks.end_run, state, reason)
         self._link(wait=True)
         if wait:
+            self._submit(trial_tasks.wait_ended)
             cf.wait([self._last], timeout=CREATE_TIMEOUT_S)

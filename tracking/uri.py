@@ -52,6 +52,38 @@ def sqlite_path(uri: str) -> Path | None:
     return path if path.is_absolute() else Path.cwd() / path
 
 
+_WAL_FILES: set[str] = set()
+
+
+def use_wal(db: Path) -> None:
+    """Open every later SQLite connection to `db` (in this process) in WAL mode with
+    `synchronous=NORMAL`: readers (the MLflow UI, the dashboard, `tunetrack status`) no
+    longer block the writer, and a commit costs one fsync less; a crash can lose the last
+    commit, never corrupt the file. Registered on SQLAlchemy's pool class, so it also
+    reaches engines that MLflow and Optuna create themselves."""
+    import sqlalchemy
+
+    if not _WAL_FILES:
+        sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _wal_pragmas)
+    _WAL_FILES.add(str(db.resolve()))
+
+
+def _wal_pragmas(connection, _record) -> None:
+    import sqlite3
+
+    if not isinstance(connection, sqlite3.Connection):
+        return
+    cursor = connection.cursor()
+    try:
+        rows = cursor.execute("PRAGMA database_list").fetchall()
+        if any(row[2] and str(Path(row[2]).resolve()) in _WAL_FILES for row in rows):
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cursor.close()
+
+
 def scheme_of(uri: str) -> str:
     if "://" not in uri:
         return "file"
