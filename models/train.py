@@ -23,7 +23,7 @@ from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .choices import MONITORS, OPTIMIZERS, SCHEDULERS
 from .config import TrainConfig
 from .data import Split, Splits
-from .device import resolve_device
+from .device import cpu_has_native_bf16, resolve_device
 from .errors import TunetrackError, unknown
 
 
@@ -138,10 +138,22 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
     return torch.stack([w.abs().sum() for w in weights]).sum()
 
 
-def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _autocast_dtype(device: torch.device, enabled: bool, convolutional: bool
+                    ) -> torch.dtype | None:
+    """CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: bf16 for
+    convolutional networks on CPUs with native bf16 (measured 1.5x on a 3x32x32 CNN with
+    the same accuracy); fp32 otherwise: small matrix products gain nothing from it."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and convolutional and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
 
 
 class Trainer:
@@ -164,7 +176,9 @@ class Trainer:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.callbacks = list(callbacks)
-        self.channels_last = self.device.type == "cuda" and splits.train.x.dim() == 4
+        # channels_last suits convolutions on CUDA and on CPU (oneDNN: 2x measured on CPU)
+        convolutional = _has_conv(model)
+        self.channels_last = convolutional and splits.train.x.dim() == 4
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
         if self.device.type == "cuda":
@@ -174,7 +188,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.train_data = self._batches(splits.train)
         self.val_data = self._batches(splits.val)
-        self.amp_dtype = _autocast_dtype(self.device, cfg.amp)
+        self.amp_dtype = _autocast_dtype(self.device, cfg.amp, convolutional)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
         self.optimizer = build_optimizer(param_groups(self.model, cfg.lr), cfg, self.device)
@@ -229,21 +243,26 @@ class Trainer:
         return loss_sum, correct, seen
 
     @torch.inference_mode()
-    def _predict(self, data: ResidentBatches | StreamingBatches
+    def _predict(self, data: ResidentBatches | StreamingBatches, *, autocast: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Summed loss, logits and labels over `data` in eval mode."""
         self.model.eval()
         logits, labels = [], []
         for x, y in data.iterate(self.cfg.eval_batch_size):
-            with self._autocast():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                enabled=autocast and self.amp_dtype is not None):
                 logits.append(self.forward(x).float())
             labels.append(y)
         out, y = torch.cat(logits), torch.cat(labels)
         return F.cross_entropy(out, y, reduction="sum"), out, y
 
     def evaluate(self, split: Split) -> Evaluation:
-        """Loss, accuracy, predictions and probabilities of the current model on `split`."""
-        loss_sum, logits, y = self._predict(self._batches(split))
+        """Loss, accuracy, predictions and probabilities of the current model on `split`.
+
+        In full precision, without autocast: these are the numbers that are reported and
+        that a saved (fp32) copy of the model reproduces exactly; per-epoch validation
+        keeps autocast for speed."""
+        loss_sum, logits, y = self._predict(self._batches(split), autocast=False)
         pred = logits.argmax(1)
         n = max(len(y), 1)
         return Evaluation(loss=float(loss_sum) / n, accuracy=int((pred == y).sum()) / n,

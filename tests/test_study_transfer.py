@@ -6,6 +6,7 @@ The end-to-end study runs `run_study` on a tiny on-disk ImageFolder with a resne
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -22,7 +23,8 @@ from .transfer_support import make_image_folder, save_weights
 
 STUDIES = Path(__file__).parents[1] / "studies"
 ARTIFACTS = {"confusion_matrix.png", "confusion_matrix.csv", "classification_report.json",
-             "curves.png", "trial.yaml"}
+             "curves.png", "trial.yaml", "history.csv", "per_class_error.csv",
+             "per_class_error.png", "lr.png", "first_layer.png", "feature_maps.png"}
 
 
 def _study(**model) -> dict:
@@ -122,6 +124,9 @@ def test_three_trial_transfer_study_tracks_every_trial(tmp_path, uri, monkeypatc
         run_id = trial.user_attrs["mlflow_run_id"]
         files = {a.path for a in client.list_artifacts(run_id)}
         assert files >= ARTIFACTS, (trial.number, ARTIFACTS - files)
+        report = json.loads(Path(client.download_artifacts(
+            run_id, "classification_report.json", str(tmp_path))).read_text())
+        assert ("misclassified.png" in files) == (report["accuracy"] < 1.0)
         assert client.get_run(run_id).data.params["model.freeze"] == str(trial.params[
             "model.freeze"])
     resolved = yaml.safe_load(Path(client.download_artifacts(

@@ -179,3 +179,15 @@ def test_a_script_without_main_guard_is_not_run_again_by_the_sidecar(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "linked 2" in done.stdout
     assert "MLflow logging failed" not in done.stderr
+
+
+def test_system_metrics_are_sampled_while_the_run_lives(store):
+    uri, experiment = store
+    run_id = trial_tasks.create_run(
+        uri, "t4", experiment_id=experiment, run_name="trial-0", tags={}, params={},
+        trial_yaml="{}\n", system_metrics_s=0.2)
+    time.sleep(1.5)
+    trial_tasks.end_run(uri, "t4", "COMPLETE", "")
+    metrics = MlflowClient(uri).get_run(run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
+    assert any(k.startswith("system/system_memory") for k in metrics)

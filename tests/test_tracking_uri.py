@@ -98,10 +98,11 @@ def test_import_is_cheap():
     assert "StudyTracker" in out[1] and "promote" in out[1]
 
 
-def test_system_metrics_needs_psutil():
+def test_system_metrics_needs_psutil(monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("psutil") is not None:
-        pytest.skip("psutil is installed")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "psutil" else real(name, *a))
     with pytest.raises(TunetrackError, match="psutil"):
         StudyTracker(study_name="s", system_metrics=True)

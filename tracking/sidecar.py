@@ -54,7 +54,8 @@ def _init_worker(parent: int, env: dict[str, str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
     os.environ["MPLBACKEND"] = "Agg"
-    os.environ["OMP_NUM_THREADS"] = "1"  # the trials own the cores; this one packs files
+    for pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[pool] = "1"  # the trials own the cores: no spinning thread pools here
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="tunetrack-sidecar-watch").start()
@@ -186,15 +187,19 @@ class Sidecar:
         if not future.cancelled() and future.exception() is not None:
             _log.warning("MLflow logging failed: %s", future.exception())
 
+    def start_drain(self) -> list[cf.Future]:
+        """Ask the helper to finish everything queued so far (slow lane included) and
+        return the futures to wait for; the caller can do other work meanwhile."""
+        if self._pid != os.getpid() or self._pool is None:
+            return []
+        self.submit(_barrier)
+        with self._lock:
+            return list(self._pending)
+
     def drain(self, timeout: float | None = 300.0) -> bool:
         """Wait until every task queued so far is done, slow lane included; False if
         `timeout` ran out."""
-        if self._pid != os.getpid() or self._pool is None:
-            return True
-        self.submit(_barrier)
-        with self._lock:
-            pending = list(self._pending)
-        _, not_done = cf.wait(pending, timeout=timeout)
+        _, not_done = cf.wait(self.start_drain(), timeout=timeout)
         return not not_done
 
     def helper_pid(self) -> int | None:

@@ -310,20 +310,27 @@ class StudyTracker:
     # ---- end of study -----------------------------------------------------------------
 
     def finish_study(self, study: optuna.Study) -> None:
-        """Plots, trials.csv and best params on the parent run, which then ends FINISHED."""
+        """Plots, trials.csv and best params on the parent run, which then ends FINISHED,
+        unless trials of the study are still running (other workers): then it stays
+        RUNNING, and the last worker to finish leaves the final picture."""
+        import concurrent.futures as cf
+
         from mlflow.entities import Metric, RunTag
         from optuna.trial import TrialState
 
         from .sidecar import SIDECAR
         from .study_artifacts import write_study_artifacts
 
-        SIDECAR.drain()  # trial runs ended with wait=False land first
+        # the helper writes the last trial runs (and the held best model) while the
+        # study's plots are drawn here
+        draining = SIDECAR.start_drain()
         if self.parent_run_id is None:
             self.start_study(study)
         client, parent = self.client, self.parent_run_id
-        self.end_orphans(study)
         with tempfile.TemporaryDirectory(prefix="tunetrack-study-") as tmp:
             summary = write_study_artifacts(study, Path(tmp))
+            cf.wait(draining, timeout=300)
+            self.end_orphans(study)  # after the drain: runs this process ended are not
             client.log_artifacts(parent, tmp)
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
@@ -345,4 +352,5 @@ class StudyTracker:
         elif counts["complete"]:
             metrics.append(Metric("pareto_front_size", len(study.best_trials), stamp, step))
         client.log_batch(parent, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
-        client.set_terminated(parent, "FINISHED")
+        if not counts["running"] and not counts["waiting"]:
+            client.set_terminated(parent, "FINISHED")
