@@ -1,8 +1,9 @@
 """Memory growth over many trials in one process: RSS after 5 vs after 100 small trials.
 
-Tracking is on (figures, artifacts, models: the usual leak suspects). On CUDA it also
-checks that allocated device memory returns to its baseline between trials.
-Prints one JSON line, RSS growth in MB last (target < 150).
+Tracking is on (figures, artifacts, models: the usual leak suspects), so the tracking
+helper process (tracking/sidecar.py) is measured too, after it has caught up. On CUDA it
+also checks that allocated device memory returns to its baseline between trials.
+Prints one JSON line, the growth of both processes' RSS together in MB last (target < 150).
 Run: python -m bench.memory [--trials 100]
 """
 
@@ -18,9 +19,9 @@ from pathlib import Path
 import optuna
 
 
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc), falling back to the peak elsewhere."""
-    status = Path("/proc/self/status")
+def rss_mb(pid: int | str = "self") -> float:
+    """Current resident set size (Linux /proc), falling back to our own peak elsewhere."""
+    status = Path(f"/proc/{pid}/status")
     if status.exists():
         for line in status.read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -32,7 +33,7 @@ class Sampler:
     """Optuna callback recording RSS (and CUDA memory) after chosen trial counts."""
 
     def __init__(self, marks: tuple[int, ...]):
-        self.marks, self.rss, self.cuda = marks, {}, []
+        self.marks, self.rss, self.helper_rss, self.cuda = marks, {}, {}, []
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         import torch
@@ -41,8 +42,13 @@ class Sampler:
             self.cuda.append(torch.cuda.memory_allocated())
         done = len(study.trials)
         if done in self.marks:
+            from tunetrack.tracking.sidecar import SIDECAR
+
             gc.collect()
             self.rss[done] = round(rss_mb(), 1)
+            SIDECAR.drain()
+            helper = SIDECAR.helper_pid()
+            self.helper_rss[done] = round(rss_mb(helper), 1) if helper else 0.0
 
 
 def main() -> None:
@@ -66,7 +72,7 @@ def main() -> None:
             "tracking": {"log_models": "all"},
         }
     )
-    marks = Sampler((5, args.trials))
+    marks = Sampler((5, args.trials // 2, args.trials))
     with tempfile.TemporaryDirectory() as folder:
         run_study(
             spec,
@@ -75,14 +81,18 @@ def main() -> None:
             tracking_uri=f"sqlite:///{folder}/mlflow.db",
             callbacks=[marks],
         )
-    out = {"bench": "memory", "trials": args.trials, "rss_mb": marks.rss}
+    out = {"bench": "memory", "trials": args.trials, "rss_mb": marks.rss,
+           "helper_rss_mb": marks.helper_rss}
     if marks.cuda:
         out["cuda_allocated_bytes"] = {
             "first": marks.cuda[0],
             "max": max(marks.cuda),
             "last": marks.cuda[-1],
         }
-    out["growth_mb"] = round(marks.rss[args.trials] - marks.rss[5], 1)
+    first, last = 5, args.trials
+    out["main_growth_mb"] = round(marks.rss[last] - marks.rss[first], 1)
+    out["growth_mb"] = round(out["main_growth_mb"] + marks.helper_rss[last]
+                             - marks.helper_rss[first], 1)
     print(json.dumps(out))
 
 

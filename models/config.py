@@ -130,7 +130,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval_batch_size: int = 4096
-    amp: bool = True  # autocast: CUDA bf16 (else fp16); CPU bf16 for CNNs where native
+    amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16); CPU: fp32
     compile: bool = False  # torch.compile the model
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

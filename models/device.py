@@ -25,12 +25,3 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise TunetrackError(f"device {name!r} asked for, but MPS is not available here")
     return device
 
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where oneDNN runs
-    bf16 convolutions ~1.5x faster than fp32; elsewhere bf16 is emulated and slower."""
-    try:
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
