@@ -198,3 +198,8 @@ class ResilientTrialRun:
         if self._disabled and not self._tracker.answering():
             return
         self._guard("end", self._run.end, state, reason, wait=wait)
+        # the run is created in the background (tracking/sidecar.py): a failure there
+        # counts like a failing start_trial, so the next trial probes the store first
+        error = getattr(self._run, "create_error", None)
+        if isinstance(error, self._tracker._errors):
+            self._tracker.failed("start_trial", error, self._number)

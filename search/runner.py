@@ -133,8 +133,8 @@ def run_study(
             system_metrics=spec.tracking.system_metrics,
         )
         tracker.check_reachable()
-        tracker.warm_up()  # the sidecar gets ready while the data loads
         tracker = ResilientTracker(tracker)  # MLflow failing mid-study: warn, keep training
+        tracker.warm_up()  # the sidecar starts (with the wrapper's settings) as data loads
     splits = load_splits(space.resolve({}).data)
     study = create_or_load(spec, space, open_storage(storage), seed_offset)
     if tracker is not None:

@@ -134,8 +134,9 @@ def _wait_for(predicate, timeout_s: float, what: str):
 
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(pg_url, tmp_path):  # noqa: F811
-    # slow-ish trials (8 epochs) so that the kill lands mid-trial; 1 s heartbeat, 3 s grace
-    study_path = study_file(tmp_path, "pg-kill", n_trials=4, epochs=8, batch_size=16,
+    # slow-ish trials (150 epochs, a few seconds) so that the kill lands mid-trial; 1 s
+    # heartbeat, 3 s grace
+    study_path = study_file(tmp_path, "pg-kill", n_trials=4, epochs=150, batch_size=16,
                             sampler="random")
     tracking = _mlflow_store(tmp_path, "pg-kill")
     fast_heartbeat = ("--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "1")

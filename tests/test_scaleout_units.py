@@ -282,6 +282,21 @@ def test_tracking_failures_become_one_warning_each_and_training_goes_on(caplog, 
     assert all("\n" not in w for w in warnings_)
 
 
+def test_a_run_the_sidecar_could_not_create_makes_the_next_trial_probe_first(caplog):
+    inner = _FlakyTracker()
+    inner.start_study = lambda study: "parent"
+    inner.run.create_error = ConnectionError("Connection refused")  # failed in the helper
+    tracker = ResilientTracker(inner)
+    tracker.start_study(object())
+    with caplog.at_level(logging.WARNING):
+        tracker.start_trial(0, {}, None).end("COMPLETE", wait=False)
+        inner.reachable = False
+        assert tracker.start_trial(1, {}, None) is None  # probed: down, so untracked
+    assert inner.trials_started == 1
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings_) == 1 and "start_trial (trial 0)" in warnings_[0], warnings_
+
+
 def test_an_unreachable_store_before_the_study_is_still_an_error():
     inner = _FlakyTracker()
     inner.reachable = False

@@ -14,53 +14,15 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from tunetrack.models import (
-    DataConfig,
-    ModelConfig,
-    TrainConfig,
-    Trainer,
-    TrialConfig,
-    TunetrackError,
-    create,
-    load_splits,
-)
+from tunetrack.models import DataConfig, TunetrackError
 from tunetrack.tracking import StudyTracker, predict, promote
 from tunetrack.tracking import tags as T
+
+from .tracking_support import cached_splits, log_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-
-
-_SPLITS: dict[str, object] = {}
-
-
-def cached_splits(data: DataConfig):
-    """Splits are plain tensors; loading them once per data config keeps the tests fast."""
-    if repr(data) not in _SPLITS:
-        _SPLITS[repr(data)] = load_splits(data)
-    return _SPLITS[repr(data)]
-
-
-def log_trial(tracker: StudyTracker, study: optuna.Study, data: DataConfig, *, epochs: int,
-              lr: float, value: float | None = None, log_model: bool = True) -> int:
-    """Train a small MLP, log it as a completed trial and tell `value` (default: best val
-    accuracy) to Optuna, so tests choose the ranking independently of test accuracy."""
-    splits = cached_splits(data)
-    trial = study.ask()
-    cfg = TrialConfig(data=data, model=ModelConfig(width=32, depth=1),
-                      train=TrainConfig(max_epochs=epochs, lr=lr, device="cpu", seed=0))
-    run = tracker.start_trial(trial.number, {"train.lr": lr}, cfg, device="cpu",
-                              data_fingerprint=splits.fingerprint, trial=trial)
-    model = create(cfg.model, splits.input_shape, splits.n_classes, splits.mean, splits.std,
-                   seed=0)
-    trainer = Trainer(model, cfg.train, splits, callbacks=[run])
-    fit = trainer.fit()
-    run.log_completed(model=model, splits=splits, test_eval=trainer.evaluate(splits.test),
-                      fit=fit, log_model=log_model)
-    run.end("COMPLETE")
-    study.tell(trial, fit.best.val_accuracy if value is None else value)
-    return trial.number
 
 
 DIGITS = DataConfig(name="digits")

@@ -16,17 +16,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tunetrack.models import (
-    DataConfig,
-    ModelConfig,
-    TrainConfig,
-    Trainer,
-    TrialConfig,
-    create,
-    load_splits,
-)
+from tunetrack.models import DataConfig
 from tunetrack.tracking import StudyTracker, promote
 from tunetrack.tracking import tags as T
+
+from .tracking_support import log_trial
 
 pytestmark = pytest.mark.slow  # a server start alone takes 10-30 s on a small machine
 
@@ -91,20 +85,8 @@ def test_study_through_a_tracking_server(server, tmp_path):
     study = optuna.create_study(study_name="remote", direction="maximize")
     parent = tracker.start_study(study)
     data = DataConfig(name="synthetic", n_samples=240, n_classes=3, shape=(1, 6, 6))
-    splits = load_splits(data)
-    cfg = TrialConfig(data=data, model=ModelConfig(width=16, depth=1),
-                      train=TrainConfig(max_epochs=3, lr=1e-2, device="cpu"))
-    trial = study.ask()
-    run = tracker.start_trial(trial.number, {"train.lr": 0.01}, cfg, device="cpu",
-                              data_fingerprint=splits.fingerprint, trial=trial)
-    model = create(cfg.model, splits.input_shape, splits.n_classes, splits.mean, splits.std,
-                   seed=0)
-    trainer = Trainer(model, cfg.train, splits, callbacks=[run])
-    fit = trainer.fit()
-    run.log_completed(model=model, splits=splits, test_eval=trainer.evaluate(splits.test),
-                      fit=fit, log_model=True)
-    run.end("COMPLETE")
-    study.tell(trial, fit.best.val_accuracy)
+    number = log_trial(tracker, study, data, epochs=3, lr=1e-2, width=16)
+    run_id = study.trials[number].user_attrs[T.ATTR_RUN_ID]
     tracker.finish_study(study)
 
     experiment = get_json(f"{server}/api/2.0/mlflow/experiments/get-by-name?"
@@ -120,10 +102,10 @@ def test_study_through_a_tracking_server(server, tmp_path):
     metrics = {m["key"]: m for m in child["data"]["metrics"]}
     assert metrics["val_accuracy"]["step"] == 2 and "test_accuracy" in metrics
     assert by_role["parent"]["info"]["status"] == "FINISHED"
-    artifacts = {a.path for a in MlflowClient(server).list_artifacts(run.run_id)}
+    artifacts = {a.path for a in MlflowClient(server).list_artifacts(run_id)}
     assert {"curves.png", "confusion_matrix.png", "trial.yaml"} <= artifacts
 
     result = promote(study, model_name="remote-clf", tracking_uri=server)
     assert result.promoted and result.version == "1"
     assert result.candidate_accuracy == MlflowClient(server).get_run(
-        run.run_id).data.metrics["test_accuracy"]
+        run_id).data.metrics["test_accuracy"]

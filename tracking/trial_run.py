@@ -74,6 +74,13 @@ class TrialRun:
             self._run_id = self._created.result(timeout=CREATE_TIMEOUT_S)
         return self._run_id
 
+    @property
+    def create_error(self) -> BaseException | None:
+        """Why the sidecar could not create this run (None while pending or fine)."""
+        if self._run_id is not None or not self._created.done():
+            return None
+        return self._created.exception()
+
     def _submit(self, task: Any, *args: Any, **kwargs: Any) -> None:
         self._last = SIDECAR.submit(task, self.tracking_uri, self.token, *args, **kwargs)
 
