@@ -57,21 +57,11 @@ def warm_up() -> None:
     import torch
 
     from . import client, figures, model_io  # noqa: F401
-    from .sidecar import in_background
 
     torch.set_num_threads(1)
     # the helper only runs a few images through each model (feature maps, the model's
     # signature): oneDNN would keep ~1 MB of kernels per distinct layer shape for good
     torch.backends.mkldnn.enabled = False
-    in_background(_warm_export)
-
-
-def _warm_export() -> None:
-    """torch.export's first call costs ~2 s (it loads dynamo); pay it while the helper is
-    idle rather than when the study's best model is logged at its end."""
-    import torch
-
-    torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
 
 
 def _guarded(run: _Run | None, write) -> Any:
