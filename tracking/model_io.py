@@ -15,7 +15,6 @@ saved with pickle instead (the run is tagged `tunetrack.model_format`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 import tempfile
@@ -72,9 +71,10 @@ def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
                       model: torch.nn.Module, example: np.ndarray,
                       metadata: dict[str, Any], tags: dict[str, str] | None = None
                       ) -> tuple[str, str]:
-    """Log `model` (a CPU copy in eval mode) for `run_id`; return (model_id, format)."""
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    """Log `model` for `run_id`; return (model_id, format). `model` must be a CPU model
+    nobody trains any more (`CompletedTrial.collect` made it: an unwrapped, eval-mode copy),
+    so it is saved as it is, not copied again."""
+    cpu_model = model.eval()
     logged = client.create_logged_model(experiment_id=experiment_id, name=MODEL_NAME,
                                         source_run_id=run_id, tags=tags)
     try:

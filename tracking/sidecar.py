@@ -49,11 +49,11 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)  # parent gone: nobody will read our results
 
 
-def _init_worker(parent: int, env: dict[str, str]) -> None:
-    """Runs once in the helper process, before any task."""
+def _init_worker(parent: int) -> None:
+    """Runs once in the helper process, before any task. The helper inherits the parent's
+    environment as it is when the helper starts (MLflow's retry and credential settings)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(5)  # background work: the trials come first when they share a core
-    os.environ.update(env)
     os.environ["MPLBACKEND"] = "Agg"
     for pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[pool] = "1"  # the trials own the cores: no spinning thread pools here
@@ -129,7 +129,7 @@ def _slow_loop(jobs: queue.Queue) -> None:
             jobs.task_done()
 
 
-def _malloc_trim() -> Callable[[], object]:
+def _malloc_trim() -> Callable[[int], object]:
     """glibc's malloc_trim: each slow job frees a model and its figures' buffers, and with
     two threads allocating, glibc otherwise keeps most of that memory in its arenas."""
     import ctypes
@@ -159,12 +159,6 @@ def _barrier() -> None:
         _SLOW.join()
 
 
-# MLflow settings read per request; the helper takes the parent's values at each start
-_FORWARDED_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_USERNAME",
-                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_REGISTRY_URI")
-
-
 class Sidecar:
     """The process-wide helper; started on first use, restarted in a forked child."""
 
@@ -179,10 +173,9 @@ class Sidecar:
     def _executor(self) -> cf.ProcessPoolExecutor:
         if self._pid != os.getpid() or self._pool is None:
             self._pid, self._pending = os.getpid(), set()  # a fork's copy is not ours
-            env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=1, mp_context=_context(),
-                initializer=_init_worker, initargs=(os.getpid(), env))
+                initializer=_init_worker, initargs=(os.getpid(),))
         return self._pool
 
     def submit(self, task: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:

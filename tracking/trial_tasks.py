@@ -23,7 +23,7 @@ from . import tags as T
 from .sidecar import before_drain
 
 _log = logging.getLogger(__name__)
-_MAX_METRICS = 1000  # MLflow's log_batch limit
+_MAX_METRICS, _MAX_PARAMS = 1000, 100  # MLflow's log_batch limits
 
 
 @dataclass
@@ -103,8 +103,9 @@ def create_run(uri: str, token: str, *, experiment_id: str, run_name: str,
         made = (info.run_id, info.artifact_uri)
     run = _RUNS[token] = _Run(*made, broken=True)  # until written
     items = [Param(k, v) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run.run_id, params=items[start:start + 100], synchronous=True)
+    for start in range(0, len(items), _MAX_PARAMS):
+        client.log_batch(run.run_id, params=items[start:start + _MAX_PARAMS],
+                         synchronous=True)
     with tempfile.TemporaryDirectory(prefix="tunetrack-trial-") as tmp:
         path = Path(tmp) / "trial.yaml"
         path.write_text(trial_yaml)
@@ -157,14 +158,13 @@ def log_completed(uri: str, token: str, done: Any, *, experiment_id: str, study_
         with tempfile.TemporaryDirectory(prefix="tunetrack-trial-") as tmp:
             write_trial_artifacts(Path(tmp), done)
             upload(uri, run.artifact_uri, Path(tmp))
-        stamp = int(time.time() * 1000)
-        _write_metrics(uri, run, [(k, v, stamp, 0) for k, v in done.values.items()],
-                       tags={T.STOP_REASON: done.stop_reason})
-        if done.log_model and done.hold_model:
+        if done.log_model and not done.hold_model:
+            meta.log_model()  # writes the final metrics, carrying the model's id
+            return
+        meta.write_final_metrics()
+        if done.log_model:
             with _LOCK:
                 _HELD[(uri, study_name)] = meta
-        elif done.log_model:
-            meta.log_model()
 
     def job() -> None:
         try:
@@ -203,10 +203,18 @@ class _ModelOwner:
                 "data_fingerprint": done.data_fingerprint, "study": self.study_name,
                 "trial": self.trial_number, "run_id": run.run_id},
             tags={T.STUDY: self.study_name, T.TRIAL: str(self.trial_number)})
+        # the final metrics carry the model id: they show on the model's page too (for a
+        # held model this writes them a second time, now with the id)
+        self.write_final_metrics({T.MODEL_ID: model_id, FORMAT_TAG: fmt}, model_id)
+
+    def write_final_metrics(self, tags: dict[str, str] | None = None,
+                            model_id: str | None = None) -> None:
+        """The completed trial's final metrics, its stop reason and `tags`, at step 0."""
         stamp = int(time.time() * 1000)
-        # the final metrics again, carrying the model id: they show on the model's page
-        _write_metrics(self.uri, run, [(k, v, stamp, 0) for k, v in done.values.items()],
-                       tags={T.MODEL_ID: model_id, FORMAT_TAG: fmt}, model_id=model_id)
+        _write_metrics(self.uri, self.run,
+                       [(k, v, stamp, 0) for k, v in self.done.values.items()],
+                       tags={T.STOP_REASON: self.done.stop_reason, **(tags or {})},
+                       model_id=model_id)
 
 
 _HELD: dict[tuple[str, str], _ModelOwner] = {}  # (store, study) -> its best trial so far
