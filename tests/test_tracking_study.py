@@ -351,3 +351,31 @@ def test_compare_trials_reads_mlflow_when_attributes_are_missing(uri):
     table = compare_trials(study, tracking_uri=uri)
     assert list(table["number"]) == [1, 2, 0]
     assert list(table["test_accuracy"]) == pytest.approx([0.9, 0.8, 0.7])
+
+
+def test_parent_stays_running_while_a_trial_of_the_study_runs(uri, splits):
+    """Workers finish at different times: only the last one's finish closes the parent."""
+    study = optuna.create_study(study_name="staggered", direction="maximize")
+    tracker = StudyTracker(study_name="staggered", tracking_uri=uri)
+    parent = tracker.start_study(study)
+    run_trial(tracker, study, splits, lr=0.05, epochs=1)
+    other_worker = study.ask()  # still RUNNING elsewhere
+    tracker.finish_study(study)
+    client = MlflowClient(uri)
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert "optimization_history.html" in artifact_names(client, parent)  # plots so far
+    study.tell(other_worker, 0.5)
+    tracker.finish_study(study)
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_the_local_store_is_written_in_wal_mode(uri, splits):
+    import sqlite3
+
+    study = optuna.create_study(study_name="wal", direction="maximize")
+    tracker = StudyTracker(study_name="wal", tracking_uri=uri)
+    tracker.start_study(study)
+    run_trial(tracker, study, splits, lr=0.05, epochs=1)
+    tracker.finish_study(study)
+    with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
