@@ -1,24 +1,47 @@
 """The reference workflow users start from, written the textbook way on purpose.
 
-Per-sample `DataLoader` over a `TensorDataset` (batch 64, shuffle), `.item()` after every
-batch, evaluation through a second loader, Optuna TPE + median pruner and
+Per-sample `DataLoader` over a `TensorDataset` (batch 64, shuffle; torchvision's per-sample
+RandomCrop when the trial samples `crop_padding`), `.item()` after every batch, evaluation
+through a second loader, Optuna TPE + median pruner and
 `optuna_integration.MLflowCallback` logging each trial's final value. Benchmarks compare
 tunetrack against this, side by side in one process, never against a stored number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
-def make_loaders(splits, batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
+class CroppedTensors(Dataset):
+    """Tensors with torchvision's per-sample RandomCrop(padding), as tutorials write it."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, padding: int):
+        from torchvision.transforms import v2
+
+        self.x, self.y = x, y
+        self.crop = v2.RandomCrop(list(x.shape[-2:]), padding=padding)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.crop(self.x[i]), self.y[i]
+
+
+def make_loaders(splits, batch_size: int = 64, crop_padding: int = 0
+                 ) -> tuple[DataLoader, DataLoader]:
+    """Train and val loaders over normalised tensors; `crop_padding` > 0 crops the training
+    samples one by one (tunetrack's `train.augment.crop_padding`: the same shifts)."""
     mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
     std = torch.tensor(splits.std).view(1, -1, 1, 1)
-    train = TensorDataset((splits.train.x - mean) / std, splits.train.y)
+    x_train, y_train = (splits.train.x - mean) / std, splits.train.y
+    train = (CroppedTensors(x_train, y_train, crop_padding) if crop_padding
+             else TensorDataset(x_train, y_train))
     val = TensorDataset((splits.val.x - mean) / std, splits.val.y)
     return (
         DataLoader(train, batch_size=batch_size, shuffle=True),
@@ -54,8 +77,8 @@ def objective_factory(spec, splits):
 
     Parameters come from tunetrack's `SearchSpace` (same names, same conditions) and the
     network from `tunetrack.models.create`, so only the training loop and the tracking
-    differ from tunetrack's own objective. Augmentation is skipped, which only flatters
-    the baseline.
+    differ from tunetrack's own objective. The sampled `crop_padding` is applied per sample
+    with torchvision, as a tutorial would; other augmentations are refused.
     """
     import optuna
 
@@ -64,16 +87,20 @@ def objective_factory(spec, splits):
     from tunetrack.search.space import SearchSpace
 
     space = SearchSpace(spec)
-    train_loader_cache: dict[int, tuple[DataLoader, DataLoader]] = {}
+    loaders_cache: dict[tuple[int, int], tuple[DataLoader, DataLoader]] = {}
 
     def objective(trial: optuna.Trial) -> float:
         cfg = space.resolve(space.sample(trial), device="cpu")
         train = cfg.train
-        loaders = train_loader_cache.setdefault(
-            train.batch_size, make_loaders(splits, train.batch_size)
-        )
+        aug = train.augment
+        if dataclasses.replace(aug, crop_padding=0).enabled or aug.mixing:
+            raise ValueError("the textbook baseline applies train.augment.crop_padding only")
+        key = (train.batch_size, aug.crop_padding)
+        if key not in loaders_cache:
+            loaders_cache[key] = make_loaders(splits, *key)
+        loaders = loaders_cache[key]
         model = create(cfg.model, splits.input_shape, splits.n_classes, seed=train.seed).body
-        optimizer = build_optimizer(model.parameters(), train, torch.device("cpu"))
+        optimizer = build_optimizer(model.parameters(), train, fused=False)
         scheduler = build_scheduler(optimizer, train, len(loaders[0]))
         loss_fn = nn.CrossEntropyLoss()
         best = 0.0

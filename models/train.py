@@ -27,6 +27,9 @@ from .device import resolve_device
 from .errors import TunetrackError, unknown
 
 
+CPU_EVAL_BATCH = 128
+
+
 @dataclass
 class EpochResult:
     epoch: int  # 0-based
@@ -91,14 +94,20 @@ def param_groups(model: nn.Module, lr: float) -> list[dict]:
     return [{"params": ps, "lr": lr * f} for f, ps in groups.items() if ps]
 
 
-def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.optimizer`; `params` may be groups with their own `lr`."""
+def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainConfig, *,
+                    fused: bool = True) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.optimizer`; `params` may be groups with their own `lr`.
+
+    `fused` kernels (CUDA, and CPU since torch 2.4) update a parameter in one kernel
+    instead of a dozen: 0.17 ms vs 0.45 ms (foreach) per Adam step for the digits MLP on
+    CPU. RMSprop has none and uses foreach. `fused=False` gives PyTorch's defaults, as the
+    textbook baseline in bench/ writes them.
+    """
     if cfg.optimizer not in OPTIMIZERS:
         raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
     if cfg.lr <= 0:
         raise TunetrackError(f"train.lr must be > 0 but got {cfg.lr}")
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast = {"fused": True} if fused else {}
     common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, momentum=cfg.momentum,
@@ -107,7 +116,8 @@ def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainC
         return torch.optim.Adam(params, **common, **fast)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, **common, **fast)
-    return torch.optim.RMSprop(params, momentum=cfg.momentum, **common, foreach=True)
+    return torch.optim.RMSprop(params, momentum=cfg.momentum, **common,
+                               **({"foreach": True} if fused else {}))
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -183,10 +193,15 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.train_data = self._batches(splits.train)
         self.val_data = self._batches(splits.val)
+        # CPU: big eval batches are slower (activations outgrow the caches, and past the
+        # allocator's mmap threshold page-fault afresh each batch): validating 600 3x32x32
+        # images took 0.21-0.29 s at 64, 0.28-0.39 s at 256, 0.30-0.44 s at 4096
+        self.eval_batch_size = (cfg.eval_batch_size if self.device.type != "cpu"
+                                else min(cfg.eval_batch_size, CPU_EVAL_BATCH))
         self.amp_dtype = _autocast_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
-        self.optimizer = build_optimizer(param_groups(self.model, cfg.lr), cfg, self.device)
+        self.optimizer = build_optimizer(param_groups(self.model, cfg.lr), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -243,7 +258,7 @@ class Trainer:
         """Summed loss, logits and labels over `data` in eval mode."""
         self.model.eval()
         logits, labels = [], []
-        for x, y in data.iterate(self.cfg.eval_batch_size):
+        for x, y in data.iterate(self.eval_batch_size):
             with torch.autocast(self.device.type, dtype=self.amp_dtype,
                                 enabled=autocast and self.amp_dtype is not None):
                 logits.append(self.forward(x).float())

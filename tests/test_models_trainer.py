@@ -21,7 +21,7 @@ from tunetrack.models import (
 )
 from tunetrack.models.batches import ResidentBatches, StreamingBatches
 from tunetrack.models.data import Split, Splits
-from tunetrack.models.train import l1_penalty
+from tunetrack.models.train import CPU_EVAL_BATCH, build_optimizer, l1_penalty
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +287,20 @@ def test_evaluate_scores_every_sample(splits, eval_batch_size):
     assert ev.accuracy == pytest.approx((logits.argmax(1) == splits.test.y).float().mean().item())
     assert torch.allclose(ev.probabilities, logits.softmax(1), atol=1e-6)
     assert ev.probabilities.shape == (15, 4)
+
+
+def test_cpu_caps_the_eval_batch(splits):
+    big = Trainer(_model(splits), _train_cfg(eval_batch_size=4096, device="cpu"), splits)
+    small = Trainer(_model(splits), _train_cfg(eval_batch_size=7, device="cpu"), splits)
+    assert (big.eval_batch_size, small.eval_batch_size) == (CPU_EVAL_BATCH, 7)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizers_use_fused_kernels_unless_told_not_to(splits, name):
+    params = list(_model(splits).parameters())
+    cfg = _train_cfg(optimizer=name)
+    assert build_optimizer(params, cfg).defaults["fused"] is True
+    assert not build_optimizer(params, cfg, fused=False).defaults["fused"]
 
 
 def test_validation_uses_every_val_sample(splits):
