@@ -26,8 +26,11 @@ from .data import Split, Splits
 from .device import resolve_device
 from .errors import TunetrackError, unknown
 
-
 CPU_EVAL_BATCH = 128
+# an epoch starting at <= this fraction of the previous epoch's LR restarts early-stopping
+# patience: the drop (StepLR, ReduceLROnPlateau) is what usually breaks a plateau, and
+# stopping just after it throws that away (seen on digits: 0.952 stopped vs 0.978 after it)
+LR_DROP_RESTARTS_PATIENCE = 0.5
 
 
 @dataclass
@@ -169,6 +172,8 @@ class Trainer:
     ReduceLROnPlateau after every epoch with the validation loss, the others after every
     epoch. After `fit`, the model holds the weights of the best epoch by
     `early_stopping.monitor` (restored from memory), whether or not patience ran out.
+    Patience restarts when an epoch begins at half the previous epoch's LR or less
+    (`LR_DROP_RESTARTS_PATIENCE`).
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, splits: Splits, *,
@@ -298,6 +303,8 @@ class Trainer:
         for epoch in range(cfg.max_epochs):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
+            if epoch and lr <= result.history[-1].lr * LR_DROP_RESTARTS_PATIENCE:
+                since_best = 0  # a scheduled LR drop starts a new phase: give it patience
             loss_sum, correct, seen = self._train_epoch()
             val_loss_sum, val_logits, val_y = self._predict(self.val_data)
             val_correct = (val_logits.argmax(1) == val_y).sum()

@@ -108,6 +108,19 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights(splits):
     assert not torch.allclose(out, rec.outputs[-1])  # training had moved on
 
 
+@pytest.mark.parametrize(("gamma", "epochs"), [(0.5, 8), (0.6, 5)])
+def test_a_scheduled_lr_drop_restarts_patience(splits, gamma, epochs):
+    # nothing improves after epoch 0 (min_delta=1); StepLR cuts the LR before epoch 4: a cut
+    # to half or less gives 4 more epochs (4..7), a milder one changes nothing (stop after 5)
+    es = EarlyStoppingConfig(patience=4, min_delta=1.0, monitor="val_accuracy")
+    cfg = _train_cfg(max_epochs=20, lr=1e-2, scheduler="step", step_size=4, step_gamma=gamma,
+                     early_stopping=es)
+    res = Trainer(_model(splits), cfg, splits).fit()
+    assert res.stop_reason == "early_stopping"
+    assert res.epochs_run == epochs
+    assert [h.lr for h in res.history[3:5]] == pytest.approx([1e-2, 1e-2 * gamma])
+
+
 def test_early_stopping_on_val_loss_picks_the_minimum(noisy):
     model = _model(noisy, width=256, depth=2)
     es = EarlyStoppingConfig(patience=3, monitor="val_loss")
