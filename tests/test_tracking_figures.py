@@ -62,3 +62,19 @@ def test_figures_for_many_classes_and_colour_images(tmp_path):
     figures.draw_curves(tmp_path / "curves.png", history, None)
     for name in ("cm.png", "mis.png", "curves.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_rgb_tiles_show_grey_for_fewer_than_three_channels():
+    images = np.random.default_rng(2).random((2, 2, 4, 4), dtype=np.float32) * 1.5
+    tiles = figures.rgb_tiles(images)
+    assert tiles.shape == (2, 4, 4, 3)
+    for channel in range(3):  # the first channel, clipped to [0, 1], in all three
+        assert np.array_equal(tiles[..., channel], np.clip(images[:, 0], 0, 1))
+    colour = np.random.default_rng(3).random((1, 4, 4, 4), dtype=np.float32)
+    assert np.array_equal(figures.rgb_tiles(colour)[0], colour[0, :3].transpose(1, 2, 0))
+
+
+def test_misclassified_grid_of_two_channel_images(tmp_path):
+    images = np.random.default_rng(4).random((3, 2, 8, 8), dtype=np.float32)
+    figures.draw_misclassified(tmp_path / "mis.png", images, [0] * 3, [1] * 3, ["a", "b"])
+    assert (tmp_path / "mis.png").read_bytes()[:4] == b"\x89PNG"

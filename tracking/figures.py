@@ -5,7 +5,8 @@ each kind of figure is built once per thread and reused: a trial only swaps the 
 the texts, then saves. That halves the cost and keeps memory flat over hundreds of trials
 (a few figures per thread, never registered with pyplot). The misclassified grid is one
 image mosaic in a single Axes: 25 separate Axes would cost more than everything else.
-`new_figure`, `reused` and `short` are shared with `insight`, which follows the same rules.
+`new_figure`, `reused`, `rgb_tiles` and `short` are shared with `insight`, which follows
+the same rules.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def reused(key: tuple, build: Callable[[], Any]) -> Any:
         figures[key] = build()
     figures[key] = figures.pop(key)  # most recent last
     return figures[key]
+
+
+def rgb_tiles(images: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) pixels in [0, 1] -> (N, H, W, 3) for imshow: grey for fewer than 3
+    channels (the first one), the first three channels otherwise."""
+    tiles = np.clip(images.transpose(0, 2, 3, 1), 0.0, 1.0)
+    return np.repeat(tiles[..., :1], 3, axis=3) if tiles.shape[3] < 3 else tiles[..., :3]
 
 
 def short(name: str, limit: int = 12) -> str:
@@ -200,9 +208,8 @@ class _Misclassified:
     def draw(self, path: Path, images: np.ndarray, true: Sequence[int], pred: Sequence[int],
              classes: Sequence[str]) -> None:
         n = min(len(images), len(self.texts))
-        channels, height, width = images.shape[1:]
-        tiles = np.clip(images[:n].transpose(0, 2, 3, 1), 0.0, 1.0)
-        tiles = np.repeat(tiles, 3, axis=3) if channels == 1 else tiles[..., :3]
+        height, width = images.shape[2:]
+        tiles = rgb_tiles(images[:n])
         self.mosaic[:] = 1.0
         for k, text in enumerate(self.texts):
             if k < n:

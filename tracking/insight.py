@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .figures import DPI, new_figure, reused, short
+from .figures import DPI, new_figure, reused, rgb_tiles, short
 from .figures import draw_curves as draw_curves_with_gap
 
 if TYPE_CHECKING:
@@ -80,13 +80,6 @@ def _rgb(values: np.ndarray) -> np.ndarray:
     span[span == 0] = 1.0
     unit = (values - low[:, None, None, None]) / span[:, None, None, None]
     return unit.transpose(0, 2, 3, 1)
-
-
-def _pixels(images: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) pixels in [0, 1] -> (N, H, W, 3): grey for 1 channel, the first three
-    channels otherwise."""
-    tiles = np.clip(images.transpose(0, 2, 3, 1), 0.0, 1.0)
-    return np.repeat(tiles[..., :1], 3, axis=3) if tiles.shape[3] < 3 else tiles[..., :3]
 
 
 def _resize(tiles: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -340,7 +333,7 @@ def draw_feature_maps(path: Path, model: nn.Module, images: np.ndarray) -> bool:
                     default=0)
     scale = min(MAX_TILE, max(16, h, w, heat_side)) / max(h, w)
     height, width = max(1, round(h * scale)), max(1, round(w * scale))
-    inputs = _resize(_pixels(images), height, width)
+    inputs = _resize(rgb_tiles(images), height, width)
     layers = [(*_feature_tiles(o, height, width), name) for o, name in outputs]
     grid, pad = [], max(1, height // 8)
     for i, picture in enumerate(inputs):
