@@ -81,6 +81,7 @@ def bench(
     """`repeats` runs per side, alternating sides and seeds (this VM's speed drifts by tens
     of percent within a minute): median images/s and mean final val accuracy per side."""
     splits = load_splits(data)
+    ours_lr = tunetrack_lr or lr
     textbook_ips, textbook_acc, ours_ips, ours_acc = [], [], [], []
     for seed in range(repeats):
         base = create(model_cfg, splits.input_shape, splits.n_classes, seed=seed)
@@ -88,8 +89,8 @@ def bench(
         ips, acc = textbook_run(base.body, splits, epochs, lr)
         textbook_ips.append(ips)
         textbook_acc.append(acc)
-        ips, acc, trainer = tunetrack_run(model_cfg, splits, epochs, batch_size,
-                                          tunetrack_lr or lr, seed)
+        ips, acc, trainer = tunetrack_run(model_cfg, splits, epochs, batch_size, ours_lr,
+                                          seed)
         ours_ips.append(ips)
         ours_acc.append(acc)
     textbook_ips, ours_ips = statistics.median(textbook_ips), statistics.median(ours_ips)
@@ -103,7 +104,7 @@ def bench(
         "textbook_images_per_s": round(textbook_ips),
         "textbook_val_acc": round(statistics.mean(textbook_acc), 4),
         "tunetrack_batch_size": batch_size,
-        "tunetrack_lr": tunetrack_lr or lr,
+        "tunetrack_lr": ours_lr,
         "tunetrack_images_per_s": round(ours_ips),
         "tunetrack_val_acc": round(statistics.mean(ours_acc), 4),
         "same_band": abs(statistics.mean(ours_acc) - statistics.mean(textbook_acc))

@@ -24,4 +24,3 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise TunetrackError(f"device {name!r} asked for, but MPS is not available here")
     return device
-

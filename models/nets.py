@@ -182,15 +182,16 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        # only the torchvision family has pretrained weights to skip
-        options = {"pretrained": pretrained} if cfg.family == "torchvision" else {}
-        body = FAMILIES[cfg.family](cfg, shape, n_classes, **options)
-        if cfg.family != "torchvision":  # transfer applies `init` itself (head only if pretrained)
-            body = apply_init(body, cfg.init, cfg.activation)
-    if cfg.family == "torchvision":  # ImageNet weights want ImageNet statistics
-        from .transfer import input_statistics
+        if cfg.family == "torchvision":
+            # a pretrained backbone applies `init` itself (to the head only when it has
+            # weights) and brings its own input statistics (ImageNet weights: ImageNet's)
+            from .transfer import input_statistics
 
-        mean, std = input_statistics(cfg, mean, std)
+            body = _torchvision(cfg, shape, n_classes, pretrained=pretrained)
+            mean, std = input_statistics(cfg, mean, std)
+        else:
+            body = apply_init(FAMILIES[cfg.family](cfg, shape, n_classes), cfg.init,
+                              cfg.activation)
     return Classifier(Normalize(mean or [0.0] * channels, std or [1.0] * channels), body)
 
 

@@ -120,7 +120,7 @@ def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainC
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, **common, **fast)
     return torch.optim.RMSprop(params, momentum=cfg.momentum, **common,
-                               **({"foreach": True} if fused else {}))
+                               foreach=True if fused else None)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
