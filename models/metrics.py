@@ -23,7 +23,7 @@ def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
 def classification_metrics(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | np.ndarray,
                            classes: list[str]) -> ClassificationReport:
     """Counts on label vectors (tensors or arrays), so it also runs where only the labels
-    were sent (the tracking sidecar)."""
+    were sent (the tracking helper)."""
     from sklearn.metrics import classification_report, confusion_matrix
 
     y_true, y_pred = _numpy(y_true), _numpy(y_pred)

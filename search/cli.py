@@ -370,7 +370,7 @@ def server(
 ) -> None:
     """Start the MLflow tracking server workers log to (execs `mlflow server`; extra
     arguments after -- go to it)."""
-    from .server import mlflow_server_argv, serve
+    from tunetrack.tracking.server import mlflow_server_argv, serve
 
     argv = mlflow_server_argv(backend_store_uri=backend_store_uri,
                               artifacts_destination=artifacts_destination, host=host,

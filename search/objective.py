@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -22,6 +22,9 @@ from tunetrack.models.config import TrialConfig
 
 from .config import StudySpec
 from .space import SearchSpace
+
+if TYPE_CHECKING:
+    from tunetrack.tracking import NullRun, StudyTracker, TrialRun
 
 
 class PruningCallback:
@@ -62,25 +65,20 @@ class Objective:
     space: SearchSpace
     splits: Splits
     device: torch.device
-    tracker: Any = None  # tunetrack.tracking.StudyTracker, or None when tracking is off
+    tracker: StudyTracker | None = None  # None: tracking is off
     objectives: list = field(init=False)
 
     def __post_init__(self) -> None:
         self.objectives = self.spec.search.objective_list
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        from tunetrack.tracking.trial_run import NullRun
+
         sampled = self.space.sample(trial)
         cfg = self.space.resolve(sampled, device=str(self.device))
-        run = None
-        if self.tracker is not None:
-            run = self.tracker.start_trial(
-                trial.number,
-                sampled,
-                cfg,
-                device=str(self.device),
-                data_fingerprint=self.splits.fingerprint,
-                trial=trial,
-            )
+        run = NullRun() if self.tracker is None else self.tracker.trial_run(
+            trial, sampled, cfg, device=str(self.device),
+            data_fingerprint=self.splits.fingerprint)
         state, reason = "FAIL", ""
         try:
             values, state, reason = self._train(trial, cfg, run)
@@ -102,10 +100,9 @@ class Objective:
                 trial.set_user_attr("reason", reason)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if run is not None:
-                run.end(state, reason, wait=False)  # final writes go on in the background
+            run.end(state, reason)  # the writing goes on in the tracking helper
 
-    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: Any):
+    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun | NullRun):
         splits = self.splits
         model = create(
             cfg.model,
@@ -115,7 +112,7 @@ class Objective:
             splits.std,
             seed=cfg.train.seed,
         )
-        callbacks: list[Any] = [run] if run is not None else []
+        callbacks: list[Any] = [run]
         pruning = None
         if not self.spec.search.multi_objective:  # Optuna prunes single-objective only
             pruning = PruningCallback(trial, self.objectives[0].metric)
@@ -138,15 +135,9 @@ class Objective:
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("test_accuracy", test.accuracy)
         trial.set_user_attr("param_count", count_parameters(model))
-        if run is not None:
-            run.log_completed(
-                model=trainer.model,
-                splits=splits,
-                test_eval=test,
-                fit=fit,
-                log_model=self.tracker.wants_model(trial.study, values),
-            )
-        return (values[0] if len(values) == 1 else tuple(values)), "COMPLETE", ""
+        value = values[0] if len(values) == 1 else tuple(values)
+        run.completed(values=value, model=trainer.model, splits=splits, test_eval=test, fit=fit)
+        return value, "COMPLETE", ""
 
     def _values(self, fit: FitResult, trainer: Trainer) -> list[float]:
         best = fit.best

@@ -121,9 +121,8 @@ def run_study(
     _set_cpu_threads(dev, threads)
     tracker = None
     if spec.tracking.enabled:
-        from tunetrack.tracking import StudyTracker
-
-        from .resilient_tracking import ResilientTracker
+        from tunetrack.tracking.helper import HELPER
+        from tunetrack.tracking.study import StudyTracker
 
         tracker = StudyTracker(
             study_name=spec.name,
@@ -133,12 +132,11 @@ def run_study(
             system_metrics=spec.tracking.system_metrics,
         )
         tracker.check_reachable()
-        tracker = ResilientTracker(tracker)  # MLflow failing mid-study: warn, keep training
-        tracker.warm_up()  # the sidecar starts (with the wrapper's settings) as data loads
+        HELPER.start()  # it imports MLflow while this process loads the data
     splits = load_splits(space.resolve({}).data)
     study = create_or_load(spec, space, open_storage(storage), seed_offset)
     if tracker is not None:
-        tracker.start_study(study)
+        tracker.start_study(study, wait=False)  # the helper creates the parent run
     objective = Objective(spec, space, splits, dev, tracker)
     all_callbacks: list[Any] = list(callbacks)
     if max_total_trials is not None:

@@ -15,8 +15,6 @@ from typer.testing import CliRunner
 
 from tunetrack.models.errors import TunetrackError
 from tunetrack.search.cli import app
-from tunetrack.search.resilient_tracking import ResilientTracker
-from tunetrack.search.server import is_loopback, mlflow_server_argv
 from tunetrack.search.shared_study import SEED_STRIDE, sampler_seed_offset
 from tunetrack.search.stale_trials import STALE_REASON, Heartbeat, RetryStaleTrial
 from tunetrack.search.trial_budget import SharedTrialBudget, has_heartbeats
@@ -27,6 +25,7 @@ from tunetrack.search.workers import (
     parse_gpus,
     plan_workers,
 )
+from tunetrack.tracking.server import is_loopback, mlflow_server_argv
 
 from .scaleout_support import study_file
 
@@ -207,101 +206,6 @@ def test_budget_waits_for_a_dead_workers_trial_and_then_runs_its_retry(tmp_path)
     assert 1.5 < time.monotonic() - started < 15
     assert not study._stop_flag  # back to optimize(), which pops the queued retry
     assert study.trials[-1].state == optuna.trial.TrialState.WAITING
-
-
-# ---- a tracking store that fails mid-study ------------------------------------------------
-
-
-class _FlakyRun:
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def on_epoch_end(self, result):
-        self.calls.append("epoch")
-        from mlflow.exceptions import MlflowException
-
-        raise MlflowException("API request to /api/2.0/mlflow/runs/log-batch failed")
-
-    def log_completed(self, **kwargs):
-        self.calls.append("completed")
-
-    def end(self, state, reason="", *, wait=True):
-        self.calls.append(f"end {state}")
-
-
-class _FlakyTracker:
-    tracking_uri = "http://127.0.0.1:1"
-    parent_run_id = "parent"
-
-    def __init__(self):
-        self.run = _FlakyRun()
-        self.reachable = True
-        self.trials_started = 0
-
-    def check_reachable(self):
-        if not self.reachable:
-            raise TunetrackError("MLflow tracking server http://127.0.0.1:1 is not reachable")
-
-    def start_study(self, study):
-        raise ConnectionError("Connection refused")
-
-    def start_trial(self, number, *args, **kwargs):
-        self.trials_started += 1
-        if not self.reachable:
-            raise ConnectionError("Connection refused")
-        return self.run
-
-    def finish_study(self, study):
-        raise ConnectionError("Connection refused")
-
-
-def test_tracking_failures_become_one_warning_each_and_training_goes_on(caplog, monkeypatch):
-    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    inner = _FlakyTracker()
-    tracker = ResilientTracker(inner)
-    import os
-
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # seconds, not minutes
-    with caplog.at_level(logging.WARNING):
-        tracker.start_study(object())
-        run = tracker.start_trial(0, {}, None)
-        assert run.on_epoch_end(None) is False  # failure: never stops training
-        assert run.on_epoch_end(None) is False  # the rest of the trial is not tracked
-        run.log_completed(model=None)
-        run.end("COMPLETE")  # ...but the run is still ended when the store answers
-        inner.reachable = False
-        assert tracker.start_trial(1, {}, None) is None  # store down: trial untracked
-        assert tracker.start_trial(2, {}, None) is None  # known down: not even tried
-        tracker.finish_study(object())
-    assert inner.run.calls == ["epoch", "end COMPLETE"]
-    assert inner.trials_started == 2
-    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings_) == 4, warnings_  # start_study, on_epoch_end, start_trial: once each
-    assert all(w.startswith("warning: MLflow tracking failed in") for w in warnings_[:3])
-    assert "cannot connect" in warnings_[0] and "summary" in warnings_[3]
-    assert all("\n" not in w for w in warnings_)
-
-
-def test_a_run_the_sidecar_could_not_create_makes_the_next_trial_probe_first(caplog):
-    inner = _FlakyTracker()
-    inner.start_study = lambda study: "parent"
-    inner.run.create_error = ConnectionError("Connection refused")  # failed in the helper
-    tracker = ResilientTracker(inner)
-    tracker.start_study(object())
-    with caplog.at_level(logging.WARNING):
-        tracker.start_trial(0, {}, None).end("COMPLETE", wait=False)
-        inner.reachable = False
-        assert tracker.start_trial(1, {}, None) is None  # probed: down, so untracked
-    assert inner.trials_started == 1
-    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings_) == 1 and "start_trial (trial 0)" in warnings_[0], warnings_
-
-
-def test_an_unreachable_store_before_the_study_is_still_an_error():
-    inner = _FlakyTracker()
-    inner.reachable = False
-    with pytest.raises(TunetrackError, match="not reachable"):
-        ResilientTracker(inner).check_reachable()
 
 
 # ---- tunetrack server ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Insight figures: a valid, non-blank PNG of each kind for every network family and input
-shape, nothing for a model without weights to show, and flat memory over many trials."""
+"""A completed trial's pictures: a valid, non-blank PNG of each kind for every network family
+and input shape, nothing for a model without weights to show, and flat memory over many
+trials."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from torch import nn
 
 from tunetrack.models import ModelConfig, create
 from tunetrack.tracking import insight
+from tunetrack.tracking.record import CompletedTrial, write_trial_artifacts
 
 CLASSES = [f"class {i}" for i in range(10)]
-ALL = [insight.FIRST_LAYER, insight.FEATURE_MAPS, insight.PER_CLASS_ERROR, insight.CURVES,
-       insight.LR]
+MODEL_PICTURES = ["feature_maps.png", "first_layer.png"]
+CHARTS = ["confusion_matrix.png", "curves.png", "lr.png", "misclassified.png",
+          "per_class_error.png"]
+TABLES = ["classification_report.json", "confusion_matrix.csv", "history.csv",
+          "per_class_error.csv"]
 
 
 def history(epochs: int = 6) -> pd.DataFrame:
@@ -39,15 +44,20 @@ def assert_picture(path) -> None:
     assert pixels.std() > 5 and colours > 30, (path.name, colours)
 
 
-def write_all(folder, model, shape, **overrides):
+def write_all(folder, model, shape, epochs: int = 6) -> list[str]:
+    """Every file of a completed trial with random labels and predictions."""
+    folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    options = dict(model=model, images=rng.random((5, *shape), dtype=np.float32),
-                   classes=CLASSES, history=history(), best_epoch=3,
-                   per_class_error={c: float(e) for c, e in zip(CLASSES, rng.random(10) * 0.3,
-                                                                strict=True)},
-                   support=rng.integers(10, 30, 10))
-    options.update(overrides)
-    return insight.write_insight_artifacts(folder, **options)
+    y_true, y_pred = rng.integers(0, 10, 200), rng.integers(0, 10, 200)
+    wrong = np.flatnonzero(y_true != y_pred)[:25]
+    images = rng.random((200, *shape), dtype=np.float32)
+    done = CompletedTrial(
+        model=model, classes=CLASSES, input_shape=shape, data_fingerprint="f",
+        y_true=y_true, y_pred=y_pred, images=images[:5], wrong_images=images[wrong],
+        wrong_true=y_true[wrong].tolist(), wrong_pred=y_pred[wrong].tolist(),
+        history=history(epochs).to_dict("records"), best_epoch=3 if epochs else None,
+        stop_reason="max_epochs", values={}, log_model=False)
+    return write_trial_artifacts(folder, done)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)], ids=["digits", "rgb32"])
@@ -55,9 +65,8 @@ def write_all(folder, model, shape, **overrides):
 def test_every_figure_for_every_family(tmp_path, family, shape):
     model = create(ModelConfig(family=family, depth=2, width=16), shape, len(CLASSES), seed=0)
     names = write_all(tmp_path, model, shape)
-    assert names == ALL
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ALL)
-    for name in names:
+    assert names == sorted(MODEL_PICTURES + CHARTS + TABLES)
+    for name in MODEL_PICTURES + CHARTS:
         assert_picture(tmp_path / name)
     assert model.training  # the forward pass for the feature maps put the mode back
     assert not any(m._forward_hooks for m in model.modules())  # and removed its hooks
@@ -94,10 +103,9 @@ def test_models_without_a_layer_to_show_draw_nothing(tmp_path):
     pooled = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4, 3))
     assert not insight.draw_first_layer(tmp_path / "first.png", pooled, (1, 8, 8))
     assert not list(tmp_path.iterdir())
-    names = write_all(tmp_path, empty, (1, 8, 8))
-    assert names == [insight.PER_CLASS_ERROR, insight.CURVES, insight.LR]
-    assert write_all(tmp_path, empty, (1, 8, 8), history=history(0),
-                     per_class_error={}) == []
+    assert write_all(tmp_path / "a", empty, (1, 8, 8)) == sorted(CHARTS + TABLES)
+    no_epochs = sorted(set(CHARTS + TABLES) - {"curves.png", "lr.png"})
+    assert write_all(tmp_path / "b", empty, (1, 8, 8), epochs=0) == no_epochs
 
 
 SCRIPT = """
@@ -106,7 +114,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from matplotlib.figure import Figure
 from tunetrack.models import ModelConfig, create
-from tunetrack.tracking import insight
+from tunetrack.tracking import figures, insight
 from tunetrack.tracking.figures import MAX_REUSED
 torch.set_num_threads(1)
 out, rng, alive = Path(sys.argv[1]), np.random.default_rng(0), []
@@ -118,14 +126,13 @@ for i in range(50):
     model = create(ModelConfig(family="mlp", depth=1, width=(4, 9, 16)[i % 3]), (1, 8, 8), 10)
     images = rng.random((4, 1, 8, 8), dtype=np.float32)
     errors = dict(zip(classes, rng.random(10)))
-    if i % 10 == 0:  # everything now and then; curves and lr have one fixed layout
-        insight.write_insight_artifacts(out, model=model, images=images, classes=classes,
-                                        history=frame, best_epoch=i % 5,
-                                        per_class_error=errors, support=[20] * 10)
-    else:  # the figures whose layout follows the model: where reuse could pile up
-        insight.draw_first_layer(out / "first.png", model, (1, 8, 8))
-        insight.draw_feature_maps(out / "maps.png", model, images)
-        insight.draw_per_class_error(out / "errors.png", errors, [20] * 10)
+    if i % 10 == 0:  # curves and lr now and then: they have one fixed layout
+        figures.draw_curves(out / "curves.png", frame, i % 5)
+        figures.draw_lr_curve(out / "lr.png", frame)
+    # the figures whose layout follows the model: where reuse could pile up
+    insight.draw_first_layer(out / "first.png", model, (1, 8, 8))
+    insight.draw_feature_maps(out / "maps.png", model, images)
+    figures.draw_per_class_error(out / "errors.png", errors, [20] * 10)
     if i in (9, 49):
         gc.collect()
         alive.append(sum(isinstance(o, Figure) for o in gc.get_objects()))

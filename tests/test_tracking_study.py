@@ -30,6 +30,7 @@ from tunetrack.models import (
 )
 from tunetrack.tracking import StudyTracker, compare_trials
 from tunetrack.tracking import tags as T
+from tunetrack.tracking.record import model_wanted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -58,14 +59,14 @@ def train(splits, *, epochs: int, lr: float, seed: int = 0, callbacks=()):
 
 
 def run_trial(tracker: StudyTracker, study: optuna.Study, splits, *, lr: float, epochs: int = 2,
-              outcome: str = "complete", log_model: bool | None = None):
+              outcome: str = "complete"):
     """What `search.objective` does, in miniature: returns (trial number, run, model)."""
     study.enqueue_trial({"train.lr": lr})
     trial = study.ask()
     trial.suggest_float("train.lr", 1e-4, 1.0, log=True)
     cfg = TrialConfig(data=DataConfig(name="digits"))
-    run = tracker.start_trial(trial.number, trial.params, cfg, device="cpu",
-                              data_fingerprint=splits.fingerprint, trial=trial)
+    run = tracker.trial_run(trial, trial.params, cfg, device="cpu",
+                            data_fingerprint=splits.fingerprint)
 
     class Reporter:
         def on_epoch_end(self, result: EpochResult) -> bool:
@@ -86,9 +87,7 @@ def run_trial(tracker: StudyTracker, study: optuna.Study, splits, *, lr: float, 
         study.tell(trial, state=TrialState.PRUNED)
         return trial.number, run, model
     value = fit.best.val_accuracy
-    wanted = tracker.wants_model(study, value) if log_model is None else log_model
-    run.log_completed(model=model, splits=splits, test_eval=test_eval, fit=fit,
-                      log_model=wanted)
+    run.completed(values=value, model=model, splits=splits, test_eval=test_eval, fit=fit)
     run.end("COMPLETE")
     study.tell(trial, value)
     return trial.number, run, model
@@ -278,14 +277,13 @@ def test_orphans_and_wait_false_are_settled_by_finish_study(uri):
     tracker.start_study(study)
     cfg = TrialConfig()
     killed = study.ask()
-    orphan = tracker.start_trial(killed.number, {}, cfg, device="cpu", data_fingerprint="f",
-                                 trial=killed)
+    orphan = tracker.trial_run(killed, {}, cfg, device="cpu", data_fingerprint="f")
     assert orphan.on_epoch_end(fake_epoch(0, 0.5)) is False
     study.tell(killed, state=TrialState.FAIL)  # e.g. failed by a heartbeat; run never ended
     quick = study.ask()
-    run = tracker.start_trial(quick.number, {}, cfg, device="cpu", data_fingerprint="f")
+    run = tracker.trial_run(quick, {}, cfg, device="cpu", data_fingerprint="f")
     run.on_epoch_end(fake_epoch(0, 0.7))
-    run.end("PRUNED", "pruned", wait=False)
+    run.end("PRUNED", "pruned")
     run.end("COMPLETE")  # idempotent: the first end wins
     study.tell(quick, state=TrialState.PRUNED)
     tracker.finish_study(study)
@@ -307,13 +305,13 @@ def test_multi_objective_study_logs_a_pareto_front(uri):
     for accuracy, size in [(0.9, 100.0), (0.8, 10.0), (0.7, 200.0)]:
         trial = study.ask()
         trial.suggest_int("model.width", 8, 256)
-        run = tracker.start_trial(trial.number, trial.params, TrialConfig(), device="cpu",
-                                  data_fingerprint="f", trial=trial)
+        run = tracker.trial_run(trial, trial.params, TrialConfig(), device="cpu",
+                                data_fingerprint="f")
         run.on_epoch_end(fake_epoch(0, accuracy))
         run.end("COMPLETE")
         study.tell(trial, [accuracy, size])
-    assert tracker.wants_model(study, [0.85, 5.0]) and not tracker.wants_model(study,
-                                                                               [0.6, 300.0])
+    assert model_wanted("best", study, [0.85, 5.0])
+    assert not model_wanted("best", study, [0.6, 300.0])
     tracker.finish_study(study)
     client = MlflowClient(uri)
     parent = client.get_run(tracker.parent_run_id)
@@ -326,15 +324,13 @@ def test_multi_objective_study_logs_a_pareto_front(uri):
     assert parent.data.metrics["pareto_front_size"] == 2
 
 
-def test_wants_model_follows_the_policy_and_direction(uri):
+def test_model_wanted_follows_the_policy_and_direction():
     study = optuna.create_study(direction="minimize")
     study.add_trial(optuna.trial.create_trial(value=0.5))
-    assert StudyTracker(study_name="p", tracking_uri=uri).wants_model(study, 0.4)
-    assert not StudyTracker(study_name="p", tracking_uri=uri).wants_model(study, 0.6)
-    assert StudyTracker(study_name="p", tracking_uri=uri, log_models="all").wants_model(
-        study, 0.9)
-    assert not StudyTracker(study_name="p", tracking_uri=uri, log_models="none").wants_model(
-        study, 0.1)
+    assert model_wanted("best", study, 0.4) and model_wanted("best", study, 0.5)
+    assert not model_wanted("best", study, 0.6)
+    assert model_wanted("all", study, 0.9)
+    assert not model_wanted("none", study, 0.1)
 
 
 def test_compare_trials_reads_mlflow_when_attributes_are_missing(uri):
@@ -343,8 +339,7 @@ def test_compare_trials_reads_mlflow_when_attributes_are_missing(uri):
     tracker.start_study(study)
     for loss in (0.3, 0.1, 0.2):
         trial = study.ask()
-        run = tracker.start_trial(trial.number, {}, TrialConfig(), device="cpu",
-                                  data_fingerprint="f", trial=trial)
+        run = tracker.trial_run(trial, {}, TrialConfig(), device="cpu", data_fingerprint="f")
         tracker.client.log_metric(run.run_id, "test_accuracy", 1 - loss)
         run.end("COMPLETE")
         study.tell(trial, loss)

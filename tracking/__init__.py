@@ -1,16 +1,33 @@
-"""MLflow tracking for Optuna studies: a parent run per study, a child run per trial.
+"""MLflow tracking for Optuna studies. Five things to know:
+
+1. **Store**: the tracking URI (`resolve_tracking_uri`: `--tracking-uri`,
+   `MLFLOW_TRACKING_URI`, else `./mlflow.db`), checked before anything is created
+   (`check_reachable`: bad input is an error, nothing half-written).
+2. **StudyTracker**: one experiment per study and one parent run shared by every worker
+   and resume; `start_study`, `trial_run` per trial, `finish_study` (plots, trials.csv,
+   best params on the parent).
+3. **TrialRun**: a trial's child run as the trial sees it, and the trainer's epoch
+   callback. It never raises and never waits on MLflow; a `NullRun` stands in when
+   tracking is off or its helper is gone. `end` links run and trial both ways
+   (`user_attrs["mlflow_run_id"]`, tag and param `optuna.trial_number`).
+4. **The helper process** (`helper.py`, `writer.py`): all MLflow writing happens there,
+   in order, while the trials train; a failing store costs warnings, never Optuna data.
+5. **The record** (`record.py`): the one place that decides what a trial's run holds
+   (params, tags, epoch and final metrics, files, the model under `log_models`).
 
     tracker = StudyTracker(study_name="digits-mlp")
     tracker.check_reachable()            # before any training
     tracker.start_study(study)
-    run = tracker.start_trial(n, params, cfg, device="cpu", data_fingerprint=fp, trial=trial)
+    run = tracker.trial_run(trial, params, cfg, device="cpu", data_fingerprint=fp)
     Trainer(..., callbacks=[run]).fit()  # run.on_epoch_end logs every epoch
-    run.log_completed(...); run.end("COMPLETE")
+    run.completed(values=value, model=model, splits=splits, test_eval=test, fit=fit)
+    run.end("COMPLETE")
     tracker.finish_study(study)
     promote(study, model_name="digits-classifier")
 
 Importing this package is cheap: MLflow, matplotlib and Optuna's plotting load only when a
-name below is first used (module `__getattr__`). Tag and attribute names: `tags`.
+name below is first used (module `__getattr__`), and in the study process only for
+reading (`compare_trials`, `promote`, `report`). Tag and attribute names: `tags`.
 """
 
 from __future__ import annotations
@@ -21,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "StudyTracker": "study",
     "TrialRun": "trial_run",
+    "NullRun": "trial_run",
     "PromotionResult": "registry",
     "promote": "registry",
     "compare_trials": "compare",
     "predict": "prediction",
     "resolve_tracking_uri": "uri",
     "check_reachable": "uri",
-    "write_insight_artifacts": "insight",
     "write_report": "report",
 }
 
@@ -35,12 +52,12 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .compare import compare_trials as compare_trials
-    from .insight import write_insight_artifacts as write_insight_artifacts
     from .prediction import predict as predict
     from .registry import PromotionResult as PromotionResult
     from .registry import promote as promote
     from .report import write_report as write_report
     from .study import StudyTracker as StudyTracker
+    from .trial_run import NullRun as NullRun
     from .trial_run import TrialRun as TrialRun
     from .uri import check_reachable as check_reachable
     from .uri import resolve_tracking_uri as resolve_tracking_uri

@@ -1,7 +1,7 @@
 """A ranked table of a study's trials, joined with what MLflow recorded about them.
 
 Optuna's user attributes are read first (`test_accuracy`, `epochs_run`), so the table
-needs no MLflow at all for trials logged by `TrialRun`; MLflow is asked only for completed
+needs no MLflow at all for trials tracked by tunetrack; MLflow is asked only for completed
 trials that lack them, and an unreachable store just leaves those cells empty.
 """
 
@@ -43,7 +43,7 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
     from mlflow.exceptions import MlflowException
 
     from .client import client_for
-    from .sidecar import SIDECAR
+    from .helper import HELPER
     from .uri import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -52,7 +52,7 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
     except TunetrackError as exc:
         _log.warning("compare_trials: no MLflow metrics (%s)", exc)
         return {}
-    SIDECAR.drain()
+    HELPER.flush()  # runs this process is still writing
     client, found = client_for(uri), {}
     for run_id in run_ids:
         try:

@@ -1,16 +1,18 @@
-"""Figures of one trial, drawn with matplotlib's object API on the Agg canvas.
+"""Charts of one trial's numbers and images (curves with the generalisation gap, learning
+rate, confusion matrix, per-class error, misclassified images), and the figure machinery
+`insight` shares for its pictures of the model's insides. All drawn with matplotlib's
+object API on the Agg canvas.
 
 Building a matplotlib figure (Axes, ticks, legends) costs about as much as drawing it, so
 each kind of figure is built once per thread and reused: a trial only swaps the data and
 the texts, then saves. That halves the cost and keeps memory flat over hundreds of trials
 (a few figures per thread, never registered with pyplot). The misclassified grid is one
 image mosaic in a single Axes: 25 separate Axes would cost more than everything else.
-`new_figure`, `reused`, `rgb_tiles` and `short` are shared with `insight`, which follows
-the same rules.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -231,3 +233,105 @@ def draw_misclassified(path: Path, images: np.ndarray, true: Sequence[int],
     shape = tuple(int(s) for s in images.shape[1:])
     reused(("misclassified", shape), lambda: _Misclassified(shape)).draw(
         path, images, true, pred, classes)
+
+
+class _PerClassError:
+    """Bars of the test error per class, the overall error as a line, support on top."""
+
+    def __init__(self, classes: tuple[str, ...]):
+        n = len(classes)
+        self.annotate = n <= 30
+        self.fig = new_figure(min(16.0, max(6.0, 0.35 * n + 2.0)), 4.0)
+        self.ax = self.fig.add_axes((0.08, 0.22 if n > 10 else 0.14, 0.9, 0.66))
+        self.bars = self.ax.bar(range(n), np.zeros(n), color="C3")
+        self.overall = self.ax.axhline(0, color="black", linestyle="--", linewidth=1,
+                                       label="overall error")
+        if n <= 50:
+            self.ax.set_xticks(range(n), [short(c) for c in classes],
+                               rotation=90 if n > 10 else 0, fontsize=8)
+        else:
+            self.ax.set_xlabel(f"{n} classes")
+        self.ax.set_ylabel("error (1 - recall)")
+        self.ax.grid(axis="y", alpha=0.3)
+        self.ax.legend(fontsize=7, loc="upper right")
+        self.counts = [self.ax.text(k, 0, "", ha="center", va="bottom", fontsize=6)
+                       for k in range(n)] if self.annotate else []
+        self.title = self.ax.set_title("", y=1.01, fontsize=10)
+
+    def draw(self, path: Path, errors: np.ndarray, support: np.ndarray | None) -> None:
+        import matplotlib
+
+        top = float(errors.max()) if errors.size else 0.0
+        colours = matplotlib.colormaps["Reds"](0.35 + 0.6 * errors / (top or 1.0))
+        for bar, error, colour in zip(self.bars, errors, colours, strict=True):
+            bar.set_height(error)
+            bar.set_color(colour)
+        for k, text in enumerate(self.counts):
+            text.set_position((k, errors[k]))
+            text.set_text("" if support is None else f"n={int(support[k])}")
+        if support is not None and support.sum() > 0:
+            overall = float((errors * support).sum() / support.sum())
+            title = f"test error per class (overall {overall:.4f}, n={int(support.sum())})"
+        else:
+            overall = float(errors.mean()) if errors.size else 0.0
+            title = f"test error per class (mean {overall:.4f})"
+        self.overall.set_ydata([overall] * 2)
+        self.title.set_text(title)
+        self.ax.set_ylim(0, max(top * 1.15, 0.05))
+        self.fig.savefig(path, dpi=DPI)
+
+
+def draw_per_class_error(path: Path, per_class_error: Mapping[str, float],
+                         support: Mapping[str, int] | Sequence[int] | np.ndarray | None
+                         ) -> None:
+    """Bar chart of each class's test error (1 - recall), in the mapping's order; `support`
+    (test images per class, by name or in the same order) is written over the bars."""
+    classes = tuple(per_class_error)
+    errors = np.array([per_class_error[c] for c in classes], dtype=float)
+    counts = None
+    if support is not None:
+        counts = np.array([support[c] for c in classes] if isinstance(support, Mapping)
+                          else list(support), dtype=float)
+    reused(("per_class_error", classes), lambda: _PerClassError(classes)).draw(
+        path, errors, counts)
+
+
+class _LearningRate:
+    """The learning rate in effect at the start of each epoch."""
+
+    def __init__(self) -> None:
+        self.fig = new_figure(6.0, 3.4)
+        self.ax = self.fig.add_axes((0.14, 0.16, 0.82, 0.72))
+        (self.line,) = self.ax.plot([], [], markersize=3, color="C2")
+        self.ax.set_xlabel("epoch")
+        self.ax.set_ylabel("learning rate")
+        self.ax.grid(alpha=0.3)
+        self.ax.locator_params(axis="x", nbins=6)
+        self.ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useOffset=False)
+        self.title = self.ax.set_title("", y=1.01, fontsize=10)
+
+    def draw(self, path: Path, epochs: np.ndarray, lrs: np.ndarray) -> None:
+        self.line.set_data(epochs, lrs)
+        self.line.set_marker("o" if len(epochs) <= 30 else "")
+        positive = lrs[lrs > 0]
+        spans_decades = positive.size and positive.max() / positive.min() > 20
+        scale = "log" if spans_decades else "linear"
+        if self.ax.get_yscale() != scale:
+            self.ax.set_yscale(scale)  # resets the tick formatter
+            if scale == "linear":  # 1e-3 as "1.0" plus an exponent: short tick labels
+                self.ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3),
+                                         useOffset=False)
+        first, last = (lrs[0], lrs[-1]) if len(lrs) else (math.nan, math.nan)
+        span = f"constant {first:.3g}" if first == last and np.all(lrs == first) else (
+            f"{first:.3g} → {last:.3g}{', log scale' if scale == 'log' else ''}")
+        self.title.set_text(f"learning rate per epoch ({span})")
+        self.ax.relim()
+        self.ax.autoscale_view()
+        self.fig.savefig(path, dpi=DPI)
+
+
+def draw_lr_curve(path: Path, history: pd.DataFrame | Mapping[str, Sequence[float]]) -> None:
+    """Learning rate per epoch from a trial's history (columns epoch, lr); log scale when
+    it spans more than a factor 20 (step decay, one-cycle), so both ends stay readable."""
+    reused(("lr",), _LearningRate).draw(path, np.asarray(history["epoch"], dtype=float),
+                                        np.asarray(history["lr"], dtype=float))

@@ -1,45 +1,30 @@
-"""Insight figures of one trained trial: what its first layer learned, what its feature maps
-look like, which classes it gets wrong, how it generalised and how its learning rate moved.
+"""Pictures of a trained model's insides: what its first layer learned (each hidden unit's
+input weights as an image, or the first conv filters) and what its first layers make of a
+few test images (feature maps). The charts of a trial's numbers (curves, confusion,
+per-class error, learning rate, misclassified images) are in `figures`; `record` says
+which files a completed trial gets.
 
 Pure functions of a model and numpy arrays, so they run in whichever process draws a
-trial's artifacts (a CPU copy of the model is enough). They follow `figures`' rules: the
-object API on the Agg canvas (pyplot is never imported, so nothing waits for a
-`plt.close`), one figure per kind and layout reused per thread (building a figure costs as
-much as drawing it), and many small pictures are one RGB mosaic in a single Axes (64
-separate Axes would cost seconds).
-
-    write_insight_artifacts(out, model=model, images=test_x[:4], classes=classes,
-                            history=history, best_epoch=fit.best_epoch,
-                            per_class_error=report.per_class_error, support=support)
+trial's artifacts (a CPU copy of the model is enough), under `figures`' rules: the object
+API on the Agg canvas, one figure per kind and layout reused per thread, and many small
+pictures as one RGB mosaic in a single Axes (64 separate Axes would cost seconds).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .figures import DPI, new_figure, reused, rgb_tiles, short
-from .figures import draw_curves as draw_curves_with_gap
+from .figures import DPI, new_figure, reused, rgb_tiles
 
 if TYPE_CHECKING:
-    import pandas as pd
     from torch import nn
 
-__all__ = [
-    "CURVES", "FEATURE_MAPS", "FIRST_LAYER", "LR", "PER_CLASS_ERROR",
-    "draw_curves_with_gap", "draw_feature_maps", "draw_first_layer", "draw_lr_curve",
-    "draw_per_class_error", "write_insight_artifacts",
-]
-
-FIRST_LAYER = "first_layer.png"
-FEATURE_MAPS = "feature_maps.png"
-PER_CLASS_ERROR = "per_class_error.png"
-LR = "lr.png"
-CURVES = "curves.png"
+__all__ = ["draw_feature_maps", "draw_first_layer"]
 
 MAX_UNITS = 64  # first-layer tiles shown (an 8x8 grid); more are unreadable
 FEATURE_IMAGES = 4  # test images whose feature maps are shown
@@ -354,146 +339,3 @@ def draw_feature_maps(path: Path, model: nn.Module, images: np.ndarray) -> bool:
              f"hidden activations of {len(images)} test images (rows), one scale per layer")
     _draw_mosaic(path, mosaic, title, labels)
     return True
-
-
-# --- per-class error and learning rate -----------------------------------------------
-
-
-class _PerClassError:
-    """Bars of the test error per class, the overall error as a line, support on top."""
-
-    def __init__(self, classes: tuple[str, ...]):
-        n = len(classes)
-        self.annotate = n <= 30
-        self.fig = new_figure(min(16.0, max(6.0, 0.35 * n + 2.0)), 4.0)
-        self.ax = self.fig.add_axes((0.08, 0.22 if n > 10 else 0.14, 0.9, 0.66))
-        self.bars = self.ax.bar(range(n), np.zeros(n), color="C3")
-        self.overall = self.ax.axhline(0, color="black", linestyle="--", linewidth=1,
-                                       label="overall error")
-        if n <= 50:
-            self.ax.set_xticks(range(n), [short(c) for c in classes],
-                               rotation=90 if n > 10 else 0, fontsize=8)
-        else:
-            self.ax.set_xlabel(f"{n} classes")
-        self.ax.set_ylabel("error (1 - recall)")
-        self.ax.grid(axis="y", alpha=0.3)
-        self.ax.legend(fontsize=7, loc="upper right")
-        self.counts = [self.ax.text(k, 0, "", ha="center", va="bottom", fontsize=6)
-                       for k in range(n)] if self.annotate else []
-        self.title = self.ax.set_title("", y=1.01, fontsize=10)
-
-    def draw(self, path: Path, errors: np.ndarray, support: np.ndarray | None) -> None:
-        import matplotlib
-
-        top = float(errors.max()) if errors.size else 0.0
-        colours = matplotlib.colormaps["Reds"](0.35 + 0.6 * errors / (top or 1.0))
-        for bar, error, colour in zip(self.bars, errors, colours, strict=True):
-            bar.set_height(error)
-            bar.set_color(colour)
-        for k, text in enumerate(self.counts):
-            text.set_position((k, errors[k]))
-            text.set_text("" if support is None else f"n={int(support[k])}")
-        if support is not None and support.sum() > 0:
-            overall = float((errors * support).sum() / support.sum())
-            title = f"test error per class (overall {overall:.4f}, n={int(support.sum())})"
-        else:
-            overall = float(errors.mean()) if errors.size else 0.0
-            title = f"test error per class (mean {overall:.4f})"
-        self.overall.set_ydata([overall] * 2)
-        self.title.set_text(title)
-        self.ax.set_ylim(0, max(top * 1.15, 0.05))
-        self.fig.savefig(path, dpi=DPI)
-
-
-def draw_per_class_error(path: Path, per_class_error: Mapping[str, float],
-                         support: Mapping[str, int] | Sequence[int] | np.ndarray | None
-                         ) -> None:
-    """Bar chart of each class's test error (1 - recall), in the mapping's order; `support`
-    (test images per class, by name or in the same order) is written over the bars."""
-    classes = tuple(per_class_error)
-    errors = np.array([per_class_error[c] for c in classes], dtype=float)
-    counts = None
-    if support is not None:
-        counts = np.array([support[c] for c in classes] if isinstance(support, Mapping)
-                          else list(support), dtype=float)
-    reused(("per_class_error", classes), lambda: _PerClassError(classes)).draw(
-        path, errors, counts)
-
-
-class _LearningRate:
-    """The learning rate in effect at the start of each epoch."""
-
-    def __init__(self) -> None:
-        self.fig = new_figure(6.0, 3.4)
-        self.ax = self.fig.add_axes((0.14, 0.16, 0.82, 0.72))
-        (self.line,) = self.ax.plot([], [], markersize=3, color="C2")
-        self.ax.set_xlabel("epoch")
-        self.ax.set_ylabel("learning rate")
-        self.ax.grid(alpha=0.3)
-        self.ax.locator_params(axis="x", nbins=6)
-        self.ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useOffset=False)
-        self.title = self.ax.set_title("", y=1.01, fontsize=10)
-
-    def draw(self, path: Path, epochs: np.ndarray, lrs: np.ndarray) -> None:
-        self.line.set_data(epochs, lrs)
-        self.line.set_marker("o" if len(epochs) <= 30 else "")
-        positive = lrs[lrs > 0]
-        spans_decades = positive.size and positive.max() / positive.min() > 20
-        scale = "log" if spans_decades else "linear"
-        if self.ax.get_yscale() != scale:
-            self.ax.set_yscale(scale)  # resets the tick formatter
-            if scale == "linear":  # 1e-3 as "1.0" plus an exponent: short tick labels
-                self.ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3),
-                                         useOffset=False)
-        first, last = (lrs[0], lrs[-1]) if len(lrs) else (math.nan, math.nan)
-        span = f"constant {first:.3g}" if first == last and np.all(lrs == first) else (
-            f"{first:.3g} → {last:.3g}{', log scale' if scale == 'log' else ''}")
-        self.title.set_text(f"learning rate per epoch ({span})")
-        self.ax.relim()
-        self.ax.autoscale_view()
-        self.fig.savefig(path, dpi=DPI)
-
-
-def draw_lr_curve(path: Path, history: pd.DataFrame | Mapping[str, Sequence[float]]) -> None:
-    """Learning rate per epoch from a trial's history (columns epoch, lr); log scale when
-    it spans more than a factor 20 (step decay, one-cycle), so both ends stay readable."""
-    reused(("lr",), _LearningRate).draw(path, np.asarray(history["epoch"], dtype=float),
-                                        np.asarray(history["lr"], dtype=float))
-
-
-# --- all of them ---------------------------------------------------------------------
-
-
-def write_insight_artifacts(out: Path, *, model: nn.Module, images: np.ndarray,
-                            classes: Sequence[str], history: pd.DataFrame,
-                            best_epoch: int | None, per_class_error: Mapping[str, float],
-                            support: Mapping[str, int] | Sequence[int] | np.ndarray | None
-                            ) -> list[str]:
-    """Every insight figure of a completed trial into folder `out`; returns the names
-    written (a figure that does not apply, e.g. first_layer.png of a model without
-    Linear/Conv2d layers, or curves of an empty history, is left out).
-
-    `images`: test images (N, C, H, W) in [0, 1] (the first FEATURE_IMAGES are used; their
-    shape is the model's input shape); `support`: test images per class, in `classes`
-    order or by name. history.csv is written with the trial's tables, not here.
-    """
-    out = Path(out)
-    images = np.asarray(images, dtype=np.float32)
-    written = []
-    if draw_first_layer(out / FIRST_LAYER, model, images.shape[1:]):
-        written.append(FIRST_LAYER)
-    if draw_feature_maps(out / FEATURE_MAPS, model, images):
-        written.append(FEATURE_MAPS)
-    if per_class_error:
-        ordered = {c: per_class_error[c] for c in classes if c in per_class_error}
-        if support is not None and not isinstance(support, Mapping):
-            support = dict(zip(classes, support, strict=True))
-        draw_per_class_error(out / PER_CLASS_ERROR, ordered or per_class_error, support)
-        written.append(PER_CLASS_ERROR)
-    if len(history):
-        draw_curves_with_gap(out / CURVES, history, best_epoch)
-        written.append(CURVES)
-        if "lr" in history:
-            draw_lr_curve(out / LR, history)
-            written.append(LR)
-    return written

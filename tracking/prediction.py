@@ -1,7 +1,7 @@
 """Classify image files with a logged or registered model (e.g. `models:/NAME@champion`).
 
 Class names and the input shape travel inside the model (MLmodel metadata written by
-`TrialRun.log_completed`), so any copy of the model is self-describing. Images are decoded
+`record.CompletedTrial`), so any copy of the model is self-describing. Images are decoded
 by the same function the `imagefolder` dataset uses for training, so what the model sees
 here matches what it was trained on (same channel conversion, bilinear resize, [0, 1]).
 """

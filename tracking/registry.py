@@ -168,14 +168,14 @@ def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
             min_improvement: float = 0.0, tracking_uri: str | None = None) -> PromotionResult:
     """Register the best trial's model and point `alias` at it if it beats the champion."""
     from .client import client_for
-    from .sidecar import SIDECAR
+    from .helper import HELPER
     from .uri import check_reachable, resolve_tracking_uri
 
     _validate(model_name, alias, min_improvement)
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     client = client_for(uri)
-    SIDECAR.drain()  # runs of this process ended with wait=False
+    HELPER.flush()  # runs this process is still writing
     ranked, ranking_note = _ranked(study)
     trial, run, model_id = _candidate(client, ranked)
     note = ranking_note

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,3 +157,44 @@ def write_study_artifacts(study: optuna.Study, out: Path) -> StudySummary:
             T.ATTR_RUN_ID: best.user_attrs.get(T.ATTR_RUN_ID)}, indent=1, default=str))
         summary.written.append("best_params.json")
     return summary
+
+
+def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
+    """An in-memory study holding `trials` (FrozenTrials sent by the study process)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+    study = optuna.create_study(study_name=name, directions=[d.lower() for d in directions])
+    study.add_trials(trials)
+    return study
+
+
+def log_study_summary(client, parent_run_id: str, name: str, trials: list,
+                      directions: list[str]) -> None:
+    """Files, counts and the best trial on the parent run, which ends FINISHED unless
+    trials of the study are still running or waiting (other workers)."""
+    from mlflow.entities import Metric, RunTag
+
+    study = study_copy(name, trials, directions)
+    with tempfile.TemporaryDirectory(prefix="tunetrack-study-") as tmp:
+        summary = write_study_artifacts(study, Path(tmp))
+        client.log_artifacts(parent_run_id, tmp)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    stamp, step = int(time.time() * 1000), counts["complete"]
+    metrics = [Metric(f"n_trials_{state}", counts[state], stamp, step)
+               for state in ("complete", "pruned", "fail")]
+    tags = {T.OPTUNA_DIRECTIONS: ",".join(directions)}
+    if summary.skipped:
+        tags["tunetrack.plots_skipped"] = T.clip("; ".join(
+            f"{k}: {v}" for k, v in summary.skipped.items()))
+    if len(directions) == 1 and counts["complete"]:
+        best = study.best_trial
+        metrics.append(Metric("best_value", float(best.value), stamp, step))
+        tags.update({"best.trial_number": str(best.number),
+                     "best.run_id": str(best.user_attrs.get(T.ATTR_RUN_ID, ""))})
+        # tags, not params: params are immutable and the best changes as workers go on
+        tags.update({f"best.{k}": T.clip(str(v)) for k, v in best.params.items()})
+    elif counts["complete"]:
+        metrics.append(Metric("pareto_front_size", len(study.best_trials), stamp, step))
+    client.log_batch(parent_run_id, metrics=metrics,
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    if not counts["running"] and not counts["waiting"]:
+        client.set_terminated(parent_run_id, "FINISHED")

@@ -70,7 +70,7 @@ def is_loopback(host: str) -> bool:
 
 def serve(argv: list[str], *, backend_store_uri: str, host: str) -> None:
     """Check the backend store, then exec `mlflow server` (never returns on success)."""
-    from tunetrack.tracking.uri import check_reachable
+    from .uri import check_reachable
 
     check_reachable(backend_store_uri)
     if not is_loopback(host):

@@ -1,27 +1,39 @@
-"""Files describing one completed trial: collected in the trial's process, written in the
-sidecar's (see `sidecar.py`).
+"""What a trial's MLflow run holds: decided here and only here.
 
-`CompletedTrial.collect` takes what the files need from the live objects (a CPU copy of
-the model, labels and predictions as arrays, a few images, the history): cheap, and safe
-to pickle while the next trial trains. `write_trial_artifacts` then draws and writes
-everything into one folder, uploaded in one call (much cheaper than one request per file).
+- When the trial starts (`run_fields`): params (the sampled values and the trial number),
+  tags (study, trial number, device, data fingerprint, torch / CUDA / git versions) and
+  `trial.yaml`, the resolved config that replays the trial.
+- Every epoch: the `EpochResult` metrics, `step=epoch` (`TrialRun.on_epoch_end`).
+- When it completes (`CompletedTrial.collect`): the final metrics, the tables and figures
+  of `write_trial_artifacts`, and the model when `model_wanted` says so.
+- When it ends: `optuna.state` and `optuna.reason`, status FINISHED / KILLED / FAILED.
+
+`collect` runs in the trial's process and takes what the files need from the live objects
+(a CPU copy of the model, labels and predictions as arrays, a few images, the history):
+cheap, and safe to pickle while the next trial trains. The helper process then draws and
+writes everything into one folder, uploaded in one call.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+from . import tags as T
 
 if TYPE_CHECKING:
+    import numpy as np
+    import optuna
+    import pandas as pd
     import torch
 
     from tunetrack.models import ClassificationReport, Evaluation, FitResult, Splits
+    from tunetrack.models.config import TrialConfig
 
 MAX_MISCLASSIFIED = 25
 EXAMPLE_IMAGES = 5  # > 1 so the exported model keeps a dynamic batch dimension
@@ -46,11 +58,12 @@ class CompletedTrial:
     stop_reason: str
     values: dict[str, float]  # final metrics: test_accuracy, best_val_accuracy, ...
     log_model: bool
-    hold_model: bool = False  # log the model only if no better trial replaced it by the end
 
     @classmethod
     def collect(cls, *, model: torch.nn.Module, splits: Splits, test_eval: Evaluation,
-                fit: FitResult, log_model: bool, hold_model: bool = False) -> CompletedTrial:
+                fit: FitResult, log_model: bool) -> CompletedTrial:
+        import numpy as np
+
         from tunetrack.models import count_parameters
 
         model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -75,13 +88,16 @@ class CompletedTrial:
             wrong_true=y_true[wrong].tolist(), wrong_pred=y_pred[wrong].tolist(),
             history=[asdict(h) for h in fit.history], best_epoch=fit.best_epoch,
             stop_reason=fit.stop_reason, values={k: float(v) for k, v in values.items()},
-            log_model=log_model, hold_model=hold_model)
+            log_model=log_model)
 
 
 def write_tables(out: Path, done: CompletedTrial, report: ClassificationReport
                  ) -> pd.DataFrame:
     """confusion_matrix.csv, classification_report.json, per_class_error.csv, history.csv;
     returns the history frame."""
+    import numpy as np
+    import pandas as pd
+
     classes = list(done.classes)
     confusion = pd.DataFrame(report.confusion, index=pd.Index(classes, name="true"),
                              columns=pd.Index(classes, name="predicted"))
@@ -97,20 +113,71 @@ def write_tables(out: Path, done: CompletedTrial, report: ClassificationReport
 
 
 def write_trial_artifacts(out: Path, done: CompletedTrial) -> list[str]:
-    """Tables and figures of a completed trial into `out`; returns the file names."""
+    """Tables and figures of a completed trial into `out`; returns the file names. A
+    picture that does not apply (first_layer.png of a model without Linear/Conv2d layers,
+    curves of an empty history) is left out."""
     from tunetrack.models import classification_metrics
 
-    from . import figures
-    from .insight import write_insight_artifacts
+    from . import figures, insight
 
     report = classification_metrics(done.y_true, done.y_pred, done.classes)
     history = write_tables(out, done, report)
     figures.draw_confusion(out / "confusion_matrix.png", report.confusion, done.classes)
+    support = report.confusion.sum(axis=1)
+    figures.draw_per_class_error(out / "per_class_error.png", {
+        c: report.per_class_error[c] for c in done.classes}, support)
     if len(done.wrong_true):
         figures.draw_misclassified(out / "misclassified.png", done.wrong_images,
                                    done.wrong_true, done.wrong_pred, done.classes)
-    write_insight_artifacts(out, model=done.model, images=done.images, classes=done.classes,
-                            history=history, best_epoch=done.best_epoch,
-                            per_class_error=report.per_class_error,
-                            support=report.confusion.sum(axis=1))
+    if len(history):
+        figures.draw_curves(out / "curves.png", history, done.best_epoch)
+        figures.draw_lr_curve(out / "lr.png", history)
+    insight.draw_first_layer(out / "first_layer.png", done.model, done.images.shape[1:])
+    insight.draw_feature_maps(out / "feature_maps.png", done.model, done.images)
     return sorted(p.name for p in out.iterdir())
+
+
+def run_fields(trial_number: int, params: dict[str, object], config: TrialConfig, *,
+               study_name: str, device: str, data_fingerprint: str
+               ) -> tuple[dict[str, str], dict[str, str], str]:
+    """(params, tags, trial.yaml text) of a trial's run when it starts."""
+    import yaml
+
+    tags = {T.STUDY: study_name, T.ROLE: T.ROLE_TRIAL, T.OPTUNA_STUDY: study_name,
+            T.OPTUNA_TRIAL: str(trial_number), T.DEVICE: str(device),
+            T.DATA_FINGERPRINT: data_fingerprint, **T.runtime_tags()}
+    values = {**{k: T.clip(str(v), 6000) for k, v in params.items()},
+              T.TRIAL_NUMBER_PARAM: str(trial_number)}
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return values, tags, yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False)
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "MAXIMIZE" else a < b
+
+
+def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """True when `a` is at least as good as `b` everywhere and better somewhere."""
+    pairs = list(zip(a, b, directions, strict=True))
+    return (all(not _better(y, x, d) for x, y, d in pairs)
+            and any(_better(x, y, d) for x, y, d in pairs))
+
+
+def model_wanted(policy: str, study: optuna.Study, value: float | Sequence[float]) -> bool:
+    """Does a completed trial that reached `value` get its model logged? `all`: yes;
+    `none`: no; `best`: when no completed trial of the study (any worker's) is better
+    (one objective) or dominates it (several), so the best model so far is logged as
+    soon as it is the best."""
+    if policy != "best":
+        return policy == "all"
+    from optuna.trial import TrialState
+
+    directions = [d.name for d in study.directions]
+    values = [value] if isinstance(value, Real) else list(value)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if len(directions) == 1:
+            if _better(trial.values[0], values[0], directions[0]):
+                return False
+        elif _dominates(trial.values, values, directions):
+            return False
+    return True

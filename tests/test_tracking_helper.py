@@ -1,0 +1,220 @@
+"""The tracking helper process and its writer: order, failures, Ctrl-C, parent death, and
+a study whose MLflow store fails (Optuna keeps every trial, one warning per kind)."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+
+from tunetrack.tracking import tags as T
+from tunetrack.tracking.client import client_for
+from tunetrack.tracking.helper import HELPER
+from tunetrack.tracking.writer import Writer
+
+from .studyfiles import write_study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class _Answers(dict):
+    def __call__(self, seq: int, value: object) -> None:
+        self[seq] = value
+
+
+def _start(writer: Writer, uri: str, seq: int = 1) -> None:
+    writer.dispatch(seq, "start_study", dict(study="s", uri=uri, experiment="tasks",
+                                             study_name="tasks", directions="MAXIMIZE",
+                                             remembered=None))
+
+
+def _create(writer: Writer, run: int, seq: int) -> None:
+    writer.dispatch(seq, "create_run", dict(
+        run=run, study="s", number=run, params={"train.lr": "0.01"},
+        tags={T.OPTUNA_TRIAL: str(run)}, trial_yaml="train: {lr: 0.01}\n",
+        system_metrics_s=None))
+
+
+def test_writer_creates_logs_in_order_and_ends_a_run(uri, tmp_path):
+    answers = _Answers()
+    writer = Writer(answers)
+    _start(writer, uri)
+    _create(writer, 0, 2)
+    for seq, value in enumerate((0.5, 0.7, 0.6), start=3):
+        writer.dispatch(seq, "metrics", dict(run=0, rows=[("val_accuracy", value, seq, seq)]))
+    writer.dispatch(9, "end", dict(run=0, state="PRUNED", reason="pruned at epoch 1"))
+    writer.close()
+    client = MlflowClient(uri)
+    run = client.get_run(answers[2])
+    assert run.info.status == "KILLED" and run.data.tags[T.OPTUNA_STATE] == "PRUNED"
+    assert run.data.tags[T.PARENT_RUN_ID] == answers[1]
+    assert run.data.params == {"train.lr": "0.01"}
+    history = client.get_metric_history(answers[2], "val_accuracy")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.5, 0.7, 0.6]
+    local = Path(client.download_artifacts(answers[2], "trial.yaml", str(tmp_path)))
+    assert local.read_text() == "train: {lr: 0.01}\n"
+
+
+def test_after_a_failed_write_the_run_is_skipped_but_still_ended(uri, monkeypatch, caplog):
+    answers = _Answers()
+    writer = Writer(answers)
+    _start(writer, uri)
+    _create(writer, 0, 2)
+    writer.close()
+    client = client_for(uri)
+    real = client.log_batch
+
+    def down(*args, **kwargs):
+        raise OSError("store is down")
+
+    monkeypatch.setattr(client, "log_batch", down)
+    with caplog.at_level(logging.WARNING, logger="tunetrack.tracking.writer"):
+        for seq in (3, 4):  # two failures, one warning
+            writer.dispatch(seq, "metrics", dict(run=0, rows=[("val_accuracy", 0.5, 1, 0)]))
+        writer.close()
+    monkeypatch.setattr(client, "log_batch", real)
+    writer.dispatch(5, "metrics", dict(run=0, rows=[("val_accuracy", 0.9, 2, 1)]))  # skipped
+    writer.dispatch(6, "end", dict(run=0, state="COMPLETE", reason=""))
+    writer.close()
+    run = MlflowClient(uri).get_run(answers[2])
+    assert run.info.status == "FINISHED" and "val_accuracy" not in run.data.metrics
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "metrics (trial 0): OSError: store is down" in warned[0]
+    assert "Optuna still records every trial" in warned[0]
+
+
+def test_messages_of_a_run_that_was_never_created_do_nothing(uri):
+    answers = _Answers()
+    writer = Writer(answers)
+    _start(writer, uri)
+    writer.dispatch(2, "create_run", dict(run=7, study="no-such-study", number=7, params={},
+                                          tags={}, trial_yaml="", system_metrics_s=None))
+    writer.dispatch(3, "metrics", dict(run=7, rows=[("val_accuracy", 0.5, 1, 0)]))
+    writer.dispatch(4, "end", dict(run=7, state="FAIL", reason=""))
+    writer.close()
+    assert answers == {1: answers[1], 2: None, 3: None, 4: None}
+
+
+def test_system_metrics_are_sampled_while_the_run_lives(uri):
+    answers = _Answers()
+    writer = Writer(answers)
+    _start(writer, uri)
+    writer.dispatch(2, "create_run", dict(run=0, study="s", number=0, params={}, tags={},
+                                          trial_yaml="{}\n", system_metrics_s=0.2))
+    writer.close()
+    time.sleep(1.5)
+    writer.dispatch(3, "end", dict(run=0, state="COMPLETE", reason=""))
+    writer.close()
+    metrics = MlflowClient(uri).get_run(answers[2]).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
+    assert any(k.startswith("system/system_memory") for k in metrics)
+
+
+# ---- the helper process ---------------------------------------------------------------------
+
+
+def test_the_helper_is_another_process_that_ignores_ctrl_c(uri):
+    seq = HELPER.send("start_study", want_result=True, study="ctrl-c", uri=uri,
+                      experiment="ctrl-c", study_name="ctrl-c", directions="MAXIMIZE",
+                      remembered=None)
+    assert HELPER.result(seq, timeout=120)
+    pid = HELPER.pid
+    assert pid and pid != os.getpid()
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert HELPER.flush(timeout=30) and HELPER.pid == pid and HELPER.usable
+
+
+def test_helper_exits_when_its_parent_is_killed(tmp_path):
+    script = textwrap.dedent("""
+        import time
+        from tunetrack.tracking.helper import HELPER
+        HELPER.start()
+        print(HELPER.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        helper = int(parent.stdout.readline())
+        assert _alive(helper)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(helper)
+
+
+def test_a_script_without_main_guard_is_not_run_again_by_the_helper(tmp_path):
+    """multiprocessing's spawn re-imports `__main__`; our helper must not, or a plain
+    script calling run_study would start a second study inside it."""
+    script = tmp_path / "plain.py"
+    script.write_text(textwrap.dedent(f"""
+        from tunetrack.search import load_study_file, run_study
+        spec = load_study_file({str(Path("studies/digits.yaml").resolve())!r})
+        spec.train.max_epochs = 1
+        study = run_study(spec, n_trials=2, storage="sqlite:///s.db",
+                          tracking_uri="sqlite:///m.db")
+        print("linked", sum("mlflow_run_id" in t.user_attrs for t in study.trials))
+    """))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("linked 2") == 1
+    assert "MLflow logging failed" not in done.stderr
+
+
+# ---- a tracking server that fails mid-study -------------------------------------------------
+
+
+class _BrokenServer(http.server.BaseHTTPRequestHandler):
+    """Answers /health (so the study starts) and 503 to every MLflow API call."""
+
+    def _reply(self) -> None:
+        self.send_response(200 if self.path == "/health" else 503)
+        self.end_headers()
+        self.wfile.write(b"OK" if self.path == "/health" else b"down")
+
+    do_GET = do_POST = _reply
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_failing_tracking_server_loses_no_optuna_data(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BrokenServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    file = write_study(tmp_path, n_trials=4, max_epochs=2, tracking={"enabled": True})
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tunetrack.search.cli", "run", str(file), "--no-progress",
+             "--tracking-uri", f"http://127.0.0.1:{server.server_port}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tunetrack.db")
+    assert [t.state.name for t in study.trials].count("COMPLETE") >= 1
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    warnings_ = [line for line in done.stderr.splitlines() if "MLflow tracking failed" in line]
+    assert warnings_ and all("Optuna still records every trial" in w for w in warnings_)
+    assert len(warnings_) == len(set(w.split(":")[0] for w in warnings_)) <= 4, warnings_
