@@ -8,6 +8,7 @@ normalises its own input (see `nets.Normalize`) and a saved model takes raw pixe
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,20 @@ class Splits:
 
 
 def _load_digits(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from sklearn.datasets import load_digits
+    """scikit-learn's 8x8 digits, read from the file it ships (what `load_digits` reads)
+    without importing scikit-learn: that import alone takes ~1.8 s, before the first epoch."""
+    import gzip
+    import importlib.util
 
-    bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-    return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise TunetrackError("dataset digits needs scikit-learn: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / (
+        "digits.csv.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        data = np.loadtxt(handle, delimiter=",")
+    x = (data[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0)[:, None, :, :]
+    return x, data[:, -1].astype(np.int64), [str(c) for c in range(10)]
 
 
 def _load_synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -202,16 +212,56 @@ LOADERS: dict[str, Callable[[DataConfig], tuple[np.ndarray, np.ndarray, list[str
 
 
 def _stratified(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int):
-    from sklearn.model_selection import train_test_split
-
+    """`sklearn.model_selection.train_test_split(indices, test_size=fraction,
+    random_state=seed, stratify=y[indices])`, the same draws in the same order (checked
+    against scikit-learn in tests/test_models_data.py), without importing scikit-learn."""
     if fraction <= 0:
         return indices, indices[:0]
-    try:
-        return train_test_split(indices, test_size=fraction, random_state=seed,
-                                stratify=y[indices])
-    except ValueError as exc:
+    labels = y[indices]
+    n_test = math.ceil(fraction * len(labels))
+    n_train = len(labels) - n_test
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    problem = None
+    if n_train <= 0:
+        problem = f"the train part would be empty (test part {n_test} of {len(labels)})"
+    elif counts.min() < 2:
+        problem = f"classes {classes[counts < 2].tolist()} have fewer than 2 samples"
+    elif min(n_train, n_test) < len(classes):
+        problem = (f"each part needs one sample of each of the {len(classes)} classes "
+                   f"(train {n_train}, test {n_test})")
+    if problem:
         raise TunetrackError(f"cannot make a stratified split of {len(indices)} samples "
-                             f"with fraction {fraction}: {exc}") from None
+                             f"with fraction {fraction}: {problem}")
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for members, n, t in zip(by_class, n_i, t_i, strict=True):
+        shuffled = members.take(rng.permutation(len(members)), mode="clip")
+        train.extend(shuffled[:n])
+        test.extend(shuffled[n:n + t])
+    return indices[rng.permutation(train)], indices[rng.permutation(test)]
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState
+                      ) -> np.ndarray:
+    """Samples per class when drawing `draws` of them, ties broken by `rng`
+    (scikit-learn's `utils.extmath._approximate_mode`)."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            now = min(len(tied), need)
+            floored[rng.choice(tied, size=now, replace=False)] += 1
+            need -= now
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
