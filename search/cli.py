@@ -146,6 +146,10 @@ def run(
         spec.dataset.path = data
     if no_tracking:
         spec.tracking.enabled = False
+    if spec.tracking.enabled and workers == 1:
+        from tunetrack.tracking.study import start_helper
+
+        start_helper(tracking_uri)  # it imports MLflow while this process imports the rest
     _quiet_libraries()
     if workers > 1:
         from .workers import run_workers

@@ -109,20 +109,11 @@ def run_study(
     between them (Optuna's `MaxTrialsCallback`). `seed_offset` shifts the sampler's seed:
     workers that share a study and start together must not draw the same trials.
     """
-    import torch
-
-    from tunetrack.models import load_splits, resolve_device
-
-    from .objective import Objective
-
     spec = as_spec(spec)
     space = SearchSpace(spec)
-    dev = resolve_device(device or "auto")
-    _set_cpu_threads(dev, threads)
     tracker = None
     if spec.tracking.enabled:
-        from tunetrack.tracking.helper import HELPER
-        from tunetrack.tracking.study import StudyTracker
+        from tunetrack.tracking.study import StudyTracker, start_helper
 
         tracker = StudyTracker(
             study_name=spec.name,
@@ -131,8 +122,16 @@ def run_study(
             log_models=spec.tracking.log_models,
             system_metrics=spec.tracking.system_metrics,
         )
-        tracker.check_reachable()
-        HELPER.start()  # it imports MLflow while this process loads the data
+        start_helper(tracker.tracking_uri)  # it imports MLflow while we import torch
+
+    import torch
+
+    from tunetrack.models import load_splits, resolve_device
+
+    from .objective import Objective
+
+    dev = resolve_device(device or "auto")
+    _set_cpu_threads(dev, threads)
     splits = load_splits(space.resolve({}).data)
     study = create_or_load(spec, space, open_storage(storage), seed_offset)
     if tracker is not None:

@@ -218,3 +218,45 @@ def test_a_failing_tracking_server_loses_no_optuna_data(tmp_path):
     warnings_ = [line for line in done.stderr.splitlines() if "MLflow tracking failed" in line]
     assert warnings_ and all("Optuna still records every trial" in w for w in warnings_)
     assert len(warnings_) == len(set(w.split(":")[0] for w in warnings_)) <= 4, warnings_
+
+
+# ---- nothing left to write when the process exits -------------------------------------------
+
+
+def test_every_trials_record_is_written_when_the_process_exits(tmp_path):
+    """`tunetrack run` on fresh stores: once the process has exited, MLflow has every run
+    with its per-epoch metrics, every completed trial's files, the best trial's model and
+    the parent's study plots, and no run is left RUNNING."""
+    file = write_study(tmp_path, n_trials=5, max_epochs=3, tracking={"enabled": True})
+    done = subprocess.run([sys.executable, "-m", "tunetrack.search.cli", "run", str(file),
+                           "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tunetrack.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = {r.info.run_id: r for r in client.search_runs([experiment], max_results=100)}
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    best = study.best_trial
+    for trial in study.trials:
+        run = runs[trial.user_attrs[T.ATTR_RUN_ID]]
+        assert run.data.tags[T.OPTUNA_TRIAL] == str(trial.number)
+        epochs = trial.user_attrs["epochs_run"]
+        for metric in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            assert sorted(steps) == list(range(epochs)), (trial.number, metric)
+        if trial.state.name != "COMPLETE":
+            continue
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"confusion_matrix.png", "confusion_matrix.csv",
+                "classification_report.json", "curves.png"} <= files, (trial.number, files)
+        assert "test_accuracy" in run.data.metrics
+        if trial.number == best.number:
+            assert T.MODEL_ID in run.data.tags  # log_models: best
+    parents = [r for r in runs.values() if r.data.tags.get(T.ROLE) == T.ROLE_PARENT]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    for plot in ("optimization_history", "slice", "parallel_coordinate",
+                 "intermediate_values"):
+        assert {f"{plot}.html", f"{plot}.png"} <= files, (plot, files)
+    assert {"trials.csv", "best_params.json"} <= files

@@ -143,3 +143,10 @@ class StudyTracker:
             raise ValueError(f"state must be one of {', '.join(T.RUN_STATUS)} but got {state!r}")
         end_run(self.client, run_id, state, reason)
 
+
+def start_helper(tracking_uri: str | None = None) -> None:
+    """Check the store and start the helper process now, so that it imports MLflow while
+    the caller imports torch and Optuna and loads the data (`tunetrack run` does this
+    first). Raises TunetrackError, and starts nothing, when the store does not answer."""
+    check_reachable(resolve_tracking_uri(tracking_uri))
+    HELPER.start()

@@ -167,24 +167,79 @@ def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
     return study
 
 
+def draw_study(name: str, trials: list, directions: list[str], out: Path) -> dict[str, str]:
+    """The study's files into `out`; returns the plots skipped and why."""
+    return write_study_artifacts(study_copy(name, trials, directions), out).skipped
+
+
+def draw_study_aside(name: str, trials: list, directions: list[str]) -> Callable[[], tuple]:
+    """Start drawing the study's files in a forked copy of this process (its imports are
+    warm), so the drawing overlaps with the last trial's own files; returns `finish()`,
+    which waits and gives (folder, skipped plots), or draws here when forking is not
+    possible or the copy failed. The study's plots take ~2 s, the larger part of what is
+    left to do when the last trial ends."""
+    folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
+    pid = os.fork() if hasattr(os, "fork") else 0
+    if pid == 0 and hasattr(os, "fork"):  # the copy: draw, say what was skipped, leave
+        code = 1
+        try:
+            skipped = draw_study(name, trials, directions, folder)
+            (folder / _SKIPPED).write_text(json.dumps(skipped))
+            code = 0
+        finally:
+            os._exit(code)
+
+    def finish() -> tuple[Path, dict[str, str]]:
+        if pid and _waited(pid, CHILD_TIMEOUT_S) and (folder / _SKIPPED).exists():
+            skipped = json.loads((folder / _SKIPPED).read_text())
+            (folder / _SKIPPED).unlink()
+            return folder, skipped
+        return folder, draw_study(name, trials, directions, folder)
+
+    return finish
+
+
+CHILD_TIMEOUT_S = 120.0
+_SKIPPED = ".skipped.json"
+
+
+def _waited(pid: int, timeout: float) -> bool:
+    """Whether child `pid` exited cleanly within `timeout` (else it is killed)."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
 def log_study_summary(client, parent_run_id: str, name: str, trials: list,
-                      directions: list[str]) -> None:
-    """Files, counts and the best trial on the parent run, which ends FINISHED unless
-    trials of the study are still running or waiting (other workers)."""
+                      directions: list[str], folder: Path, skipped: dict[str, str]) -> None:
+    """The study's files (drawn into `folder`, removed here), counts and best trial on the
+    parent run, which ends FINISHED unless trials of the study are still running or
+    waiting (other workers)."""
+    import shutil
+
     from mlflow.entities import Metric, RunTag
 
+    try:
+        client.log_artifacts(parent_run_id, str(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     study = study_copy(name, trials, directions)
-    with tempfile.TemporaryDirectory(prefix="tunetrack-study-") as tmp:
-        summary = write_study_artifacts(study, Path(tmp))
-        client.log_artifacts(parent_run_id, tmp)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     stamp, step = int(time.time() * 1000), counts["complete"]
     metrics = [Metric(f"n_trials_{state}", counts[state], stamp, step)
                for state in ("complete", "pruned", "fail")]
     tags = {T.OPTUNA_DIRECTIONS: ",".join(directions)}
-    if summary.skipped:
+    if skipped:
         tags["tunetrack.plots_skipped"] = T.clip("; ".join(
-            f"{k}: {v}" for k, v in summary.skipped.items()))
+            f"{k}: {v}" for k, v in skipped.items()))
     if len(directions) == 1 and counts["complete"]:
         best = study.best_trial
         metrics.append(Metric("best_value", float(best.value), stamp, step))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -112,11 +113,17 @@ class Writer:
         for lane, name in zip(self._lanes, ("quick", "slow"), strict=True):
             threading.Thread(target=self._work, args=(lane,), daemon=True,
                              name=f"tunetrack-{name}").start()
+        # the slow lane imports torch and matplotlib once the quick lane has MLflow and
+        # the store (the first runs are what the first trials wait for)
+        self._quick_ready = threading.Event()
+        self._dispatched = 0
+        self._lanes[0].put((None, "open_store", {}))
         self._lanes[1].put((None, "warm_up", {}))
 
     # ---- lanes ----------------------------------------------------------------------------
 
     def dispatch(self, seq: int, op: str, kwargs: dict[str, Any]) -> None:
+        self._dispatched += 1
         run = kwargs.get("run")
         slow = op in _SLOW_OPS or run in self._slow_runs
         if op in _SLOW_OPS:  # after every quick write queued before it (the run's creation,
@@ -125,11 +132,20 @@ class Writer:
             self._lanes[1].put((None, "wait", {"event": caught_up}))
         if op == "completed":
             self._slow_runs.add(run)
+        if op == "finish_study" and kwargs["study"] in self._studies:
+            from .study_artifacts import draw_study_aside  # now, beside the queued work
+
+            kwargs["drawn"] = draw_study_aside(self._studies[kwargs["study"]].name,
+                                               kwargs["trials"], kwargs["directions"])
         self._lanes[slow].put((seq, op, kwargs))
 
     def close(self) -> None:
-        for lane in self._lanes:
-            lane.join()
+        """Return once every message is carried out (imports still running for nothing
+        are not waited for)."""
+        self._quick_ready.set()
+        if self._dispatched:
+            for lane in self._lanes:
+                lane.join()
 
     def _work(self, lane: queue.Queue) -> None:
         trim = _malloc_trim()
@@ -140,6 +156,8 @@ class Writer:
             except Exception as exc:
                 self._failed(op, exc, kwargs)
                 result = None
+            if op in ("start_study", "create_run"):
+                self._quick_ready.set()  # failed or not: the slow lane may start
             if seq is not None:
                 self._answer(seq, result)
             del kwargs  # a completed trial's model and arrays go now
@@ -189,9 +207,16 @@ class Writer:
 
     # ---- messages ---------------------------------------------------------------------------
 
+    def open_store(self) -> None:
+        """Import MLflow's client before anything else (the first message is often a
+        start_study, then the first trial's run)."""
+        from . import client  # noqa: F401
+
     def warm_up(self) -> None:
-        """Import what the slow lane needs while the first trial trains."""
+        """Import what the slow lane needs while the first trials train."""
+        self._quick_ready.wait(timeout=60)
         import matplotlib.backends.backend_agg  # noqa: F401
+        import optuna.visualization.matplotlib  # noqa: F401  (the study's plots)
         import torch
 
         from . import figures, insight, model_io, record  # noqa: F401
@@ -368,19 +393,25 @@ class Writer:
         self._answering(me.study.uri)
         end_run(_client(me.study.uri), me.run_id, state, reason)
 
-    def finish_study(self, study: str, trials: list, directions: list[str]) -> None:
+    def finish_study(self, study: str, trials: list, directions: list[str],
+                     drawn: Callable[[], tuple] | None = None) -> None:
         """Plots, trials.csv and best params on the parent run, which then ends FINISHED
         unless trials of the study still run (other workers): the last one to finish
-        leaves the final picture. Runs left RUNNING by dead workers are ended first."""
+        leaves the final picture. Runs left RUNNING by dead workers are ended first.
+        `drawn()` gives the files, drawn since the message arrived (`draw_study_aside`)."""
         from .study_artifacts import log_study_summary
 
+        folder, skipped = drawn() if drawn is not None else (None, {})
         state = self._studies.get(study)
-        if state is None or state.parent_run_id is None:
+        if state is None or state.parent_run_id is None or folder is None:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             return
         self._answering(state.uri)
         client = _client(state.uri)
         end_orphans(client, state.experiment_id, state.parent_run_id, trials)
-        log_study_summary(client, state.parent_run_id, state.name, trials, directions)
+        log_study_summary(client, state.parent_run_id, state.name, trials, directions,
+                          folder, skipped)
 
 
 def end_run(client: Any, run_id: str, state: str, reason: str) -> None:
