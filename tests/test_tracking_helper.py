@@ -260,3 +260,66 @@ def test_every_trials_record_is_written_when_the_process_exits(tmp_path):
                  "intermediate_values"):
         assert {f"{plot}.html", f"{plot}.png"} <= files, (plot, files)
     assert {"trials.csv", "best_params.json"} <= files
+
+
+def test_ctrl_c_leaves_no_mlflow_run_running(tmp_path):
+    """SIGINT mid-trial: the interrupted trial is FAIL in Optuna, its run FAILED, the
+    parent FINISHED; the helper writes what it was given before the process exits."""
+    file = write_study(tmp_path, n_trials=50, max_epochs=40, tracking={"enabled": True},
+                       train={"batch_size": 32, "early_stopping": {"patience": None}},
+                       search={"pruner": {"type": "none"}})
+    proc = subprocess.Popen([sys.executable, "-m", "tunetrack.search.cli", "run", str(file),
+                             "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    storage = f"sqlite:///{tmp_path}/tunetrack.db"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            states = [t.state.name for t in optuna.load_study(
+                study_name="tiny", storage=storage).trials]
+        except Exception:  # not created yet
+            continue
+        if "COMPLETE" in states and states[-1] == "RUNNING":
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert trials[-1].state.name == "FAIL" and "RUNNING" not in {t.state.name for t in trials}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == len(trials) + 1
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert [r.data.tags[T.OPTUNA_TRIAL] for r in failed] == [str(trials[-1].number)]
+
+
+def test_study_plots_are_drawn_in_a_fork_while_another_thread_draws(monkeypatch):
+    """The helper forks while its slow lane may be drawing a trial's figure (holding
+    matplotlib's render lock): the copy must not wait for a lock nobody will release."""
+    from matplotlib.figure import Figure
+
+    from tunetrack.tracking import study_artifacts
+
+    held, release = threading.Event(), threading.Event()
+
+    def draw_forever() -> None:
+        with Figure._render_lock:
+            held.set()
+            release.wait(120)
+
+    threading.Thread(target=draw_forever, daemon=True).start()
+    held.wait(10)
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1),
+                   n_trials=5)
+    monkeypatch.setattr(study_artifacts, "CHILD_TIMEOUT_S", 40.0)
+    start = time.monotonic()
+    try:
+        folder, skipped = study_artifacts.draw_study_aside("s", study.trials, ["MINIMIZE"])()
+    finally:
+        release.set()
+    assert time.monotonic() - start < 40  # drawn by the fork, not after its timeout
+    assert {"slice.png", "slice.html", "trials.csv"} <= set(os.listdir(folder))
+    assert "slice" not in skipped

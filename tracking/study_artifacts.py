@@ -183,6 +183,7 @@ def draw_study_aside(name: str, trials: list, directions: list[str]) -> Callable
     if pid == 0 and hasattr(os, "fork"):  # the copy: draw, say what was skipped, leave
         code = 1
         try:
+            _fresh_locks()
             skipped = draw_study(name, trials, directions, folder)
             (folder / _SKIPPED).write_text(json.dumps(skipped))
             code = 0
@@ -199,8 +200,18 @@ def draw_study_aside(name: str, trials: list, directions: list[str]) -> Callable
     return finish
 
 
-CHILD_TIMEOUT_S = 120.0
+CHILD_TIMEOUT_S = 60.0
 _SKIPPED = ".skipped.json"
+
+
+def _fresh_locks() -> None:
+    """In a forked copy: locks another thread held at the fork (the slow lane drawing a
+    trial's figures holds matplotlib's figure render lock) would be held forever."""
+    import threading
+
+    from matplotlib.figure import Figure
+
+    Figure._render_lock = threading.RLock()
 
 
 def _waited(pid: int, timeout: float) -> bool:
