@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,13 +96,17 @@ def _figure_of(axes):
     return first.figure
 
 
-def write_plots(study: optuna.Study, out: Path) -> StudySummary:
+def write_plots(study: optuna.Study, out: Path, only: Collection[str] | None = None
+                ) -> StudySummary:
+    """The plots that apply (those named in `only`, if given) into `out`."""
     import matplotlib
 
     plt = _pyplot()
     plots, skipped = plot_list(study)
     summary = StudySummary(skipped=skipped)
     for name, (plotly_fn, mpl_fn) in plots.items():
+        if only is not None and name not in only:
+            continue
         with warnings.catch_warnings(), matplotlib.rc_context():  # optuna sets ggplot style
             warnings.simplefilter("ignore")
             try:
@@ -140,9 +144,20 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_study_artifacts(study: optuna.Study, out: Path) -> StudySummary:
-    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`."""
-    summary = write_plots(study, out)
+# the dearest matplotlib twins (bench/figure_costs.py: slice 0.8 s, intermediate values
+# 0.2 s vs 1.1 s for all the rest), drawn by one process while another draws the rest
+FIRST_PART = ("slice", "intermediate_values", "pareto_front")
+
+
+def write_study_artifacts(study: optuna.Study, out: Path, part: int | None = None
+                          ) -> StudySummary:
+    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`: all of
+    them, or `part` 0 (the plots of FIRST_PART) or 1 (everything else)."""
+    if part == 0:
+        return write_plots(study, out, FIRST_PART)
+    plots = plot_list(study)[0]
+    summary = write_plots(study, out, None if part is None else [
+        name for name in plots if name not in FIRST_PART])
     trials_frame(study).to_csv(out / "trials.csv", index=False)
     summary.written.append("trials.csv")
     has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -167,35 +182,44 @@ def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
     return study
 
 
-def draw_study(name: str, trials: list, directions: list[str], out: Path) -> dict[str, str]:
-    """The study's files into `out`; returns the plots skipped and why."""
-    return write_study_artifacts(study_copy(name, trials, directions), out).skipped
+def draw_study(name: str, trials: list, directions: list[str], out: Path,
+               part: int | None = None) -> dict[str, str]:
+    """The study's files (or one part of them) into `out`; returns the plots skipped and
+    why."""
+    return write_study_artifacts(study_copy(name, trials, directions), out, part).skipped
 
 
 def draw_study_aside(name: str, trials: list, directions: list[str]) -> Callable[[], tuple]:
-    """Start drawing the study's files in a forked copy of this process (its imports are
-    warm), so the drawing overlaps with the last trial's own files; returns `finish()`,
-    which waits and gives (folder, skipped plots), or draws here when forking is not
-    possible or the copy failed. The study's plots take ~2 s, the larger part of what is
-    left to do when the last trial ends."""
+    """Start drawing the study's files in two forked copies of this process (imports
+    warm, one half of the plots each), so that the drawing uses both cores and overlaps
+    with the last trial's own files; returns `finish()`, which waits and gives (folder,
+    skipped plots). A part whose copy failed, or every part where forking is not
+    possible, is drawn here. The plots take ~2 s in all (bench/figure_costs.py), most of
+    what is left to do when the last trial ends."""
     folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
-    pid = os.fork() if hasattr(os, "fork") else 0
-    if pid == 0 and hasattr(os, "fork"):  # the copy: draw, say what was skipped, leave
-        code = 1
-        try:
-            _fresh_locks()
-            skipped = draw_study(name, trials, directions, folder)
-            (folder / _SKIPPED).write_text(json.dumps(skipped))
-            code = 0
-        finally:
-            os._exit(code)
+    pids = {}
+    for part in (0, 1) if hasattr(os, "fork") else ():
+        pids[part] = os.fork()
+        if pids[part] == 0:  # a copy: draw, say what was skipped, leave
+            code = 1
+            try:
+                _fresh_locks()
+                skipped = draw_study(name, trials, directions, folder, part)
+                (folder / f".skipped-{part}.json").write_text(json.dumps(skipped))
+                code = 0
+            finally:
+                os._exit(code)
 
     def finish() -> tuple[Path, dict[str, str]]:
-        if pid and _waited(pid, CHILD_TIMEOUT_S) and (folder / _SKIPPED).exists():
-            skipped = json.loads((folder / _SKIPPED).read_text())
-            (folder / _SKIPPED).unlink()
-            return folder, skipped
-        return folder, draw_study(name, trials, directions, folder)
+        skipped: dict[str, str] = {}
+        for part in (0, 1):
+            report = folder / f".skipped-{part}.json"
+            if part in pids and _waited(pids[part], CHILD_TIMEOUT_S) and report.exists():
+                skipped.update(json.loads(report.read_text()))
+                report.unlink()
+            else:
+                skipped.update(draw_study(name, trials, directions, folder, part))
+        return folder, skipped
 
     return finish
 
