@@ -41,7 +41,8 @@ TrackingOpt = Annotated[
 
 
 def user_errors(fn: F) -> F:
-    """Turn `TunetrackError` into one line on stderr and exit code 2."""
+    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C into one
+    line and exit code 130 (the running trial was already marked FAIL on its way out)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,6 +51,9 @@ def user_errors(fn: F) -> F:
         except TunetrackError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -69,19 +73,19 @@ def _quiet_libraries() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-def _load_study(name: str, storage: str | None):
-    import optuna
+def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
+    """The existing study (no store is created), its dead processes' trials cleaned up."""
+    from .shared_study import load_study
 
-    from .storage import open_storage
+    return load_study(name, storage, tracking_uri=tracking_uri)
 
-    backend = open_storage(storage)
-    try:
-        return optuna.load_study(study_name=name, storage=backend)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
-        raise TunetrackError(
-            f"unknown study {name!r}; studies here: {', '.join(names) or 'none'}"
-        ) from None
+
+def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False) -> None:
+    """Refuse a tracking store of the wrong kind or half created; with `must_exist`, one
+    that is not there (reading must not create it)."""
+    from tunetrack.tracking.uri import check_mlflow_store, resolve_tracking_uri
+
+    check_mlflow_store(resolve_tracking_uri(tracking_uri), must_exist=must_exist)
 
 
 @app.command()
@@ -119,8 +123,7 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
 def run(
     file: Annotated[Path, typer.Argument(help="study file (YAML)")],
     trials: Annotated[
-        int | None,
-        typer.Option("--trials", "-n", min=1, help="trials to add [default: the file's]"),
+        int | None, typer.Option("--trials", "-n", help="trials to add [default: the file's]")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     storage: StorageOpt = None,
@@ -140,7 +143,9 @@ def run(
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .config import load_study_file
+    from .runner import check_budget
 
+    check_budget(trials, timeout)
     spec = load_study_file(file)
     if data is not None:
         spec.dataset.path = data
@@ -210,7 +215,7 @@ def studies(storage: StorageOpt = None) -> None:
     from .reports import studies_table
     from .storage import open_storage
 
-    _console().print(studies_table(open_storage(storage)))
+    _console().print(studies_table(open_storage(storage, create=False)))
 
 
 @app.command()
@@ -221,7 +226,7 @@ def worker(
     tracking_uri: TrackingOpt = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
     trials_total: Annotated[int | None, typer.Option(
-        "--trials-total", min=1,
+        "--trials-total",
         help="finished trials the study needs, all workers together (default: the file's)")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
@@ -238,8 +243,10 @@ def worker(
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
     from .config import load_study_file
+    from .runner import check_budget
     from .stale_trials import Heartbeat
 
+    check_budget(trials_total, timeout)
     spec = load_study_file(file)
     if data is not None:
         spec.dataset.path = data
@@ -250,12 +257,8 @@ def worker(
     from .reports import study_summary
     from .shared_study import run_worker
 
-    try:
-        study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
-                           device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
+                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
     if study is not None:
         typer.echo(study_summary(study))
 
@@ -274,7 +277,9 @@ def compare(
 
     from tunetrack.tracking import compare_trials
 
-    frame = compare_trials(_load_study(study, storage), tracking_uri=tracking_uri, top=top)
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri)
+    frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
     if csv is not None:
         frame.to_csv(csv, index=False)
     table = Table(title=f"top {len(frame)} trials of {study}")
@@ -298,7 +303,8 @@ def report(
     """One self-contained HTML report: summary, Optuna plots, top trials and the best
     trial's pictures from MLflow (opens offline; a study without completed trials still
     gets one)."""
-    loaded = _load_study(study, storage)
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri)
     _quiet_libraries()
     from tunetrack.tracking import write_report
 
@@ -323,7 +329,8 @@ def promote(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Register the best trial's model; move the alias only if it beats the champion."""
-    loaded = _load_study(study, storage)
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri, must_exist=True)
     registry = loaded.user_attrs.get("spec", {}).get("registry") or {}
     model_name = model_name or registry.get("model_name")
     if not model_name:
@@ -348,6 +355,8 @@ def predict(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Classify images with a registered model; prints the top classes with probabilities."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        _check_tracking_store(tracking_uri, must_exist=True)
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 
