@@ -71,6 +71,25 @@ def _quiet_libraries() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_NotInterrupted())
+
+
+class _NotInterrupted:
+    """Drop Optuna's two "trial failed" warnings (one with a traceback) for Ctrl-C: the
+    trial keeps its reason (`interrupted (SIGINT)`), the user sees one line
+    (`user_errors`)."""
+
+    def __init__(self) -> None:
+        self.follow_up: str | None = None
+
+    def filter(self, record) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.follow_up = record.getMessage().split(" failed with ", 1)[0] + " failed with value"
+            return False
+        if self.follow_up and record.getMessage().startswith(self.follow_up):
+            self.follow_up = None
+            return False
+        return True
 
 
 def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
@@ -246,7 +265,7 @@ def worker(
     from .runner import check_budget
     from .stale_trials import Heartbeat
 
-    check_budget(trials_total, timeout)
+    check_budget(trials_total, timeout, trials_flag="--trials-total")
     spec = load_study_file(file)
     if data is not None:
         spec.dataset.path = data

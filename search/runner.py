@@ -31,10 +31,11 @@ def as_spec(spec: StudySpec | str | Path) -> StudySpec:
     return spec if isinstance(spec, StudySpec) else load_study_file(spec)
 
 
-def check_budget(n_trials: int | None, timeout: float | None) -> None:
+def check_budget(n_trials: int | None, timeout: float | None, *,
+                 trials_flag: str = "--trials") -> None:
     """Refuse a trial count or time limit that cannot run, before anything is created."""
     if n_trials is not None and n_trials < 1:
-        raise TunetrackError(f"--trials must be >= 1 but got {n_trials}")
+        raise TunetrackError(f"{trials_flag} must be >= 1 but got {n_trials}")
     if timeout is not None and not timeout > 0:  # also NaN
         raise TunetrackError(f"--timeout must be > 0 seconds but got {timeout:g}")
 
