@@ -239,6 +239,9 @@ def run_worker(
         total,
         poll_s=min(float(heartbeat.interval_s), 5.0),
         deadline=time.monotonic() + timeout if timeout else None,
+        clean_up=lambda study: clean_up_dead_trials(
+            study, tracking_uri=tracking_uri, track=spec.tracking.enabled,
+            max_retry=heartbeat.max_retry),
     )
     print(f"[{label}] joining study {spec.name}: {done}/{total} trials finished",
           file=stream, flush=True)

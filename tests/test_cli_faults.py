@@ -389,3 +389,30 @@ def test_a_live_trial_is_never_judged_dead(tmp_path):
         child.kill()
         child.wait()
     assert owner_died(alive)  # gone
+
+
+def test_a_worker_waiting_on_a_dead_local_trial_retries_it_instead_of_stopping(tmp_path):
+    """Journal storage has no heartbeats: before, the budget stopped the worker at once and
+    the dead process's trial stayed RUNNING; now it is failed, queued and run."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from tunetrack.search.shared_study import clean_up_dead_trials
+    from tunetrack.search.stale_trials import OWNER_ATTR, this_process
+    from tunetrack.search.trial_budget import SharedTrialBudget
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "tunetrack.journal")))
+    study = optuna.create_study(study_name="j", storage=storage)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 1.0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.set_trial_system_attr(orphan._trial_id, OWNER_ATTR,
+                                  {**this_process(), "pid": gone.pid, "start": "1"})
+    ran: list[float] = []
+    study.optimize(lambda t: ran.append(t.suggest_float("x", 0, 1)) or 0.5, n_trials=5,
+                   callbacks=[SharedTrialBudget(3, poll_s=0.1, clean_up=lambda s:
+                                                clean_up_dead_trials(s, tracking_uri=None))])
+    states = [t.state.name for t in study.trials]
+    assert states[orphan.number] == "FAIL"
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states
+    assert orphan.params["x"] in ran  # the retry ran with the dead trial's parameters
