@@ -19,7 +19,7 @@ from .config import StudySpec, load_study_file
 from .first_trial_seed import FirstTrialSeeded
 from .resume import check_resume, remember
 from .samplers import make_pruner, make_sampler
-from .shared_study import clean_up_dead_trials, open_study_storage
+from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
 from .stale_trials import record_owner
 from .trial_budget import has_heartbeats
@@ -171,7 +171,7 @@ def run_study(
 def _owned(objective: Callable[[optuna.Trial], Any], study: optuna.Study):
     """`objective` that first notes on its trial which process runs it, so a later command
     can tell that the trial's process died (`stale_trials.owner_died`)."""
-    storage = study._storage
+    storage = rdb_storage(study._storage)
     grace = getattr(storage, "grace_period", None) if has_heartbeats(storage) else None
 
     def run_trial(trial: optuna.Trial) -> Any:

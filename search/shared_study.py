@@ -188,13 +188,22 @@ def clean_up_dead_trials(
     return dead
 
 
+def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage under Optuna's per-study cache (`study._storage` wraps an RDBStorage)."""
+    return getattr(storage, "_backend", storage)
+
+
 def _fail_stale(study: optuna.Study) -> list[int]:
-    """Optuna's heartbeat check, with the longest grace period any running trial asked for
-    (a reader must not judge a worker by a shorter one than its own: optuna#4234)."""
-    storage = study._storage
+    """Optuna's heartbeat check, with the longest grace period the running trials asked for
+    (the process running a trial records its own; a reader must not judge a worker by a
+    shorter one: optuna#4234). Trials that recorded none get this storage's."""
+    storage = rdb_storage(study._storage)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    graces = [t.system_attrs.get(OWNER_ATTR, {}).get("grace_s") or 0 for t in running]
-    storage.grace_period = max([storage.grace_period or 0, *graces]) or None
+    if not running:
+        return []
+    own = storage.grace_period
+    storage.grace_period = max(
+        t.system_attrs.get(OWNER_ATTR, {}).get("grace_s") or own or 0 for t in running) or own
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from tunetrack.search.cli import app
 
+from .scaleout_support import pg_url  # noqa: F401  (fixture)
 from .studyfiles import tiny_study, write_study
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -416,3 +417,56 @@ def test_a_worker_waiting_on_a_dead_local_trial_retries_it_instead_of_stopping(t
     assert states[orphan.number] == "FAIL"
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     assert orphan.params["x"] in ran  # the retry ran with the dead trial's parameters
+
+
+# ---- PostgreSQL: the same refusals, and heartbeats judged by the reading commands ----------
+
+
+@pytest.mark.postgres
+def test_postgres_reading_an_empty_database_or_mlflows_is_refused(workdir):
+    from .scaleout_support import _admin
+
+    with _admin():
+        pass  # skips when PostgreSQL is not reachable
+    from mlflow import MlflowClient
+
+    from .scaleout_support import PG_ADMIN_URL
+
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    name = f"tunetrack_test_{os.getpid()}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = f"{base}/{name}"
+        result = runner.invoke(app, ["status", "tiny", "--storage", url])
+        assert "no study store at " in one_error_line(result)
+        MlflowClient(url).search_experiments()  # MLflow's tables in it
+        result = runner.invoke(app, ["run", str(write_study(workdir)), "--no-progress",
+                                     "--storage", url])
+        assert "the database is an MLflow tracking store, not a study storage" in \
+            one_error_line(result)
+    finally:
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+def test_postgres_status_fails_a_trial_whose_heartbeat_stopped(workdir, pg_url):  # noqa: F811
+    from tunetrack.search.shared_study import open_shared_storage
+    from tunetrack.search.stale_trials import OWNER_ATTR, Heartbeat, this_process
+
+    storage = open_shared_storage(pg_url, Heartbeat(1, 2, 1), study_name="tiny",
+                                  tracking_uri=None, track=False)
+    study = optuna.create_study(study_name="tiny", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    remote = {**this_process(), "host": "another-host", "grace_s": 2}  # alive, as far as we know
+    storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, remote)
+    storage.record_heartbeat(trial._trial_id)
+    result = runner.invoke(app, ["status", "tiny", "--storage", pg_url])
+    assert result.exit_code == 0 and "RUNNING" in result.stdout  # 2 s grace not over yet
+    time.sleep(3.5)
+    result = runner.invoke(app, ["status", "tiny", "--storage", pg_url])
+    assert result.exit_code == 0, result.output
+    states = [t.state.name for t in optuna.load_study(study_name="tiny", storage=pg_url).trials]
+    assert states == ["FAIL", "WAITING"]
