@@ -362,12 +362,19 @@ def ensure_local_store(uri: str) -> None:
 def _migrate(db: Path, *, default_artifacts: Path) -> None:
     """MLflow's own schema set-up (tables, migrations, the Default experiment) in `db`,
     then every connection closed so the file is complete on its own (no -wal file)."""
+    import logging
     import sqlite3
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db.unlink(missing_ok=True)
-    store = SqlAlchemyStore(sqlite_uri(db), default_artifacts.absolute().as_uri())
+    chatty = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow ..."
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        store = SqlAlchemyStore(sqlite_uri(db), default_artifacts.absolute().as_uri())
+    finally:
+        chatty.setLevel(level)
     store.engine.dispose()
     with contextlib.closing(sqlite3.connect(db)) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
