@@ -21,14 +21,6 @@ from .studyfiles import tiny_study, write_study
 runner = CliRunner(env={"COLUMNS": "200"})
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("TUNETRACK_STORAGE", raising=False)
-    return tmp_path
-
-
 def trials_in(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
 

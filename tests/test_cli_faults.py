@@ -27,14 +27,6 @@ runner = CliRunner(env={"COLUMNS": "200"})
 CLI = [sys.executable, "-m", "tunetrack.search.cli"]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("TUNETRACK_STORAGE", raising=False)
-    return tmp_path
-
-
 def tables(db: Path) -> set[str]:
     with sqlite3.connect(db) as connection:
         return {r[0] for r in connection.execute("SELECT name FROM sqlite_master "
