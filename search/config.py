@@ -202,6 +202,7 @@ class RegistrySpec(BaseModel):
     model_name: str
     alias: str = "champion"
     min_improvement: float = Field(0.0, ge=0)
+    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar significance level for promotion
 
 
 class StudySpec(BaseModel):
