@@ -274,7 +274,8 @@ def compare(
 
     from tunetrack.tracking import compare_trials
 
-    frame = compare_trials(_load_study(study, storage), tracking_uri=tracking_uri, top=top)
+    loaded = _load_study(study, storage)
+    frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
     if csv is not None:
         frame.to_csv(csv, index=False)
     table = Table(title=f"top {len(frame)} trials of {study}")
@@ -283,6 +284,30 @@ def compare(
     for row in frame.itertuples(index=False):
         table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
                         else str(v) for v in row))
+    _console().print(table)
+    _print_cost_to_target(loaded)
+
+
+def _print_cost_to_target(study) -> None:
+    """The device seconds the study spent until its best came within 90/95/99 % of the
+    final best (`tunetrack.tracking.cost_report`)."""
+    from rich.table import Table
+
+    from tunetrack.tracking.cost_report import cost_to_target
+
+    frame = cost_to_target(study)
+    if frame.empty:
+        return
+    table = Table(title=f"cost to target of {study.study_name} (device seconds, all "
+                        f"finished trials in completion order)")
+    for column in ("target", "value", "reached by trial", "trials finished",
+                   "device seconds", "share of total"):
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(row.target, f"{row.target_value:.4g}", str(row.trial),
+                      str(row.trials_finished), f"{row.device_seconds:.2f}",
+                      "-" if row.share_of_total != row.share_of_total
+                      else f"{row.share_of_total:.0%}")
     _console().print(table)
 
 

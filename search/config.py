@@ -139,13 +139,15 @@ ModelSection = section_model(ModelConfig, True)
 TrainSection = section_model(TrainConfig, True)
 DatasetSection = section_model(DataConfig, False)
 
-Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms"]
+Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms", "cost_device_seconds"]
 DEFAULT_DIRECTION = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
     "params": "minimize",
     "latency_ms": "minimize",
+    "cost_device_seconds": "minimize",  # training + test evaluation time of the trial
 }
+EPOCH_METRICS = ("val_accuracy", "val_loss")  # reported every epoch: can drive a pruner
 
 
 class ObjectiveSpec(BaseModel):
@@ -218,6 +220,12 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_objectives(self) -> StudySpec:
+        if not self.search.multi_objective and self.search.metric not in EPOCH_METRICS:
+            raise ValueError(
+                f"search.metric {self.search.metric!r} is known only once a trial ends, so "
+                f"it cannot be the only objective; list it in search.objectives next to "
+                f"{' or '.join(EPOCH_METRICS)}"
+            )
         if self.search.multi_objective and self.search.sampler in ("cmaes", "gp"):
             raise ValueError(
                 f"search.sampler {self.search.sampler!r} is single-objective; "

@@ -190,6 +190,10 @@ class ResilientTrialRun:
             self._guard("on_epoch_end", self._run.on_epoch_end, result)
         return False
 
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if not self._disabled:
+            self._guard("log_metrics", self._run.log_metrics, metrics, step)
+
     def log_completed(self, **kwargs: Any) -> None:
         if not self._disabled:
             self._guard("log_completed", self._run.log_completed, **kwargs)

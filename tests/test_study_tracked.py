@@ -77,6 +77,11 @@ def test_one_parent_and_one_child_per_trial(tracked_study):
         for metric in EPOCH_METRICS:
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == list(range(trial.user_attrs["epochs_run"]))
+        # what the trial cost, complete and pruned alike (tests/test_cost.py: the meter)
+        cost = {k: v for k, v in run.data.metrics.items() if k.startswith("cost_")}
+        assert set(cost) == {"cost_wall_seconds", "cost_device_seconds", "cost_cpu_seconds",
+                             "cost_peak_memory_mb"}
+        assert cost == {k: trial.user_attrs[k] for k in cost}
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert "trials.csv" in parent_files
 

@@ -15,6 +15,8 @@ from tunetrack.models import TunetrackError
 
 from . import tags as T
 
+COST_SHOWN = ("cost_device_seconds", "cost_peak_memory_mb")  # all of them: cost_report
+
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
@@ -98,6 +100,7 @@ def compare_trials(study: optuna.Study, *, tracking_uri: str | None = None,
             "epochs": epochs if epochs is not None else math.nan,
             "duration_s": duration, "run_id": run_id,
         })
+        row.update({key: trial.user_attrs.get(key, math.nan) for key in COST_SHOWN})
         row.update(trial.params)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -295,11 +295,13 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
     import plotly
     from plotly.offline import get_plotlyjs
 
+    from .cost_report import cost_section_html
+
     summary = ReportSummary()
     best = _best_trial(study)
     divs = _plot_divs(study, summary)
     sections = [_summary_section(study, best), _plots_section(divs, summary),
-                _trials_section(study, tracking_uri, top),
+                _trials_section(study, tracking_uri, top), cost_section_html(study),
                 _best_section(study, best, tracking_uri, summary)]
     # plotly.js once, inline, only when there is a plot (the divs call Plotly.newPlot)
     script = (f'<script type="text/javascript">/* plotly.js {plotly.__version__} */'
@@ -315,7 +317,8 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
 <header><h1>Study {_e(study.study_name)}</h1>
 <p>tunetrack report, {_e(stamp)}; Optuna {_e(_optuna.__version__)}</p></header>
 <nav><a href="#summary">Summary</a><a href="#optuna-plots">Search</a>
-<a href="#top-trials">Top trials</a><a href="#best-trial">Best trial</a></nav>
+<a href="#top-trials">Top trials</a><a href="#cost">Cost</a>
+<a href="#best-trial">Best trial</a></nav>
 <main>
 {"".join(sections)}
 </main></body></html>
