@@ -433,6 +433,30 @@ def history(
 
 @app.command()
 @user_errors
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a trial")],
+    tolerance: Annotated[float, typer.Option(
+        help="allowed accuracy difference when a bit-exact replay is not expected")] = 0.005,
+    device: Annotated[str | None, typer.Option(
+        help="cpu | cuda | cuda:N | mps [default: the recorded one when available]")] = None,
+    log: Annotated[bool, typer.Option(help="log the reproduction as an MLflow run")] = True,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Retrain a trial from its MLflow run alone and compare it with the record: bit-exact
+    on CPU with the same versions, else within --tolerance. Exit 0 reproduced, 1 not,
+    2 bad input."""
+    _quiet_libraries()
+    from .reproduce import reproduce as reproduce_run
+
+    result = reproduce_run(run_id, tracking_uri=tracking_uri, tolerance=tolerance,
+                           device=device, log=log)
+    for line in result.lines:
+        typer.echo(line)
+    raise typer.Exit(0 if result.reproduced else 1)
+
+
+@app.command()
+@user_errors
 def predict(
     model_uri: Annotated[str, typer.Argument(help="e.g. models:/digits-classifier@champion")],
     path: Annotated[str, typer.Argument(help="an image file or a folder of images")],
