@@ -20,6 +20,7 @@ original, tagged `tunetrack.reproduces=<run id>`.
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ def _first_difference(recorded: dict[str, list[float]], now: list[EpochResult]) 
             if epoch >= len(recorded[key]):
                 continue
             before, after = recorded[key][epoch], getattr(now[epoch], key)
-            if before != after:
+            if before != after and not (math.isnan(before) and math.isnan(after)):
                 return f"epoch {epoch} {key}: recorded {before!r}, now {after!r}"
     return None
 
@@ -151,12 +152,10 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
               tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
               log: bool = True) -> Reproduction:
     """Retrain the trial of MLflow run `run_id` and compare it with what was recorded."""
-    import math
-
     from tunetrack.models import Trainer, create, load_splits
     from tunetrack.tracking import tags as T
     from tunetrack.tracking.client import client_for
-    from tunetrack.tracking.provenance import environment_differences
+    from tunetrack.tracking.provenance import THREADS, environment_differences
     from tunetrack.tracking.uri import check_reachable, resolve_tracking_uri
 
     if not (math.isfinite(tolerance) and tolerance >= 0):
@@ -177,7 +176,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     recorded_device = tags.get(T.DEVICE, cfg.train.device)
     dev = _device(recorded_device, device)
     epochs = len(recorded["val_accuracy"])
-    with _threads(tags.get("tunetrack.torch_threads"), dev):
+    with _threads(tags.get(THREADS), dev):
         now_env = T.runtime_tags()
         differences = environment_differences(tags, now_env)
         for key in (T.GIT_SHA, T.GIT_DIRTY):
