@@ -140,6 +140,9 @@ TrainSection = section_model(TrainConfig, True)
 DatasetSection = section_model(DataConfig, False)
 
 Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms"]
+# measured every epoch (what a pruner and early stopping watch); `params` and `latency_ms`
+# are measured once, at the end, and only make sense traded off against one of these
+EPOCH_METRICS = ("val_accuracy", "val_loss")
 DEFAULT_DIRECTION = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
@@ -179,6 +182,17 @@ class SearchSpec(BaseModel):
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int = Field(30, ge=1)
     timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> SearchSpec:
+        if self.objectives is None and self.metric not in EPOCH_METRICS:
+            raise ValueError(
+                f"search.metric must be {' or '.join(EPOCH_METRICS)} in a single-objective "
+                f"study but got {self.metric!r} (it alone would pick the smallest or fastest "
+                f"network, however inaccurate; trade it off with search.objectives: "
+                f"[{{metric: val_accuracy}}, {{metric: {self.metric}}}])"
+            )
+        return self
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
@@ -248,7 +262,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
         # drop the union tags pydantic inserts (e.g. "fixed", "function-after[...]")
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "fixed"))]
         msg = err["msg"].removeprefix("Value error, ")
-        out.append(f"{'.'.join(loc) or '(top level)'}: {msg}")
+        where = ".".join(loc) or "(top level)"
+        out.append(msg if msg.startswith(f"{where}.") else f"{where}: {msg}")  # names a field
     return out
 
 
@@ -268,8 +283,34 @@ def parse_study(raw: object, source: str = "<study>") -> StudySpec:
     return spec
 
 
+@functools.cache
+def _unique_key_loader() -> type:
+    """`yaml.SafeLoader` (the same safe constructors) that refuses a key given twice in one
+    mapping: plain YAML keeps the last silently, so `lr: 0.1` ... `lr: 1.0` would quietly
+    train at 1.0. Keys merged in by `<<:` may still be overridden, as YAML means."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict[object, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    if isinstance(key, typing.Hashable) and key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first at line {first[key]})",
+                            key_node.start_mark)
+                    if isinstance(key, typing.Hashable):
+                        first[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_study_file(path: str | Path) -> StudySpec:
-    """Read and validate a study file (`yaml.safe_load` only)."""
+    """Read and validate a study file (safe loading only; a duplicate key is an error)."""
     import yaml
 
     path = Path(path)
@@ -280,7 +321,7 @@ def load_study_file(path: str | Path) -> StudySpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise TunetrackError(f"study file {path} cannot be read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader: safe_load rules
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
