@@ -161,9 +161,15 @@ class ObjectiveSpec(BaseModel):
         return self.direction or DEFAULT_DIRECTION[self.metric]
 
 
+# names the study file may use; `samplers.SAMPLERS` / `PRUNERS` build them (a test asserts
+# both agree), kept here so that `validate` needs no Optuna
+SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2")
+PRUNER_NAMES = ("hyperband", "asha", "median", "percentile", "patient", "none")
+
+
 class PrunerSpec(BaseModel):
     model_config = STRICT
-    type: Literal["hyperband", "asha", "median", "percentile", "patient", "none"] = "median"
+    type: Literal[PRUNER_NAMES] = "median"  # type: ignore[valid-type]
     n_startup_trials: int = Field(5, ge=0)  # median / percentile: trials before pruning
     n_warmup_steps: int = Field(2, ge=0)  # median / percentile: epochs before pruning
     percentile: float = Field(25.0, gt=0, lt=100)
@@ -177,7 +183,7 @@ class SearchSpec(BaseModel):
     metric: Metric = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
     objectives: list[ObjectiveSpec] | None = Field(None, min_length=2)  # multi-objective
-    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"] = "tpe"
+    sampler: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
     n_startup_trials: int = Field(10, ge=0)  # tpe / gp: random trials before modelling
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int = Field(30, ge=1)
