@@ -35,7 +35,7 @@ from .choices import (
     weights_name,
 )
 from .config import ModelConfig
-from .errors import TunetrackError, unknown
+from .errors import TunetrackError, first_line, unknown
 from .init_schemes import apply_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -185,9 +185,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, not a torch file, truncated file, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunetrackError(
-            f"model.weights: cannot load {path} with torch.load(weights_only=True): {first}"
+            f"model.weights: cannot load {path} with torch.load(weights_only=True): "
+            f"{first_line(exc)}"
         ) from None
     for key in ("state_dict", "model"):  # common wrappers around the state_dict
         if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):

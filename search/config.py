@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
 
 STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 Scalar = bool | int | float | str | None
@@ -331,6 +331,6 @@ def load_study_file(path: str | Path) -> StudySpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise TunetrackError(f"study file {path}: invalid YAML{where}: {problem}") from None
     return parse_study(raw, str(path))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
 
 from .experimental import quiet_experimental
 
@@ -92,6 +92,6 @@ class RetryStaleTrial:
             except Exception as exc:  # tracking is best effort here; the retry matters more
                 _log.warning(
                     "could not end MLflow run %s of dead trial %s: %s",
-                    run_id, trial.number, str(exc).strip().splitlines()[0] if str(exc) else exc,
+                    run_id, trial.number, first_line(exc),
                 )
 

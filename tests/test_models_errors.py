@@ -143,3 +143,15 @@ def test_models_imports_neither_optuna_nor_mlflow():
             "assert not bad, bad\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_first_line_of_an_error():
+    from tunetrack.models.errors import first_line
+
+    assert first_line(ValueError("\n  cannot connect\ntraceback text\n")) == "cannot connect"
+    assert first_line(KeyError()) == "KeyError"
+
+    class Wrapped(Exception):  # MLflow's exceptions carry the text in `.message`
+        message = "RESOURCE_DOES_NOT_EXIST: no run\ndetails"
+
+    assert first_line(Wrapped("{'error_code': ...}")) == "RESOURCE_DOES_NOT_EXIST: no run"
