@@ -42,7 +42,6 @@ def create_or_load(
     space: SearchSpace,
     storage: optuna.storages.BaseStorage,
     seed_offset: int = 0,
-    threads: int | None = None,
 ) -> optuna.Study:
     done = existing_trial_count(storage, spec.name) or 0
     directions = [o.resolved_direction for o in spec.search.objective_list]
