@@ -28,7 +28,7 @@ from .errors import unknown
 CPU_EVAL_BATCH = 128
 # an epoch starting at <= this fraction of the previous epoch's LR restarts early-stopping
 # patience: the drop (StepLR, ReduceLROnPlateau) is what usually breaks a plateau, and
-# stopping just after it throws that away (seen on digits: 0.952 stopped vs 0.978 after it)
+# stopping just after it throws that away (measured: bench/README.md, "in the code")
 LR_DROP_RESTARTS_PATIENCE = 0.5
 
 
@@ -195,10 +195,9 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: fp32. bf16
-    autocast was measured 1.5x faster for a CNN on a CPU with native bf16, but oneDNN keeps
-    ~4.4 MB of bf16 kernels per distinct convolution shape (fp32: ~1 MB) for the life of
-    the process, and a study that searches widths meets hundreds of shapes."""
+    """CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: fp32: bf16 is
+    faster there, but oneDNN keeps its kernels per convolution shape for the life of the
+    process, and a study that searches widths meets hundreds of shapes (bench/README.md)."""
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -223,7 +222,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.callbacks = list(callbacks)
-        # channels_last suits convolutions on CUDA and on CPU (oneDNN: 2x measured on CPU)
+        # channels_last suits convolutions on CUDA and on CPU too (oneDNN; bench/README.md)
         self.channels_last = _has_conv(model) and splits.train.x.dim() == 4
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
@@ -235,8 +234,7 @@ class Trainer:
         self.train_data = self._batches(splits.train)
         self.val_data = self._batches(splits.val)
         # CPU: big eval batches are slower (activations outgrow the caches, and past the
-        # allocator's mmap threshold page-fault afresh each batch): validating 600 3x32x32
-        # images took 0.21-0.29 s at 64, 0.28-0.39 s at 256, 0.30-0.44 s at 4096
+        # allocator's mmap threshold page-fault afresh each batch; bench/README.md)
         self.eval_batch_size = (cfg.eval_batch_size if self.device.type != "cpu"
                                 else min(cfg.eval_batch_size, CPU_EVAL_BATCH))
         self.amp_dtype = _autocast_dtype(self.device, cfg.amp)

@@ -70,10 +70,10 @@ def create_or_load(
 def _set_cpu_threads(device: Any, threads: int | None) -> None:
     """One torch thread per trial on CPU unless told otherwise.
 
-    Digits-sized trials are bound by per-op overhead, not FLOPs: measured here, one thread
-    trains an MLP epoch faster than two (0.18 s vs 0.28 s) and is immune to the 5-10x
-    collapse two threads suffer when another process shares the cores. More cores are
-    better spent on `--workers`; big CNNs on CPU can ask for `--threads`.
+    Digits-sized trials are bound by per-op overhead, not FLOPs: one thread trains an MLP
+    epoch faster than two and does not collapse when another process shares the cores
+    (bench/README.md). More cores are better spent on `--workers`; big CNNs on CPU can ask
+    for `--threads`.
     """
     import os
 
