@@ -17,7 +17,7 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec, load_study_file
-from .samplers import make_pruner, make_sampler
+from .samplers import make_pruner, make_sampler, most_epochs
 from .space import SearchSpace
 from .storage import open_storage
 
@@ -45,7 +45,7 @@ def create_or_load(
 ) -> optuna.Study:
     done = existing_trial_count(storage, spec.name) or 0
     directions = [o.resolved_direction for o in spec.search.objective_list]
-    max_epochs = space.fixed.get("train.max_epochs", 100)
+    max_epochs = most_epochs(space)
     try:
         study = optuna.create_study(
             study_name=spec.name,

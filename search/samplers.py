@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import optuna
 
+from tunetrack.models.config import TrainConfig
 from tunetrack.models.errors import unknown
 
 from .config import PrunerSpec, SearchSpec, StudySpec
@@ -67,6 +68,13 @@ def make_sampler(spec: StudySpec, space: SearchSpace, *, offset: int = 0) -> _s.
         raise unknown("search.sampler", name, SAMPLERS)
     with quiet_experimental():  # TPE's group, QMC
         return SAMPLERS[name](spec.search, space, spec.seed + offset)
+
+
+def most_epochs(space: SearchSpace) -> int:
+    """The most epochs any trial of the study trains (Hyperband's max resource): the fixed
+    `train.max_epochs`, the top of its searched range or choices, or the trainer default."""
+    values = [value for _, value in space.edges("train.max_epochs")]
+    return max(values) if values else TrainConfig.max_epochs
 
 
 def make_pruner(spec: PrunerSpec, max_epochs: int) -> _p.BasePruner:

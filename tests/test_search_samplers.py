@@ -112,3 +112,17 @@ def test_unknown_names_are_errors_not_defaults(bad):
     spec.search.pruner.type = bad
     with pytest.raises(TunetrackError, match=f"unknown search.pruner.type {bad!r}.*allowed: "):
         make_pruner(spec.search.pruner, 10)
+
+
+@pytest.mark.parametrize(("train", "expected"), [
+    ({"max_epochs": 7}, 7),
+    ({"max_epochs": {"int": [3, 40]}}, 40),
+    ({"max_epochs": {"choice": [5, 30, 10]}}, 30),
+    ({}, 20),  # TrainConfig's default, what a trial then trains (it used to say 100)
+])
+def test_hyperband_max_resource_is_the_most_epochs_a_trial_trains(train, expected):
+    from tunetrack.search.samplers import most_epochs
+
+    spec = parse_study({"name": "h", "train": train, "search": {"pruner": {"type": "hyperband"}}})
+    assert most_epochs(SearchSpace(spec)) == expected
+    assert make_pruner(spec.search.pruner, most_epochs(SearchSpace(spec)))._max_resource == expected
