@@ -20,6 +20,7 @@ import torch
 from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_parameters, create
 from tunetrack.models.config import TrialConfig
 from tunetrack.models.cost import CostMeter
+from tunetrack.models.errors import first_line
 
 from .config import StudySpec
 from .space import SearchSpace
@@ -91,7 +92,7 @@ class Objective:
             state, reason = "PRUNED", str(exc)
             raise
         except torch.cuda.OutOfMemoryError as exc:
-            reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            reason = f"CUDA out of memory: {first_line(exc)}"
             raise
         except KeyboardInterrupt:
             reason = "interrupted (SIGINT)"

@@ -21,13 +21,13 @@ import os
 import secrets
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import TextIO
 
 import optuna
 
 from .config import StudySpec
+from .experimental import quiet_experimental
 from .stale_trials import Heartbeat, RetryStaleTrial
 from .storage import open_storage
 from .trial_budget import SharedTrialBudget, finished_count, has_heartbeats
@@ -97,8 +97,7 @@ def open_shared_storage(
 ) -> optuna.storages.BaseStorage:
     """The storage with heartbeats and the retry-and-end-run callback (RDB storages)."""
     end_run = _end_run_for(spec, tracking_uri) if spec.tracking.enabled else None
-    with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():  # heartbeat_interval is "experimental" in Optuna
         return open_storage(
             url,
             heartbeat_interval=heartbeat.interval_s,

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _log = logging.getLogger(__name__)
+_SIGNS = {"MINIMIZE": 1, "MAXIMIZE": -1}
+
+
+def direction_sign(direction: object) -> int:
+    """+1 to minimize, -1 to maximize (an `optuna.study.StudyDirection` or its name):
+    `sign * value` sorts best first and `sign * a < sign * b` means "a is better"."""
+    return _SIGNS[str(getattr(direction, "name", direction)).upper()]
 
 
 def _sort_key(trial: FrozenTrial, signs: list[int]) -> tuple:
@@ -69,12 +76,11 @@ def compare_trials(study: optuna.Study, *, tracking_uri: str | None = None,
     """The `top` trials, best first: number, state, value(s), test_accuracy, epochs,
     duration_s, run_id and the sampled params (one column each)."""
     import pandas as pd
-    from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
     if top < 1:
         raise TunetrackError(f"top must be >= 1 but got {top}")
-    signs = [-1 if d == StudyDirection.MAXIMIZE else 1 for d in study.directions]
+    signs = [direction_sign(d) for d in study.directions]
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: _sort_key(t, signs))[:top]
     missing = [t.user_attrs[T.ATTR_RUN_ID] for t in trials
                if t.state == TrialState.COMPLETE and T.ATTR_RUN_ID in t.user_attrs

@@ -84,13 +84,14 @@ def _validate(model_name: str, alias: str, min_improvement: float, alpha: float)
 def _ranked(study: optuna.Study) -> tuple[list[FrozenTrial], str]:
     """Completed trials, best validation objective first (multi-objective: the Pareto
     front ordered by the first objective)."""
-    from optuna.study import StudyDirection
     from optuna.trial import TrialState
+
+    from .compare import direction_sign
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise TunetrackError(f"study {study.study_name!r} has no completed trial to promote")
-    sign = -1 if study.directions[0] == StudyDirection.MAXIMIZE else 1
+    sign = direction_sign(study.directions[0])
     if len(study.directions) == 1:
         return sorted(complete, key=lambda t: (sign * t.values[0], t.number)), ""
     front = sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))

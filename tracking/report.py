@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
 from . import tags as T
 
@@ -183,7 +184,7 @@ def _plot_divs(study: optuna.Study, summary: ReportSummary) -> list[str]:
                                      default_height="480px",
                                      config={"displaylogo": False, "responsive": True})
             except Exception as exc:  # e.g. importances of a constant parameter
-                summary.skipped[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                summary.skipped[name] = f"{type(exc).__name__}: {first_line(exc)}"
                 _log.info("report plot %s skipped: %s", name, summary.skipped[name])
                 continue
         summary.plots.append(name)
@@ -232,7 +233,7 @@ def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, by
     """(artifact path, PNG bytes) of the run, or ([], why not)."""
     from mlflow.exceptions import MlflowException
 
-    from .client import client_for, first_line, quiet_downloads
+    from .client import client_for, quiet_downloads
     from .uri import check_reachable, redact, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
