@@ -123,3 +123,40 @@ def test_report_and_compare_show_cost_to_target(tmp_path):
     assert "cost_device_seconds" in out.output  # a column of the top-trials table
     assert "cost to target" in out.output and "99% of best" in out.output
     assert f"{expected['device_seconds'].iloc[-1]:.2f}" in out.output
+
+
+class _FakeNvml:
+    """Stands in for pynvml: an energy counter in mJ that advances per read."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, readings, fail=False):
+        self.readings, self.fail = list(readings), fail
+
+    def nvmlInit(self):
+        if self.fail:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return self.readings.pop(0)
+
+
+@pytest.mark.parametrize(("fake", "energy"), [
+    (_FakeNvml([1_000, 4_500]), 3.5),  # mJ counter -> J over the trial
+    (_FakeNvml([], fail=True), None),  # no NVML: absent, not 0
+])
+def test_cuda_cost_has_device_memory_and_nvml_energy(monkeypatch, fake, energy):
+    """No GPU here: the CUDA calls are stubbed to check what the meter does with them."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "_get_nvml_device_index", lambda index: index)
+    cost = CostMeter(torch.device("cuda", 0)).start().stop()
+    assert cost.peak_device_memory_mb == 3.0
+    assert cost.energy_joules == energy
+    assert ("cost_energy_joules" in cost.metrics()) == (energy is not None)
