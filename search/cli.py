@@ -269,7 +269,8 @@ def compare(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Top trials side by side: value, test accuracy, key params, epochs, duration, run id."""
+    """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
+    run id; then the device seconds spent to reach 90/95/99 % of the best."""
     from rich.table import Table
 
     from tunetrack.tracking import compare_trials
