@@ -15,6 +15,7 @@ from tunetrack.models import DataConfig, TunetrackError
 from tunetrack.search.cli import app
 from tunetrack.search.config import parse_study
 from tunetrack.tracking import StudyTracker, promote
+from tunetrack.tracking.promotion_stats import mcnemar_exact_p
 
 from .studyfiles import tiny_study
 from .tracking_support import log_trial
@@ -57,13 +58,17 @@ def test_weak_champion_replaced_near_twin_refused(uri, tmp_path):
                      better)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
 
-    # same recipe two more epochs: better on test by 2 images (b=1, c=3), ranked first
+    # same recipe two more epochs: better on test by a couple of images, ranked first
     log_trial(tracker, study, DIGITS, epochs=8, lr=1e-2, value=0.99)
     twin = _cli("promote", "gate", *common)
     assert "not promoted: not significant" in twin, twin
     accuracies = [float(a) for a in re.findall(r"test accuracy (0\.\d+)", twin)]
     assert accuracies[0] > accuracies[1]  # the candidate IS more accurate on test...
-    assert "b = 1" in twin and "c = 3" in twin and _p(twin) == pytest.approx(0.625)
+    # a few images decide (b=1, c=3, p=0.625 on the 2-vCPU VM, 2026-12-01); kernels of
+    # another CPU may move an image, so the property is checked, not the exact counts
+    b, c = (int(v) for v in re.search(r"b = (\d+) .* c = (\d+)", twin).groups())
+    assert c > b and b + c <= 8
+    assert _p(twin) == pytest.approx(mcnemar_exact_p(b, c), rel=1e-3) and _p(twin) >= 0.05
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2  # nothing registered
 
@@ -73,10 +78,10 @@ def test_weak_champion_replaced_near_twin_refused(uri, tmp_path):
     assert entries[0]["reason"].startswith("first champion")
     assert entries[1]["p_value"] < 0.05 and entries[1]["replaced"] == "1"
     refused = entries[2]
-    assert (refused["n"], refused["b_champion_only"], refused["c_candidate_only"]) == (270, 1, 3)
-    assert refused["difference"] == pytest.approx(2 / 270, abs=1e-6)
+    assert (refused["n"], refused["b_champion_only"], refused["c_candidate_only"]) == (270, b, c)
+    assert refused["difference"] == pytest.approx((c - b) / 270, abs=1e-6)
     assert refused["ci95"][0] < 0 < refused["ci95"][1]
-    assert refused["p_value"] == pytest.approx(0.625) and refused["alpha"] == 0.05
+    assert refused["p_value"] == mcnemar_exact_p(b, c) and refused["alpha"] == 0.05
     assert refused["champion_version"] == "2"
     table = _cli("history", MODEL, "--tracking-uri", uri)
     assert "refused" in table and "not significant" in table
