@@ -291,7 +291,8 @@ def compare(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Top trials side by side: value, test accuracy, key params, epochs, duration, run id."""
+    """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
+    run id; then the device seconds spent to reach 90/95/99 % of the best."""
     from rich.table import Table
 
     from tunetrack.tracking import compare_trials
@@ -307,6 +308,30 @@ def compare(
     for row in frame.itertuples(index=False):
         table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
                         else str(v) for v in row))
+    _console().print(table)
+    _print_cost_to_target(loaded)
+
+
+def _print_cost_to_target(study) -> None:
+    """The device seconds the study spent until its best came within 90/95/99 % of the
+    final best (`tunetrack.tracking.cost_report`)."""
+    from rich.table import Table
+
+    from tunetrack.tracking.cost_report import cost_to_target
+
+    frame = cost_to_target(study)
+    if frame.empty:
+        return
+    table = Table(title=f"cost to target of {study.study_name} (device seconds, all "
+                        f"finished trials in completion order)")
+    for column in ("target", "value", "reached by trial", "trials finished",
+                   "device seconds", "share of total"):
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(row.target, f"{row.target_value:.4g}", str(row.trial),
+                      str(row.trials_finished), f"{row.device_seconds:.2f}",
+                      "-" if row.share_of_total != row.share_of_total
+                      else f"{row.share_of_total:.0%}")
     _console().print(table)
 
 
@@ -344,10 +369,16 @@ def promote(
     alias: Annotated[str | None, typer.Option(help="alias to move [default: champion]")] = None,
     min_improvement: Annotated[float | None, typer.Option(
         min=0, help="test-accuracy gain needed over the champion")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="McNemar significance level the gain must reach [default: the file's, 0.05]")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="show the evidence and the decision; change nothing")] = False,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Register the best trial's model; move the alias only if it beats the champion."""
+    """Register the best trial's model; move the alias only if it beats the champion by
+    min_improvement with McNemar p < alpha (prints n, accuracies, CI, b/c, p)."""
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri, must_exist=True)
     registry = loaded.user_attrs.get("spec", {}).get("registry") or {}
@@ -356,13 +387,100 @@ def promote(
         raise TunetrackError("--model-name is required (the study file has no registry section)")
     _quiet_libraries()
     from tunetrack.tracking import promote as promote_best
+    from tunetrack.tracking.registry import DEFAULT_ALPHA, evidence_lines
 
     result = promote_best(loaded, model_name=model_name,
                           alias=alias or registry.get("alias", "champion"),
                           min_improvement=(min_improvement if min_improvement is not None
                                            else registry.get("min_improvement", 0.0)),
-                          tracking_uri=tracking_uri)
-    typer.echo(("promoted: " if result.promoted else "not promoted: ") + result.message)
+                          alpha=alpha if alpha is not None else registry.get("alpha",
+                                                                             DEFAULT_ALPHA),
+                          dry_run=dry_run, tracking_uri=tracking_uri)
+    for line in evidence_lines(result):
+        typer.echo(line)
+    if result.dry_run:
+        typer.echo(result.message)
+    else:
+        typer.echo(("promoted: " if result.promoted else "not promoted: ")
+                   + result.message.removeprefix("not promoted: "))
+
+
+@app.command()
+@user_errors
+def history(
+    model_name: Annotated[str, typer.Argument(help="registered model name")],
+    alias: Annotated[str | None, typer.Option(help="only this alias [default: all]")] = None,
+    output: Annotated[str, typer.Option(
+        "--format", help="table | json")] = "table",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Every promotion decision of a registered model, promoted or refused, with its
+    evidence (n, accuracies, difference and CI, b/c, McNemar p)."""
+    if output not in ("table", "json"):
+        raise TunetrackError(f"--format must be table or json but got {output!r}")
+    _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    import json
+
+    from tunetrack.tracking import promotion_history
+
+    entries = promotion_history(model_name, alias=alias, tracking_uri=tracking_uri)
+    if output == "json":
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"promotion history of {model_name}")
+    columns = ("at", "alias", "decision", "version", "champion", "trial", "n", "candidate",
+               "champion acc", "difference [95% CI]", "b", "c", "p")
+    for column in columns:
+        table.add_column(column)
+
+    def num(value: Any, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for e in entries:
+        ci = e.get("ci95")
+        diff = "-" if e.get("difference") is None else (
+            f"{e['difference']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+        table.add_row(str(e.get("at", "-")), e["alias"], e["decision"],
+                      str(e.get("version") or "-"),
+                      str(e.get("champion_version") or e.get("replaced") or "-"),
+                      str(e.get("trial", "-")), str(e.get("n", "-")),
+                      num(e.get("candidate_test_accuracy")),
+                      num(e.get("champion_test_accuracy")), diff,
+                      str(e.get("b_champion_only", "-")), str(e.get("c_candidate_only", "-")),
+                      num(e.get("p_value"), ".3g"))
+    console = _console()
+    console.print(table)
+    for e in entries:
+        console.print(f"{e.get('at', '-')} {e['alias']} {e['decision']}: {e.get('reason', '')}",
+                      highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a trial")],
+    tolerance: Annotated[float, typer.Option(
+        help="allowed accuracy difference when a bit-exact replay is not expected")] = 0.005,
+    device: Annotated[str | None, typer.Option(
+        help="cpu | cuda | cuda:N | mps [default: the recorded one when available]")] = None,
+    log: Annotated[bool, typer.Option(help="log the reproduction as an MLflow run")] = True,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Retrain a trial from its MLflow run alone and compare it with the record: bit-exact
+    on CPU with the same versions, else within --tolerance. Exit 0 reproduced, 1 not,
+    2 bad input."""
+    _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    from .reproduce import reproduce as reproduce_run
+
+    result = reproduce_run(run_id, tracking_uri=tracking_uri, tolerance=tolerance,
+                           device=device, log=log)
+    for line in result.lines:
+        typer.echo(line)
+    raise typer.Exit(0 if result.reproduced else 1)
 
 
 @app.command()

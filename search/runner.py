@@ -18,7 +18,7 @@ from tunetrack.models.errors import TunetrackError
 from .config import StudySpec, load_study_file
 from .first_trial_seed import FirstTrialSeeded
 from .resume import check_resume, remember
-from .samplers import make_pruner, make_sampler
+from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
 from .stale_trials import record_owner
@@ -54,7 +54,7 @@ def create_or_load(
     """
     directions = [o.resolved_direction for o in spec.search.objective_list]
     check_resume(spec, space, storage)
-    max_epochs = space.fixed.get("train.max_epochs", 100)
+    max_epochs = most_epochs(space)
     try:
         study = optuna.create_study(
             study_name=spec.name,
@@ -74,10 +74,10 @@ def create_or_load(
 def _set_cpu_threads(device: Any, threads: int | None) -> None:
     """One torch thread per trial on CPU unless told otherwise.
 
-    Digits-sized trials are bound by per-op overhead, not FLOPs: measured here, one thread
-    trains an MLP epoch faster than two (0.18 s vs 0.28 s) and is immune to the 5-10x
-    collapse two threads suffer when another process shares the cores. More cores are
-    better spent on `--workers`; big CNNs on CPU can ask for `--threads`.
+    Digits-sized trials are bound by per-op overhead, not FLOPs: one thread trains an MLP
+    epoch faster than two and does not collapse when another process shares the cores
+    (bench/README.md). More cores are better spent on `--workers`; big CNNs on CPU can ask
+    for `--threads`.
     """
     import os
 

@@ -21,7 +21,6 @@ import os
 import secrets
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -30,6 +29,7 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
+from .experimental import quiet_experimental
 from .stale_trials import OWNER_ATTR, EndRun, Heartbeat, RetryStaleTrial, fail_dead_trials
 from .storage import open_storage
 from .trial_budget import SharedTrialBudget, finished_count, has_heartbeats
@@ -114,8 +114,7 @@ def open_shared_storage(
 ) -> optuna.storages.BaseStorage:
     """The storage with heartbeats and the retry-and-end-run callback (RDB storages)."""
     end_run = _end_run_for(study_name, tracking_uri) if track else None
-    with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():  # heartbeat_interval is "experimental" in Optuna
         return open_storage(
             url,
             heartbeat_interval=heartbeat.interval_s,
@@ -204,8 +203,7 @@ def _fail_stale(study: optuna.Study) -> list[int]:
     own = storage.grace_period
     storage.grace_period = max(
         t.system_attrs.get(OWNER_ATTR, {}).get("grace_s") or own or 0 for t in running) or own
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
     after = {t.number for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}

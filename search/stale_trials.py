@@ -19,21 +19,21 @@ ends the dead trial's MLflow run FAILED with the reason, found through the trial
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import logging
 import os
 import socket
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
+
+from .experimental import quiet_experimental
 
 _log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class RetryStaleTrial:
     """
 
     def __init__(self, max_retry: int | None, end_run: EndRun | None = None):
-        with _quiet_experimental():
+        with quiet_experimental():
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         self.max_retry = max_retry
         self._end_run = end_run
@@ -92,7 +92,7 @@ class RetryStaleTrial:
         template.user_attrs = {
             k: v for k, v in trial.user_attrs.items() if k not in _NOT_INHERITED
         }
-        with _quiet_experimental():
+        with quiet_experimental():
             self._retry(study, template)
         queued = self.max_retry is None or attempts <= self.max_retry
         _log.warning(
@@ -105,16 +105,8 @@ class RetryStaleTrial:
             except Exception as exc:  # tracking is best effort here; the retry matters more
                 _log.warning(
                     "could not end MLflow run %s of dead trial %s: %s",
-                    run_id, trial.number, str(exc).strip().splitlines()[0] if str(exc) else exc,
+                    run_id, trial.number, first_line(exc),
                 )
-
-
-@contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """The retry callback is experimental in Optuna; its warning is noise for our users."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 # ---- local stores: is the process that runs a trial still alive? ------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
 from tunetrack.tracking.uri import (
     SQLITE_MAGIC,
     other_kind,
@@ -93,8 +93,8 @@ def open_storage(
                 time.sleep(0.2 + random.random())  # the winner is creating the tables
         raise AssertionError("unreachable")
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunetrackError(f"cannot open storage {redact(url)}: {first}") from None
+        raise TunetrackError(
+            f"cannot open storage {redact(url)}: {first_line(exc)}") from None
 
 
 _SCHEMA_RACE_ATTEMPTS = 4

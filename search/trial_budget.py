@@ -23,10 +23,11 @@ guarantee is "total finished trials <= total + workers - 1, and == total in prac
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 
 import optuna
+
+from .experimental import quiet_experimental
 
 _STATE = optuna.trial.TrialState
 FINISHED = (_STATE.COMPLETE, _STATE.PRUNED)
@@ -67,8 +68,7 @@ class SharedTrialBudget:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return  # optimize() sees its own timeout and stops
             time.sleep(self.poll_s)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
 
 

@@ -64,8 +64,10 @@ def test_reading_a_journal_that_is_not_there_creates_nothing(workdir):
     assert list(workdir.iterdir()) == []
 
 
-def test_predict_from_the_registry_without_a_store_creates_nothing(workdir):
-    result = runner.invoke(app, ["predict", "models:/digits@champion", "."])
+@pytest.mark.parametrize("args", [["predict", "models:/digits@champion", "."],
+                                  ["history", "digits"], ["reproduce", "0123abcd"]])
+def test_mlflow_readers_without_a_store_create_nothing(workdir, args):
+    result = runner.invoke(app, args)
     assert "no MLflow store at ./mlflow.db" in one_error_line(result)
     assert list(workdir.iterdir()) == []
 

@@ -25,6 +25,7 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import unknown
 
 from . import tags as T
+from .compare import direction_sign
 from .uri import check_reachable, file_lock, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ SYSTEM_METRICS_INTERVAL_S = 10.0
 
 
 def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "MAXIMIZE" else a < b
+    sign = direction_sign(direction)
+    return sign * a < sign * b
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:

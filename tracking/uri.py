@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
 DEFAULT_DB_FILE = "mlflow.db"
 _DB_SCHEMES = ("postgresql", "mysql", "mssql")
@@ -203,9 +204,8 @@ def _check_database(uri: str, timeout: float) -> None:
         raise TunetrackError(f"tracking URI {redact(uri)} needs the database driver "
                              f"{exc.name!r}; pip install 'tunetrack[postgres]'") from None
     except Exception as exc:  # driver errors have no common base class
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunetrackError(f"cannot connect to tracking database {redact(uri)}: "
-                             f"{first}") from None
+                             f"{first_line(exc)}") from None
 
 
 # ---- what a local SQLite file holds: refuse the wrong store, never log into a broken one --
