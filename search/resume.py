@@ -17,6 +17,7 @@ Not part of the signature (a rerun may change them): the budget (`search.n_trial
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import optuna
 
@@ -25,24 +26,41 @@ from tunetrack.models.errors import TunetrackError
 from .config import StudySpec
 from .space import SearchSpace
 
-SIGNATURE_ATTR = "tunetrack.signature"  # study system attr: {key: description}
+SIGNATURE_ATTR = "tunetrack.signature"  # study system attr: {key: [canonical, description]}
 SPEC_ATTR = "spec"  # study user attr: the spec the study was created with
 _WHERE_OR_HOW = frozenset({"dataset.path", "dataset.root", "model.weights", "train.device",
                            "train.compile", "train.stream", "train.eval_batch_size"})
 _SHOWN = 3  # differences named in the error line
 
 
-def signature(spec: StudySpec, space: SearchSpace | None = None) -> dict[str, str]:
-    """{key: description} of everything that makes two trials of the study comparable."""
+def signature(spec: StudySpec, space: SearchSpace | None = None) -> dict[str, list[str]]:
+    """{key: [canonical form, description]} of everything that makes two trials of the
+    study comparable. The canonical form (JSON of the values) is what is compared, so a
+    change in how tunetrack words a range never refuses a study; the description is what
+    an error shows."""
     space = space or SearchSpace(spec)
-    out = {"seed": str(spec.seed)}
-    data = spec.dataset.model_dump(exclude_none=True)
-    out.update({f"dataset.{k}": str(v) for k, v in data.items()})
-    for path, described, condition in space.rows():
-        out[path] = described + (f" when {condition}" if condition else "")
-    out["objective"] = ", ".join(
-        f"{o.resolved_direction} {o.metric}" for o in spec.search.objective_list)
+    out = {"seed": _entry(spec.seed, str(spec.seed))}
+    for key, value in spec.dataset.model_dump(exclude_none=True).items():
+        out[f"dataset.{key}"] = _entry(value, str(value))
+    for dim in space.dimensions:
+        p = dim.param
+        bounds = {"choice": getattr(p, "choice", None), "int": getattr(p, "int_", None),
+                  "float": getattr(p, "float_", None)}
+        when = [[path, list(allowed)] for path, allowed in dim.when]
+        condition = " and ".join(f"{path} in {list(allowed)}" for path, allowed in dim.when)
+        out[dim.path] = _entry(
+            {**bounds, "log": getattr(p, "log", False), "step": getattr(p, "step", None),
+             "when": when},
+            dim.describe() + (f" when {condition}" if condition else ""))
+    for path, value in space.fixed.items():
+        out[path] = _entry(value, f"fixed {value}")
+    objectives = [[o.resolved_direction, o.metric] for o in spec.search.objective_list]
+    out["objective"] = _entry(objectives, ", ".join(" ".join(o) for o in objectives))
     return {k: v for k, v in out.items() if k not in _WHERE_OR_HOW}
+
+
+def _entry(value: Any, description: str) -> list[str]:
+    return [json.dumps(value, sort_keys=True, default=str), description]
 
 
 def check_resume(spec: StudySpec, space: SearchSpace,
@@ -57,9 +75,9 @@ def check_resume(spec: StudySpec, space: SearchSpace,
     stored = storage.get_study_system_attrs(study_id).get(SIGNATURE_ATTR)
     if stored is None:  # created before signatures: compare what it did store
         stored = _legacy_signature(storage, study_id, now)
-    changes = [_change(key, stored.get(key), now.get(key))
+    changes = [_change(key, stored.get(key, [None, None])[1], now.get(key, [None, None])[1])
                for key in sorted(set(stored) | set(now), key=_order(stored, now))
-               if stored.get(key) != now.get(key)]
+               if stored.get(key, [None])[0] != now.get(key, [None])[0]]
     if changes:
         more = f" (and {len(changes) - _SHOWN} more)" if len(changes) > _SHOWN else ""
         raise TunetrackError(
@@ -88,13 +106,13 @@ def _change(key: str, was: str | None, now: str | None) -> str:
     return f"{key} {was}; the file now says {now}"
 
 
-def _order(stored: dict[str, str], now: dict[str, str]):
+def _order(stored: dict[str, list[str]], now: dict[str, list[str]]):
     keys = [*stored, *(k for k in now if k not in stored)]
     return keys.index
 
 
 def _legacy_signature(storage: optuna.storages.BaseStorage, study_id: int,
-                      now: dict[str, str]) -> dict[str, str]:
+                      now: dict[str, list[str]]) -> dict[str, list[str]]:
     """A study from before signatures: its stored spec's signature when it still parses,
     else its directions only (all that Optuna itself kept)."""
     stored_spec = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
@@ -104,10 +122,10 @@ def _legacy_signature(storage: optuna.storages.BaseStorage, study_id: int,
         except Exception:  # a spec older than today's schema: fall back to directions
             pass
     directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    now_directions = [part.split(" ", 1)[0] for part in now["objective"].split(", ")]
-    if directions == now_directions:
+    if directions == [o[0] for o in json.loads(now["objective"][0])]:
         return now
-    return {**now, "objective": f"directions {', '.join(directions)}"}
+    return {**now, "objective": ["directions " + ", ".join(directions),
+                                 "directions " + ", ".join(directions)]}
 
 
 def _aliased(value):

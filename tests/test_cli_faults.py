@@ -464,3 +464,23 @@ def test_postgres_status_fails_a_trial_whose_heartbeat_stopped(workdir, pg_url):
     assert result.exit_code == 0, result.output
     states = [t.state.name for t in optuna.load_study(study_name="tiny", storage=pg_url).trials]
     assert states == ["FAIL", "WAITING"]
+
+
+def test_a_reworded_description_never_refuses_a_study(tmp_path, monkeypatch):
+    """Signatures compare values, not wording: a tunetrack that describes ranges differently
+    still resumes the studies an older one created, and still names what changed."""
+    from tunetrack.search.config import StudySpec
+    from tunetrack.search.resume import check_resume
+    from tunetrack.search.runner import create_or_load
+    from tunetrack.search.space import Dimension, SearchSpace
+    from tunetrack.search.storage import open_storage
+
+    spec = StudySpec.model_validate(tiny_study())
+    storage = open_storage(f"sqlite:///{tmp_path / 'tunetrack.db'}")
+    create_or_load(spec, SearchSpace(spec), storage)
+    monkeypatch.setattr(Dimension, "describe", lambda self: f"{self.kind} (new wording)")
+    assert check_resume(spec, SearchSpace(spec), storage)  # exists, same space
+    wider = StudySpec.model_validate(tiny_study(model={"depth": {"int": [1, 3]}}))
+    with pytest.raises(Exception, match=r"model\.depth int \[1, 2\]; the file now says int "
+                                        r"\(new wording\)"):
+        check_resume(wider, SearchSpace(wider), storage)
