@@ -55,16 +55,17 @@ def create_or_load(
     directions = [o.resolved_direction for o in spec.search.objective_list]
     check_resume(spec, space, storage)
     max_epochs = most_epochs(space)
+    sampler = FirstTrialSeeded(
+        lambda number: make_sampler(spec, space, offset=number + seed_offset))
     try:
-        study = optuna.create_study(
+        study = sampler.attach(optuna.create_study(
             study_name=spec.name,
             storage=storage,
             load_if_exists=True,
             directions=directions,
-            sampler=FirstTrialSeeded(
-                lambda number: make_sampler(spec, space, offset=number + seed_offset)),
+            sampler=sampler,
             pruner=make_pruner(spec.search.pruner, max_epochs),
-        )
+        ))
     except ValueError as exc:
         raise TunetrackError(f"study {spec.name!r}: {exc}") from None
     remember(study, spec, space)

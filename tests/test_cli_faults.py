@@ -484,3 +484,15 @@ def test_a_reworded_description_never_refuses_a_study(tmp_path, monkeypatch):
     with pytest.raises(Exception, match=r"model\.depth int \[1, 2\]; the file now says int "
                                         r"\(new wording\)"):
         check_resume(wider, SearchSpace(wider), storage)
+
+
+def test_after_the_first_trial_the_study_has_an_ordinary_sampler(tmp_path):
+    from tunetrack.search.config import StudySpec
+    from tunetrack.search.runner import create_or_load
+    from tunetrack.search.space import SearchSpace
+    from tunetrack.search.storage import open_storage
+
+    spec = StudySpec.model_validate(tiny_study(search={"sampler": "random"}))
+    study = create_or_load(spec, SearchSpace(spec), open_storage(f"sqlite:///{tmp_path}/t.db"))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert type(study.sampler) is optuna.samplers.RandomSampler
