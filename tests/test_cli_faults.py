@@ -496,3 +496,13 @@ def test_after_the_first_trial_the_study_has_an_ordinary_sampler(tmp_path):
     study = create_or_load(spec, SearchSpace(spec), open_storage(f"sqlite:///{tmp_path}/t.db"))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert type(study.sampler) is optuna.samplers.RandomSampler
+
+
+@pytest.mark.postgres
+def test_postgres_tracking_uri_at_the_optuna_database_is_refused(workdir, pg_url):  # noqa: F811
+    optuna.create_study(study_name="other", storage=pg_url)
+    file = write_study(workdir, tracking={"enabled": True})
+    result = runner.invoke(app, ["run", str(file), "--no-progress", "--tracking-uri", pg_url])
+    assert "the database is a tunetrack/Optuna study storage, not an MLflow store" in \
+        one_error_line(result)
+    assert optuna.get_all_study_names(pg_url) == ["other"]

@@ -198,14 +198,23 @@ def _check_database(uri: str, timeout: float) -> None:
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=(
             sqlalchemy.pool.NullPool))
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            tables = frozenset(sqlalchemy.inspect(connection).get_table_names())
+            revision = None
+            if "alembic_version" in tables:
+                revision = connection.execute(sqlalchemy.text(
+                    "SELECT version_num FROM alembic_version")).scalar()
     except ModuleNotFoundError as exc:
         raise TunetrackError(f"tracking URI {redact(uri)} needs the database driver "
                              f"{exc.name!r}; pip install 'tunetrack[postgres]'") from None
     except Exception as exc:  # driver errors have no common base class
         raise TunetrackError(f"cannot connect to tracking database {redact(uri)}: "
                              f"{first_line(exc)}") from None
+    if store_kind(tables) == "optuna":  # other programs' tables may share a server database
+        raise TunetrackError(f"tracking URI {redact(uri)}: the database is a tunetrack/Optuna "
+                             f"study storage, not an MLflow store")
+    if store_kind(tables) == "mlflow":
+        _check_schema(tables, revision, f"the database {redact(uri)}", uri)
 
 
 # ---- what a local SQLite file holds: refuse the wrong store, never log into a broken one --
@@ -320,14 +329,19 @@ def check_mlflow_store(uri: str, *, must_exist: bool = False) -> None:
         raise TunetrackError(f"tracking URI {uri}: {other_kind(path, tables)}, not an MLflow "
                              f"store; point --tracking-uri at the MLflow store (default "
                              f"sqlite:///mlflow.db)")
+    _check_schema(tables, revision, shown_path(path), uri)
+
+
+def _check_schema(tables: frozenset[str], revision: str | None, where: str, uri: str) -> None:
+    """Refuse an MLflow store whose core tables or schema revision are not this MLflow's."""
     head, missing = mlflow_schema_head(), sorted(_MLFLOW_CORE - tables)
     if missing or (head is not None and revision != head):
         found = f"tables {', '.join(missing)} missing" if missing else (
             f"schema revision {revision}, this MLflow needs {head}")
         raise TunetrackError(
-            f"{shown_path(path)} is a half-created MLflow store ({found}): delete it or "
+            f"{where} is a half-created MLflow store ({found}): delete it or "
             f"point --tracking-uri elsewhere (a complete store of an older MLflow: "
-            f"mlflow db upgrade {uri})")
+            f"mlflow db upgrade {redact(uri)})")
 
 
 def ensure_local_store(uri: str) -> None:
