@@ -4,8 +4,9 @@ Name registries (`SAMPLERS`, `PRUNERS`), as `models.nets` does for networks: a n
 not a key is an error listing the allowed ones, never a silent default. The keys are
 `config.SAMPLER_NAMES` / `PRUNER_NAMES`, which the torch- and Optuna-free validator uses.
 
-On resume the sampler is re-seeded with `seed + finished trials` so that a restarted study
-explores new points instead of replaying its first random trials.
+The seed is `seed + offset`; the runner passes the number of the process's first trial
+(`first_trial_seed`), so a resumed study explores new points instead of replaying its first
+random trials, and two processes on one study draw different ones.
 """
 
 from __future__ import annotations
