@@ -66,12 +66,12 @@ def cli_side(folder: Path, epochs: int):
     return once
 
 
-def plain_side(folder: Path, epochs: int):
+def plain_side(folder: Path, epochs: int, threads: int | None):
     def once(repeat: int) -> tuple[Timed, float]:
         timed = run_process(["-m", "bench.plain_trial", "--epochs", str(epochs),
                              "--depth", str(DEPTH), "--width", str(WIDTH),
                              "--batch-size", str(BATCH), "--lr", str(LR)],
-                            folder / f"plain-{repeat}")
+                            folder / f"plain-{repeat}", threads)
         return timed, json.loads(timed.stdout.splitlines()[-1])["best_val_accuracy"]
 
     return once
@@ -81,12 +81,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--script-threads", type=int,
+                        help="the plain script's torch threads [default: torch's own]")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = alternate({"tunetrack": cli_side(Path(tmp), args.epochs),
-                          "plain": plain_side(Path(tmp), args.epochs)}, args.repeats)
+        sides = {"tunetrack": cli_side(Path(tmp), args.epochs),
+                 "plain": plain_side(Path(tmp), args.epochs, args.script_threads)}
+        runs = alternate(sides, args.repeats)
     out: dict = {"bench": "end_to_end_trial", "epochs": args.epochs, "repeats": args.repeats,
-                 "model": f"mlp {DEPTH}x{WIDTH}, batch {BATCH}, adam lr {LR}"}
+                 "model": f"mlp {DEPTH}x{WIDTH}, batch {BATCH}, adam lr {LR}",
+                 "script_threads": args.script_threads or "default"}
     for side, results in runs.items():
         out[side] = {"seconds": median([t.seconds for t, _ in results]),
                      "runs_s": [round(t.seconds, 1) for t, _ in results],

@@ -54,13 +54,14 @@ def tunetrack_side(study_file: Path, folder: Path, trials: int | None, target: f
     return once
 
 
-def script_side(study_file: Path, folder: Path, trials: int | None, target: float):
+def script_side(study_file: Path, folder: Path, trials: int | None, target: float,
+                threads: int | None):
     def once(repeat: int) -> dict:
         cwd = folder / f"script-{repeat}"
         times = cwd / "trials.json"
         extra = ["--trials", str(trials)] if trials else []
         timed = run_process(["-m", "bench.plain_study", "--study", str(study_file),
-                             "--times", str(times), *extra], cwd)
+                             "--times", str(times), *extra], cwd, threads)
         records = [TrialTimes.from_json(t) for t in json.loads(times.read_text())]
         reached, trial = time_to_target(records, timed.spawned, target)
         best = max(t.value for t in records if t.value is not None)
@@ -92,17 +93,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, help="[default: the file's search.n_trials]")
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--study", type=Path, default=REPO / "studies" / "digits.yaml")
+    parser.add_argument("--script-threads", type=int,
+                        help="the script's torch threads [default: torch's own]")
     args = parser.parse_args()
     study_file = args.study.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         runs = alternate({
             "tunetrack": tunetrack_side(study_file, Path(tmp), args.trials, args.target),
-            "script": script_side(study_file, Path(tmp), args.trials, args.target),
+            "script": script_side(study_file, Path(tmp), args.trials, args.target,
+                                  args.script_threads),
         }, args.repeats)
     ours, script = summary(runs["tunetrack"]), summary(runs["script"])
     out: dict = {"bench": "study_vs_script", "study": study_file.name,
                  "trials": args.trials or "file's", "repeats": args.repeats,
-                 "target": args.target, "tunetrack": ours, "script": script,
+                 "target": args.target, "script_threads": args.script_threads or "default",
+                 "tunetrack": ours, "script": script,
                  "best_no_worse": ours["best"] >= script["best"]}
     if ours["to_target_s"] and script["to_target_s"]:
         out["ratio_to_target"] = round(ours["to_target_s"] / script["to_target_s"], 3)

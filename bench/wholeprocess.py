@@ -40,14 +40,17 @@ class Timed:
     stdout: str
 
 
-def run_process(args: list[str], cwd: Path) -> Timed:
+def run_process(args: list[str], cwd: Path, threads: int | None = None) -> Timed:
     """Run `python ARGS` in `cwd` and time it from spawn to exit.
 
     The child sees this repository on PYTHONPATH (so `-m bench.X` works from any folder)
     and none of the store settings, so tunetrack falls back to `./tunetrack.db` and
-    `./mlflow.db` in `cwd`: fresh stores, as a new user's first run gets them.
+    `./mlflow.db` in `cwd`: fresh stores, as a new user's first run gets them. `threads`
+    sets its OMP_NUM_THREADS (torch's intra-op threads); None leaves the environment's.
     """
     env = {k: v for k, v in os.environ.items() if k not in STORE_SETTINGS}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cwd.mkdir(parents=True, exist_ok=True)
     spawned, start = dt.datetime.now(), time.perf_counter()
