@@ -94,6 +94,7 @@ def main() -> None:
     for side, results in runs.items():
         out[side] = {"seconds": median([t.seconds for t, _ in results]),
                      "runs_s": [round(t.seconds, 1) for t, _ in results],
+                     "cpu_s": median([t.cpu_s for t, _ in results]),
                      "best_val_acc": round(statistics.median(acc for _, acc in results), 4)}
     out["same_band"] = (abs(out["tunetrack"]["best_val_acc"] - out["plain"]["best_val_acc"])
                         <= ACCURACY_BAND)

@@ -5,7 +5,10 @@ Runs `tunetrack run STUDY --no-progress` (default `studies/digits.yaml`) in a fr
 from spawn to exit here, and reads the study's own timestamps back from its Optuna store:
 start = spawn -> the first trial's `datetime_start`; trials = first trial start -> last
 trial's `datetime_complete`; tail = that -> process exit. Also prints the sum of the
-trials' own durations (their time in the objective). Medians over repeats.
+trials' own durations (their time in the objective), and first_epoch = spawn -> the
+first epoch's end (the earliest per-epoch `val_accuracy` MLflow recorded: tunetrack stamps
+each epoch's metrics when the epoch ends), the start as issue 14 words its target.
+Medians over repeats.
 Prints one JSON line; targets: start <= 2.5 s, tail <= 1.5 s.
 Run: python -m bench.overhead [--repeats 3] [--trials N] [--study studies/digits.yaml]
 """
@@ -13,7 +16,9 @@ Run: python -m bench.overhead [--repeats 3] [--trials N] [--study studies/digits
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -30,6 +35,17 @@ from bench.wholeprocess import (
 START_TARGET_S, TAIL_TARGET_S = 2.5, 1.5
 
 
+def first_epoch_end(mlflow_db: Path) -> dt.datetime | None:
+    """When the study's first epoch ended: the earliest `val_accuracy` timestamp in MLflow's
+    SQLite store (its `metrics` table), None without one (tracking off)."""
+    if not mlflow_db.exists():
+        return None
+    with sqlite3.connect(mlflow_db) as db:
+        (ms,) = db.execute("SELECT MIN(timestamp) FROM metrics WHERE key = 'val_accuracy'"
+                           ).fetchone()
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000)
+
+
 def measure(study_file: Path, cwd: Path, trials: int | None) -> dict:
     """One fresh run: start, trials and tail seconds, from spawn/exit and the trial records."""
     extra = ["--trials", str(trials)] if trials else []
@@ -37,9 +53,12 @@ def measure(study_file: Path, cwd: Path, trials: int | None) -> dict:
     records = finished_trials(stored_study(f"sqlite:///{cwd}/tunetrack.db"))
     first_start = min(t.start for t in records)
     last_end = max(t.complete for t in records)
+    first_epoch = first_epoch_end(cwd / "mlflow.db")
     return {
         "wall_s": timed.seconds,
+        "cpu_s": timed.cpu_s,
         "start_s": seconds_between(timed.spawned, first_start),
+        "first_epoch_s": first_epoch and seconds_between(timed.spawned, first_epoch),
         "trials_s": seconds_between(first_start, last_end),
         "trial_sum_s": sum(seconds_between(t.start, t.complete) for t in records),
         "tail_s": seconds_between(last_end, timed.exited),
@@ -58,9 +77,11 @@ def main() -> None:
                 for i in range(args.repeats)]
     out: dict = {"bench": "overhead", "study": args.study.name, "repeats": args.repeats,
                  "trials": runs[0]["n_trials"]}
-    for key in ("wall_s", "trials_s", "trial_sum_s", "start_s", "tail_s"):
-        out[key] = median([r[key] for r in runs])
-    out["runs"] = [{k: round(v, 2) for k, v in r.items() if k != "n_trials"} for r in runs]
+    for key in ("wall_s", "cpu_s", "trials_s", "trial_sum_s", "start_s", "first_epoch_s", "tail_s"):
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = median(values) if values else None
+    out["runs"] = [{k: v and round(v, 2) for k, v in r.items() if k != "n_trials"}
+                   for r in runs]
     out["outside_fraction"] = round((out["start_s"] + out["tail_s"]) / out["wall_s"], 3)
     out["targets_met"] = out["start_s"] <= START_TARGET_S and out["tail_s"] <= TAIL_TARGET_S
     print(json.dumps(out))

@@ -48,7 +48,8 @@ def tunetrack_side(study_file: Path, folder: Path, trials: int | None, target: f
         reached, trial = time_to_target(finished_trials(study), timed.spawned, target)
         any_epoch = max(max(t.intermediate_values.values(), default=0.0)
                         for t in study.trials)
-        return {"seconds": timed.seconds, "best": study.best_value, "to_target_s": reached,
+        return {"seconds": timed.seconds, "cpu_s": timed.cpu_s, "best": study.best_value,
+                "to_target_s": reached,
                 "target_trial": trial, "best_any_epoch": any_epoch}
 
     return once
@@ -65,8 +66,8 @@ def script_side(study_file: Path, folder: Path, trials: int | None, target: floa
         records = [TrialTimes.from_json(t) for t in json.loads(times.read_text())]
         reached, trial = time_to_target(records, timed.spawned, target)
         best = max(t.value for t in records if t.value is not None)
-        return {"seconds": timed.seconds, "best": best, "to_target_s": reached,
-                "target_trial": trial}
+        return {"seconds": timed.seconds, "cpu_s": timed.cpu_s, "best": best,
+                "to_target_s": reached, "target_trial": trial}
 
     return once
 
@@ -77,6 +78,7 @@ def summary(runs: list[dict]) -> dict:
     out = {
         "seconds": median([r["seconds"] for r in runs]),
         "runs_s": [round(r["seconds"], 1) for r in runs],
+        "cpu_s": median([r["cpu_s"] for r in runs]),
         "best": round(statistics.median(r["best"] for r in runs), 4),
         "to_target_s": median([r["to_target_s"] for r in reached]) if reached else None,
         "reached_in": f"{len(reached)}/{len(runs)}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ class Timed:
     spawned: dt.datetime
     exited: dt.datetime
     seconds: float  # spawn to exit (monotonic clock)
+    cpu_s: float  # user + system CPU of the process and the children it waited for
     stdout: str
 
 
@@ -53,14 +55,24 @@ def run_process(args: list[str], cwd: Path, threads: int | None = None) -> Timed
         env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cwd.mkdir(parents=True, exist_ok=True)
+    cpu_before = _children_cpu()
     spawned, start = dt.datetime.now(), time.perf_counter()
     done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, check=False)
     seconds, exited = time.perf_counter() - start, dt.datetime.now()
+    cpu_s = _children_cpu() - cpu_before
     if done.returncode:
         raise RuntimeError(f"{' '.join(args)} exited {done.returncode} in {cwd}:\n"
                            f"{done.stderr[-3000:]}")
-    return Timed(spawned, exited, seconds, done.stdout)
+    return Timed(spawned, exited, seconds, cpu_s, done.stdout)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every child process reaped so far (their reaped children included):
+    steadier than wall time on a machine other work loads, though a side that runs two
+    processes at once (tunetrack's tracking helper) adds both."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tunetrack_cli(*args: str) -> list[str]:
