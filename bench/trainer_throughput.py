@@ -31,13 +31,8 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
 
 def textbook_run(model: nn.Module, splits, epochs: int, lr: float) -> tuple[float, float]:
-    train_loader, val_loader = textbook.make_loaders(splits)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
-    for _ in range(epochs):
-        textbook.train_epoch(model, train_loader, optimizer, loss_fn)
-        accuracy = textbook.evaluate(model, val_loader)
+    accuracy = textbook.train_adam(model, splits, epochs, lr)[-1]
     seconds = time.perf_counter() - start
     return epochs * len(splits.train) / seconds, accuracy
 
