@@ -7,6 +7,7 @@ never creates an empty study row or an orphan MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec, load_study_file
+from .progress import StudyProgress
 from .samplers import make_pruner, make_sampler
 from .space import SearchSpace
 from .storage import open_storage
@@ -101,8 +103,12 @@ def run_study(
     max_total_trials: int | None = None,
     seed_offset: int = 0,
     threads: int | None = None,
+    progress: bool | StudyProgress = False,
 ) -> optuna.Study:
     """Run `n_trials` more trials (default: the file's `search.n_trials`); returns the study.
+
+    `progress=True` draws a bar of the trials and one of the running trial's epochs (in a
+    notebook or a terminal; nothing in a log); a `StudyProgress` passed in is used as is.
 
     Re-running resumes: finished trials are kept and new ones are added. With
     `max_total_trials`, workers sharing one study stop once that many trials have finished
@@ -139,19 +145,22 @@ def run_study(
     study = create_or_load(spec, space, open_storage(storage), seed_offset)
     if tracker is not None:
         tracker.start_study(study)
-    objective = Objective(spec, space, splits, dev, tracker)
-    all_callbacks: list[Any] = list(callbacks)
+    n_trials = n_trials or spec.search.n_trials
+    bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
+    objective = Objective(spec, space, splits, dev, tracker, progress=bar)
+    all_callbacks: list[Any] = ([bar] if bar is not None else []) + list(callbacks)
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
     try:
-        study.optimize(
-            objective,
-            n_trials=n_trials or spec.search.n_trials,
-            timeout=timeout or spec.search.timeout_s,
-            catch=(torch.cuda.OutOfMemoryError,),
-            callbacks=all_callbacks,
-        )
+        with bar if bar is not None else contextlib.nullcontext():
+            study.optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=timeout or spec.search.timeout_s,
+                catch=(torch.cuda.OutOfMemoryError,),
+                callbacks=all_callbacks,
+            )
     finally:
         if tracker is not None:
             tracker.finish_study(study)
