@@ -126,6 +126,6 @@ class EpochBar:
 
     def on_epoch_end(self, result) -> bool:
         self.progress.update(self.task, completed=result.epoch + 1,
-                             detail=f"epochs, val_loss {result.val_loss:.4f}, "
-                                    f"val_accuracy {result.val_accuracy:.4f}")
+                             detail=f"epochs, val_loss {result.val_loss:.3f} "
+                                    f"val_acc {result.val_accuracy:.3f}")
         return False

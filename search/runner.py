@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,17 @@ def create_or_load(
             f"{directions}; use another study name"
         )
     study.set_user_attr("spec", json.loads(spec.model_dump_json(exclude_none=True)))
+    _name_metrics(study, [o.metric for o in spec.search.objective_list])
     return study
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Optuna's dashboard and `trials_dataframe` show `val_accuracy`, not "Objective 0"."""
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def _set_cpu_threads(device: Any, threads: int | None) -> None:

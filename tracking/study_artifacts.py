@@ -76,6 +76,9 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable]]
             skipped[name] = "needs at least 2 searched parameters"
         else:
             plots[name] = funcs
+    plots.update(_grid_plots(study, complete, multi, skipped))
+    if study.get_trials(deepcopy=False):  # when each trial ran, and how it ended
+        plots["timeline"] = (vis.plot_timeline, vis_mpl.plot_timeline)
     if reported:
         plots["intermediate_values"] = (vis.plot_intermediate_values,
                                         vis_mpl.plot_intermediate_values)
@@ -87,6 +90,37 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable]]
         else:
             skipped["pareto_front"] = "needs 2 or 3 objectives and a completed trial"
     return plots, skipped
+
+
+GRID_PARAMS = 3  # contour and rank draw every pair: 3 parameters, 3 x 3 panels
+
+
+def _grid_plots(study: optuna.Study, complete: list, multi: bool,
+                skipped: dict[str, str]) -> dict[str, tuple[Callable, Callable]]:
+    """Contour and rank plots of the GRID_PARAMS most important parameters (single
+    objective): how pairs of parameters shape the objective."""
+    import functools
+
+    import optuna.visualization as vis
+    import optuna.visualization.matplotlib as vis_mpl
+
+    names = ("contour", "rank")
+    searched = sorted({name for trial in complete for name in trial.params})
+    why = ("multi-objective study" if multi else "no completed trial" if not complete
+           else "needs at least 2 searched parameters" if len(searched) < 2 else None)
+    if why is not None:
+        skipped.update(dict.fromkeys(names, why))
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ranked = list(optuna.importance.get_param_importances(study))
+    except Exception:  # too few trials for the importance model: any parameters will do
+        ranked = searched
+    params = ranked[:GRID_PARAMS]
+    return {name: (functools.partial(getattr(vis, f"plot_{name}"), params=params),
+                   functools.partial(getattr(vis_mpl, f"plot_{name}"), params=params))
+            for name in names}
 
 
 def _figure_of(axes):
