@@ -79,6 +79,11 @@ def test_one_parent_and_one_child_per_trial(tracked_study):
         for metric in EPOCH_METRICS:
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == list(range(trial.user_attrs["epochs_run"]))
+        # what the trial cost, complete and pruned alike (tests/test_cost.py: the meter)
+        cost = {k: v for k, v in run.data.metrics.items() if k.startswith("cost_")}
+        assert set(cost) == {"cost_wall_seconds", "cost_device_seconds", "cost_cpu_seconds",
+                             "cost_peak_memory_mb"}
+        assert cost == {k: trial.user_attrs[k] for k in cost}
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert "trials.csv" in parent_files
 
@@ -109,12 +114,13 @@ def test_promote_twice_then_predict(tracked_study):
     folder, uri, storage, _ = tracked_study
     first = runner.invoke(app, ["promote", "tracked", "--storage", storage, "--tracking-uri", uri])
     assert first.exit_code == 0, first.output
-    assert first.stdout.startswith("promoted: ")
+    assert first.stdout.splitlines()[-1].startswith("promoted: ")  # after the evidence
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("tiny-digits", "champion").version
     assert str(version) == "1"
     second = runner.invoke(app, ["promote", "tracked", "--storage", storage, "--tracking-uri", uri])
-    assert second.exit_code == 0 and second.stdout.startswith("not promoted: ")
+    assert second.exit_code == 0
+    assert second.stdout.splitlines()[-1].startswith("not promoted: ")
     assert str(client.get_model_version_by_alias("tiny-digits", "champion").version) == "1"
     assert len(client.search_model_versions("name='tiny-digits'")) == 1
     images = folder / "images"
@@ -173,3 +179,15 @@ def test_predict_json_lists_every_image_with_ranked_probabilities(tracked_study,
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1 + 1e-6
     mlflow.set_tracking_uri(None)
+
+
+def test_a_completed_trial_reproduces_bit_exact(tracked_study):
+    """`tunetrack reproduce` rebuilds a trial of a real `tunetrack run` from its MLflow run
+    alone (tests/test_reproduce.py: what breaks it)."""
+    _, uri, _, study = tracked_study
+    trial = next(t for t in study.trials if t.state.name == "COMPLETE")
+    result = runner.invoke(app, ["reproduce", trial.user_attrs["mlflow_run_id"],
+                                 "--tracking-uri", uri, "--no-log"])
+    assert result.exit_code == 0, result.output
+    assert "validation history: bit-exact" in result.stdout
+    assert result.stdout.rstrip().endswith("reproduced")
