@@ -54,8 +54,25 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if not _raised_by_interrupt(exc):
+                raise  # a bug: keep the traceback
+            typer.echo("interrupted", err=True)  # e.g. a database call cut off by Ctrl-C
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _raised_by_interrupt(exc: BaseException | None) -> bool:
+    """True when `exc` happened while a Ctrl-C was being handled (its context chain holds
+    the KeyboardInterrupt); a trial left RUNNING that way is failed by the next command."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def _console():
