@@ -52,15 +52,26 @@ def user_errors(fn: F) -> F:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            _say_interrupted()
             raise typer.Exit(130) from None
         except Exception as exc:
             if not _raised_by_interrupt(exc):
                 raise  # a bug: keep the traceback
-            typer.echo("interrupted", err=True)  # e.g. a database call cut off by Ctrl-C
+            _say_interrupted()  # e.g. a database call cut off by Ctrl-C
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_interrupted() -> None:
+    """One line; none from the workers of `run --workers N`, whose launcher prints the one
+    summary line (with their exit codes) instead of N copies."""
+    import os
+
+    from .shared_study import WORKER_INDEX_ENV
+
+    if WORKER_INDEX_ENV not in os.environ:
+        typer.echo("interrupted", err=True)
 
 
 def _raised_by_interrupt(exc: BaseException | None) -> bool:
