@@ -149,10 +149,38 @@ def user_errors(fn: F) -> F:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            _say_interrupted()
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if not _raised_by_interrupt(exc):
+                raise  # a bug: keep the traceback
+            _say_interrupted()  # e.g. a database call cut off by Ctrl-C
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_interrupted() -> None:
+    """One line; none from the workers of `run --workers N`, whose launcher prints the one
+    summary line (with their exit codes) instead of N copies."""
+    import os
+
+    from .shared_study import WORKER_INDEX_ENV
+
+    if WORKER_INDEX_ENV not in os.environ:
+        typer.echo("interrupted", err=True)
+
+
+def _raised_by_interrupt(exc: BaseException | None) -> bool:
+    """True when `exc` happened while a Ctrl-C was being handled (its context chain holds
+    the KeyboardInterrupt); a trial left RUNNING that way is failed by the next command."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def _console():

@@ -189,7 +189,7 @@ def _resume_keeps_completed(workdir: Path, file: Path, trials) -> None:
 
 def test_sigint_marks_the_running_trial_failed_and_keeps_the_rest(workdir):
     file, trials, proc, stderr = _signal_mid_study(workdir, signal.SIGINT)
-    assert proc.returncode == 130 and stderr == "interrupted\n"  # one line, no traceback
+    assert (proc.returncode, stderr) == (130, "interrupted\n")  # one line, no traceback
     assert not [t for t in trials if t.state.name == "RUNNING"]
     interrupted = trials[-1]
     assert interrupted.state.name == "FAIL"

@@ -506,3 +506,28 @@ def test_postgres_tracking_uri_at_the_optuna_database_is_refused(workdir, pg_url
     assert "the database is a tunetrack/Optuna study storage, not an MLflow store" in \
         one_error_line(result)
     assert optuna.get_all_study_names(pg_url) == ["other"]
+
+
+def test_an_error_raised_while_ctrl_c_is_handled_is_still_one_line_and_130():
+    """A database call cut off by Ctrl-C can fail the cleanup that follows with another
+    error; that is still the interrupt, not a bug."""
+    import typer
+
+    from tunetrack.search.cli import user_errors
+
+    @user_errors
+    def interrupted_then_broken():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("Can't reconnect until invalid transaction is rolled back")  # noqa: B904
+
+    @user_errors
+    def broken():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(typer.Exit) as stopped:
+        interrupted_then_broken()
+    assert stopped.value.exit_code == 130
+    with pytest.raises(RuntimeError, match="a bug"):
+        broken()
