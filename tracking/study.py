@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -26,7 +25,8 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import unknown
 
 from . import tags as T
-from .uri import check_reachable, resolve_tracking_uri, sqlite_path
+from .compare import direction_sign
+from .uri import check_reachable, file_lock, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -45,7 +45,8 @@ SYSTEM_METRICS_INTERVAL_S = 10.0
 
 
 def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "MAXIMIZE" else a < b
+    sign = direction_sign(direction)
+    return sign * a < sign * b
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -167,21 +168,16 @@ class StudyTracker:
             lock = _LOCKS.setdefault(key, threading.Lock())
         with lock:
             db = sqlite_path(self.tracking_uri)
-            if db is None or os.name == "nt":
+            if db is None:
                 yield
                 return
-            import fcntl
             import hashlib
 
             name = hashlib.blake2b(repr(key).encode(), digest_size=6).hexdigest()
             path = db.parent / "mlruns" / f".parent-{name}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with file_lock(path):
+                yield
 
     def _create_parent(self, study: optuna.Study) -> str:
         client = self.client
@@ -239,6 +235,7 @@ class StudyTracker:
         import yaml
 
         from . import trial_tasks
+        from .datasets import dataset_inputs
         from .sidecar import SIDECAR
         from .trial_run import TrialRun
 
@@ -261,6 +258,7 @@ class StudyTracker:
             trial_tasks.create_run, self.tracking_uri, token, made=made,
             experiment_id=self.experiment_id, run_name=run_name, tags=tags, params=params,
             trial_yaml=yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False),
+            datasets=dataset_inputs(config.data, data_fingerprint),
             system_metrics_s=SYSTEM_METRICS_INTERVAL_S if self.system_metrics else None)
         return TrialRun(tracking_uri=self.tracking_uri, token=token, created=created,
                         run_id=made[0] if made else None,
@@ -331,6 +329,7 @@ class StudyTracker:
             summary = write_study_artifacts(study, Path(tmp))
             cf.wait(draining, timeout=300)
             self.end_orphans(study)  # after the drain: runs this process ended are not
+            _report_into(study, Path(tmp), self.tracking_uri)
             client.log_artifacts(parent, tmp)
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
@@ -354,3 +353,15 @@ class StudyTracker:
         client.log_batch(parent, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         if not counts["running"] and not counts["waiting"]:
             client.set_terminated(parent, "FINISHED")
+
+
+def _report_into(study: optuna.Study, folder: Path, tracking_uri: str) -> None:
+    """`report.html` (what `tunetrack report` writes) into `folder`, for the parent run;
+    a report that cannot be made is logged and left out, never fails the study."""
+    from .report import write_report
+
+    try:
+        write_report(study, folder / "report.html", tracking_uri=tracking_uri)
+    except Exception as exc:
+        _log.warning("report.html not logged to the parent run: %s",
+                     str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
