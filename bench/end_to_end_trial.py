@@ -98,6 +98,7 @@ def main() -> None:
                      "best_val_acc": round(statistics.median(acc for _, acc in results), 4)}
     out["same_band"] = (abs(out["tunetrack"]["best_val_acc"] - out["plain"]["best_val_acc"])
                         <= ACCURACY_BAND)
+    out["ratio_cpu"] = round(out["plain"]["cpu_s"] / out["tunetrack"]["cpu_s"], 3)
     out["ratio"] = round(out["plain"]["seconds"] / out["tunetrack"]["seconds"], 3)
     print(json.dumps(out))
 

@@ -113,6 +113,7 @@ def main() -> None:
                  "best_no_worse": ours["best"] >= script["best"]}
     if ours["to_target_s"] and script["to_target_s"]:
         out["ratio_to_target"] = round(ours["to_target_s"] / script["to_target_s"], 3)
+    out["ratio_cpu"] = round(ours["cpu_s"] / script["cpu_s"], 3)
     out["ratio"] = round(ours["seconds"] / script["seconds"], 3)
     print(json.dumps(out))
 
