@@ -40,13 +40,9 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import TunetrackError
+from .fused_fields import FUSABLE_FAMILIES, SHARED_MODEL_FIELDS
 from .nets import Classifier, create
 
-FUSABLE_FAMILIES = ("mlp", "cnn")
-# ModelConfig fields that shape the computation graph: one value for the whole group.
-# Everything else (init, dropout) is per member.
-SHARED_MODEL_FIELDS = ("family", "depth", "width", "activation", "batch_norm", "kernel_size",
-                       "pool", "width_multiplier")
 _PARAM_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 _SHARED_LAYERS = (nn.ReLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.SiLU, nn.Sigmoid,
                   nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)

@@ -7,8 +7,7 @@ schedule and hyperparameters (`fused_optim`). When a member is done the caller g
 an ordinary `Classifier` (`MemberResult.model`) and may hand in the next member for the
 freed slot (`refill`); without one, the group shrinks.
 
-What the members share (`SHARED_TRAIN_FIELDS`, plus `fused_net.SHARED_MODEL_FIELDS`):
-the data stream. All members see the same batches in the same order and the same
+What the members share (`fused_fields`): the architecture and the data stream. All members see the same batches in the same order and the same
 augmentation draws, from generators seeded with the *group's* seed (the first member's
 `train.seed`), exactly as an unfused trial with that seed would see them. A member's own seed
 sets its initial weights and its dropout masks. A member that joins a running group (a
@@ -33,7 +32,8 @@ from .config import ModelConfig, TrainConfig
 from .data import Split, Splits
 from .device import resolve_device
 from .errors import TunetrackError, unknown
-from .fused_net import SHARED_MODEL_FIELDS, FusedNet, shared_differences
+from .fused_fields import SHARED_TRAIN_FIELDS
+from .fused_net import FusedNet, shared_differences
 from .fused_optim import FusedOptimizer, MemberSchedule
 from .nets import Classifier, create
 from .train import (
@@ -44,10 +44,6 @@ from .train import (
     FitResult,
     _autocast_dtype,
 )
-
-# TrainConfig fields that fix the data stream or the update rule's form: one per group
-SHARED_TRAIN_FIELDS = ("max_epochs", "batch_size", "optimizer", "scheduler", "augment",
-                       "eval_batch_size", "amp", "compile", "device", "stream")
 
 
 @dataclass
@@ -72,12 +68,6 @@ def group_differences(members: Sequence[Member]) -> list[str]:
     train = [f"train.{name}" for name in SHARED_TRAIN_FIELDS
              if len({repr(getattr(m.train, name)) for m in members}) > 1]
     return shared_differences([m.model for m in members]) + train
-
-
-def shared_paths() -> tuple[str, ...]:
-    """Study-file paths of the shared fields (`train.augment` covers its sub-fields)."""
-    return (*(f"model.{n}" for n in SHARED_MODEL_FIELDS),
-            *(f"train.{n}" for n in SHARED_TRAIN_FIELDS))
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor,
