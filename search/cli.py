@@ -38,6 +38,8 @@ TrackingOpt = Annotated[
     str | None,
     typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI"),
 ]
+FuseOpt = Annotated[int | None, typer.Option(
+    min=1, help="train up to K trials at once as one model [default: the file's search.fuse]")]
 
 
 def user_errors(fn: F) -> F:
@@ -112,6 +114,10 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
         f"{objectives}; sampler {search.sampler}, pruner {search.pruner.type}, "
         f"{search.n_trials} trials"
     )
+    from .fused_groups import fuse_notes
+
+    for note in fuse_notes(spec, SearchSpace(spec).options("model.family")):
+        console.print(f"note: {note}")
 
 
 @app.command()
@@ -137,11 +143,16 @@ def run(
     gpus: Annotated[
         str | None, typer.Option(help="GPU ids for the workers, one each: 0,1 (default: all)")
     ] = None,
+    fuse: FuseOpt = None,
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .config import load_study_file
 
     spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
     if data is not None:
         spec.dataset.path = data
     if no_tracking:
@@ -234,6 +245,7 @@ def worker(
     max_retry: Annotated[int, typer.Option(min=0, help="retries of a dead worker's trial")] = 2,
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
+    fuse: FuseOpt = None,
 ) -> None:
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
@@ -241,6 +253,10 @@ def worker(
     from .stale_trials import Heartbeat
 
     spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
     if data is not None:
         spec.dataset.path = data
     if no_tracking:

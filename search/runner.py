@@ -144,8 +144,15 @@ def run_study(
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
+    optimize = study.optimize
+    if spec.search.fuse > 1:  # K trials at a time as one model (search/fused_study.py)
+        from functools import partial
+
+        from .fused_study import optimize_fused
+
+        optimize = partial(optimize_fused, study)
     try:
-        study.optimize(
+        optimize(
             objective,
             n_trials=n_trials or spec.search.n_trials,
             timeout=timeout or spec.search.timeout_s,
