@@ -1,0 +1,143 @@
+"""`search.fuse: K` end to end: groups formed through Optuna, every member an ordinary trial
+(its own parameters, pruning, MLflow child run with the group tag, a model `promote` uses),
+bad values refused by `validate` with nothing written, grid falling back to K = 1."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from tunetrack.models.fused_fields import is_shared
+from tunetrack.search.cli import app
+from tunetrack.search.fused_groups import GROUP_ATTR, GROUP_TAG
+
+from .studyfiles import tiny_study
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def _write(tmp_path, name="fused", **overrides):
+    raw = tiny_study(name, **overrides)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _run(file, storage, *args):
+    result = runner.invoke(app, ["run", str(file), "--no-progress", "--storage", storage, *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize(("fuse", "needle"), [
+    (0, "search.fuse: must be >= 1 (1 = off, K = up to K trials trained as one model) but "
+        "got 0"),
+    (-2, "search.fuse: must be >= 1"),
+    ("four", "search.fuse: Input should be a valid integer"),
+])
+def test_bad_fuse_is_one_line_from_validate_and_run_writes_nothing(tmp_path, uri, fuse, needle):
+    file = _write(tmp_path, search={"fuse": fuse}, tracking={"enabled": True})
+    validate = runner.invoke(app, ["validate", str(file)])
+    assert validate.exit_code == 2 and validate.stderr.count("\n") == 1
+    assert needle in validate.stderr
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.storages.RDBStorage(storage)
+    result = runner.invoke(app, ["run", str(file), "--storage", storage, "--tracking-uri", uri])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and needle in result.stderr
+    assert optuna.get_all_study_summaries(storage) == []
+    assert MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
+
+
+def test_fuse_needs_a_family_that_fuses(tmp_path):
+    file = _write(tmp_path, model={"family": "resnet", "depth": 1, "width": 8},
+                  search={"fuse": 4})
+    result = runner.invoke(app, ["validate", str(file)])
+    assert result.exit_code == 2
+    assert ("search.fuse: fusing 4 trials needs model.family mlp or cnn but the study trains "
+            "resnet; use fuse: 1") in result.stderr
+    unfused = _write(tmp_path, "plain", model={"family": "resnet", "depth": 1, "width": 8})
+    override = runner.invoke(app, ["run", str(unfused), "--fuse", "4"])
+    assert override.exit_code == 2 and override.stderr.startswith("error: --fuse: fusing 4")
+    assert not (tmp_path / "tunetrack.db").exists()
+    zero = runner.invoke(app, ["run", str(unfused), "--fuse", "0"])
+    assert zero.exit_code == 2
+
+
+def test_validate_says_how_the_study_fuses(tmp_path):
+    result = runner.invoke(app, ["validate", str(_write(tmp_path, search={"fuse": 4}))])
+    assert result.exit_code == 0 and "note: search.fuse: up to 4 trials train at once" in \
+        result.stdout
+
+
+def test_fused_study_members_are_ordinary_trials(tmp_path):
+    file = _write(tmp_path, n_trials=7, search={"fuse": 3, "sampler": "random"})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    _run(file, storage)
+    study = optuna.load_study(study_name="fused", storage=storage)
+    trials = study.trials
+    assert len(trials) == 7  # the budget counts every member
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               for t in trials)
+    groups: dict[str, list] = {}
+    for t in trials:
+        groups.setdefault(t.user_attrs[GROUP_ATTR], []).append(t)
+        assert "train.lr" in t.params and "model.width" in t.params  # a full parameter set
+        assert t.user_attrs["epochs_run"] >= 1
+    for members in groups.values():
+        shared = [{k: v for k, v in t.params.items() if is_shared(k)} for t in members]
+        assert all(s == shared[0] for s in shared)  # the group's shared part
+    lrs = [t.params["train.lr"] for t in trials]
+    assert len(set(lrs)) == len(lrs)  # the recipe is each trial's own
+    assert max(len(m) for m in groups.values()) >= 3
+    completed = [t for t in trials if t.state.name == "COMPLETE"]
+    assert completed and all(0 < t.user_attrs["test_accuracy"] <= 1 for t in completed)
+    for t in completed:  # intermediate values: one per epoch, reported by each trial itself
+        assert sorted(t.intermediate_values) == list(range(t.user_attrs["epochs_run"]))
+    status = runner.invoke(app, ["status", "fused", "--storage", storage])
+    assert status.exit_code == 0 and "COMPLETE" in status.stdout
+
+
+def test_grid_sampler_falls_back_to_unfused(tmp_path, caplog):
+    file = _write(tmp_path, n_trials=2, search={"fuse": 4, "sampler": "grid"},
+                  model={"family": "mlp", "depth": 1, "width": {"choice": [16, 32]}},
+                  train={"max_epochs": 2, "batch_size": 128, "optimizer": "adam",
+                         "lr": 1e-2})
+    note = runner.invoke(app, ["validate", str(file)])
+    assert note.exit_code == 0 and "the grid sampler hands out whole parameter sets" in \
+        note.stdout
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    _run(file, storage)
+    study = optuna.load_study(study_name="fused", storage=storage)
+    assert len(study.trials) == 2
+    assert all(GROUP_ATTR not in t.user_attrs for t in study.trials)
+
+
+def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
+    file = _write(tmp_path, n_trials=4, max_epochs=3, search={"fuse": 4, "sampler": "random"},
+                  tracking={"enabled": True, "log_models": "all"},
+                  registry={"model_name": "fused-digits"})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    _run(file, storage, "--tracking-uri", uri)
+    study = optuna.load_study(study_name="fused", storage=storage)
+    client = MlflowClient(uri)
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags[GROUP_TAG] == trial.user_attrs[GROUP_ATTR] == "g0"
+        assert run.data.tags["optuna.state"] == trial.state.name
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(trial.user_attrs["epochs_run"]))
+        if trial.state.name == "COMPLETE":
+            assert run.data.metrics["test_accuracy"] == trial.user_attrs["test_accuracy"]
+            assert run.data.params["train.lr"] == str(trial.params["train.lr"])
+    promoted = runner.invoke(app, ["promote", "fused", "--storage", storage,
+                                   "--tracking-uri", uri])
+    assert promoted.exit_code == 0 and promoted.stdout.startswith("promoted: "), \
+        promoted.output
+    compare = runner.invoke(app, ["compare", "fused", "--storage", storage,
+                                  "--tracking-uri", uri])
+    assert compare.exit_code == 0 and "top 4 trials" in compare.stdout
