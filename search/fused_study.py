@@ -11,7 +11,8 @@ How a group forms, through Optuna itself so every sampler keeps working:
 3. The members train as one `FusedTrainer`. Each reports every epoch to its own Optuna
    trial and is pruned or early-stopped on its own; a finished member is told to Optuna at
    once (and the study's callbacks run for it), and its slot is refilled with a new member
-   of the same group while the trial budget lasts, otherwise the group shrinks.
+   of the same group while the trial budget lasts and the group has taken fewer than
+   `GROUP_SPAN * K` trials; otherwise the group shrinks.
 
 Each member gets exactly what an unfused trial gets (`Objective`): an MLflow child run with
 per-epoch metrics, and, when it completes, its test evaluation, figures, report and model
@@ -43,6 +44,10 @@ from .objective import Objective, PruningCallback
 from .trial_budget import SharedTrialBudget
 
 _log = logging.getLogger(__name__)
+# a group admits at most this many times K trials (K at the start, the rest as refills of
+# finished slots): refills keep the device busy, the cap makes the sampler choose a new
+# architecture (the shared part) at least every GROUP_SPAN * K trials
+GROUP_SPAN = 2
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -110,6 +115,7 @@ class FusedStudy:
         self.deadline: float | None = None
         self.callbacks: list[TrialCallback] = []
         self.deferred: list[optuna.trial.FrozenTrial] = []
+        self.admitted = 0  # trials the current group has taken
 
     # ---- the optimize loop --------------------------------------------------------------
 
@@ -144,6 +150,7 @@ class FusedStudy:
         shared = shared_values(sampled)
         first = self._start(leader, sampled, cfg, group, leader=True)
         members = [first]
+        self.admitted = 1
         while len(members) < self.k and self._more(study):
             member = self._ask(study, shared, group)
             if member is not None:
@@ -167,6 +174,7 @@ class FusedStudy:
         study.enqueue_trial(shared, user_attrs={GROUP_ATTR: group}, skip_if_exists=False)
         trial = study.ask()
         self.remaining -= 1
+        self.admitted += 1
         sampled = self.space.sample(trial)
         cfg = self.space.resolve(sampled, device=str(self.device))
         if trial.user_attrs.get(GROUP_ATTR) != group or shared_values(sampled) != shared:
@@ -199,7 +207,7 @@ class FusedStudy:
         return Member(cfg.model, cfg.train, callbacks, key=entry)
 
     def _refill(self, study: optuna.Study, shared: dict, group: str) -> Member | None:
-        while self._more(study):
+        while self._more(study) and self.admitted < GROUP_SPAN * self.k:
             member = self._ask(study, shared, group)
             if member is not None:
                 return member

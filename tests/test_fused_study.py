@@ -74,12 +74,12 @@ def test_validate_says_how_the_study_fuses(tmp_path):
 
 
 def test_fused_study_members_are_ordinary_trials(tmp_path):
-    file = _write(tmp_path, n_trials=7, search={"fuse": 3, "sampler": "random"})
+    file = _write(tmp_path, n_trials=8, search={"fuse": 3, "sampler": "random"})
     storage = f"sqlite:///{tmp_path}/optuna.db"
     _run(file, storage)
     study = optuna.load_study(study_name="fused", storage=storage)
     trials = study.trials
-    assert len(trials) == 7  # the budget counts every member
+    assert len(trials) == 8  # the budget counts every member
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                for t in trials)
     groups: dict[str, list] = {}
@@ -93,6 +93,7 @@ def test_fused_study_members_are_ordinary_trials(tmp_path):
     lrs = [t.params["train.lr"] for t in trials]
     assert len(set(lrs)) == len(lrs)  # the recipe is each trial's own
     assert max(len(m) for m in groups.values()) >= 3
+    assert len(groups) == 2 and sorted(map(len, groups.values())) == [2, 6]  # 2K, then a new one
     completed = [t for t in trials if t.state.name == "COMPLETE"]
     assert completed and all(0 < t.user_attrs["test_accuracy"] <= 1 for t in completed)
     for t in completed:  # intermediate values: one per epoch, reported by each trial itself
@@ -117,8 +118,8 @@ def test_grid_sampler_falls_back_to_unfused(tmp_path, caplog):
 
 
 def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
-    file = _write(tmp_path, n_trials=4, max_epochs=3, search={"fuse": 4, "sampler": "random"},
-                  tracking={"enabled": True, "log_models": "all"},
+    file = _write(tmp_path, n_trials=3, max_epochs=3, search={"fuse": 3, "sampler": "random"},
+                  tracking={"enabled": True, "log_models": "best"},
                   registry={"model_name": "fused-digits"})
     storage = f"sqlite:///{tmp_path}/optuna.db"
     _run(file, storage, "--tracking-uri", uri)
@@ -140,4 +141,4 @@ def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
         promoted.output
     compare = runner.invoke(app, ["compare", "fused", "--storage", storage,
                                   "--tracking-uri", uri])
-    assert compare.exit_code == 0 and "top 4 trials" in compare.stdout
+    assert compare.exit_code == 0 and "top 3 trials" in compare.stdout
