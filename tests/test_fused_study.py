@@ -142,3 +142,31 @@ def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
     compare = runner.invoke(app, ["compare", "fused", "--storage", storage,
                                   "--tracking-uri", uri])
     assert compare.exit_code == 0 and "top 3 trials" in compare.stdout
+
+
+def test_cuda_out_of_memory_halves_k_and_retrains_the_group(tmp_path, monkeypatch, caplog):
+    """The OOM path without a GPU: a trainer that 'runs out of memory' above 2 members."""
+    import torch
+
+    from tunetrack.search import fused_study
+    from tunetrack.search.runner import run_study
+
+    real = fused_study.FusedTrainer
+    sizes = []
+
+    class SmallDevice(real):
+        def fit(self):
+            sizes.append(self.net.k)
+            if self.net.k > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return super().fit()
+
+    monkeypatch.setattr(fused_study, "FusedTrainer", SmallDevice)
+    file = _write(tmp_path, n_trials=4, search={"fuse": 4, "sampler": "random"})
+    with caplog.at_level("WARNING", logger="tunetrack.search.fused_study"):
+        study = run_study(file, storage=optuna.storages.InMemoryStorage())
+    assert sizes[0] == 4 and all(k <= 2 for k in sizes[1:])
+    assert "CUDA out of memory training 4 fused trials at once; K is now 2" in caplog.text
+    assert len(study.trials) == 4
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert all(t.user_attrs["epochs_run"] >= 1 for t in study.trials)
