@@ -7,11 +7,12 @@ schedule and hyperparameters (`fused_optim`). When a member is done the caller g
 an ordinary `Classifier` (`MemberResult.model`) and may hand in the next member for the
 freed slot (`refill`); without one, the group shrinks.
 
-What the members share (`fused_fields`): the architecture and the data stream. All members see the same batches in the same order and the same
-augmentation draws, from generators seeded with the *group's* seed (the first member's
-`train.seed`), exactly as an unfused trial with that seed would see them. A member's own seed
-sets its initial weights and its dropout masks. A member that joins a running group (a
-refilled slot) starts at its own epoch 0 on the group's stream where it is then.
+What the members share (`fused_fields`): the architecture and the data stream. All
+members see the same batches in the same order and the same augmentation draws, from
+generators seeded with the *group's* seed (the first member's `train.seed`), exactly as an
+unfused trial with that seed would see them. A member's own seed sets its initial weights
+and its dropout masks. A member that joins a running group (a refilled slot) starts at its
+own epoch 0 on the group's stream where it is then.
 
 This module knows nothing of Optuna: the search side passes callbacks and a refill function.
 """
@@ -310,8 +311,7 @@ class FusedTrainer:
             self.slots = [self.slots[k] for k in keep]
             if keep:
                 self.net.keep(keep)
-                self.optimizer.bind(self.net.flat, self.net.flat_grad, self.net.l1_mask)
-                self.optimizer.keep(keep)
+                self.optimizer.keep(keep, self.net.flat, self.net.flat_grad, self.net.l1_mask)
         self._smoothing()
 
     def _place(self, k: int, member: Member) -> None:
