@@ -11,11 +11,12 @@ FUSABLE_FAMILIES = ("mlp", "cnn")
 # Everything else (init, dropout) is per member.
 SHARED_MODEL_FIELDS = ("family", "depth", "width", "activation", "batch_norm", "kernel_size",
                        "pool", "width_multiplier")
-# TrainConfig fields that fix the data stream or the form of the update: one per group.
-# Everything else (lr, weight_decay, momentum, nesterov, l1, label_smoothing, the
-# scheduler's knobs, early stopping, seed) is per member.
-SHARED_TRAIN_FIELDS = ("max_epochs", "batch_size", "optimizer", "scheduler", "augment",
-                       "eval_batch_size", "amp", "compile", "device", "stream")
+# TrainConfig fields that fix the data stream: one per group. Everything else is per
+# member: lr, weight_decay, momentum, nesterov, l1, label_smoothing, early stopping, the
+# seed, and even the optimizer and the LR scheduler with their knobs (each member's row is
+# updated by its own optimizer and schedule, `fused_optim`).
+SHARED_TRAIN_FIELDS = ("max_epochs", "batch_size", "augment", "eval_batch_size", "amp",
+                       "compile", "device", "stream")
 
 
 def is_shared(path: str) -> bool:

@@ -1,9 +1,9 @@
 """One optimizer step for all members of a `FusedNet`, each with its own hyperparameters.
 
-The members' parameters are rows of one [K, P] tensor (`FusedNet.flat`). SGD (momentum,
-Nesterov), Adam and AdamW apply torch's own fused kernel to each member's row with its own
-scalars; RMSprop is a handful of [K, P] operations with [K, 1] hyperparameter columns (see
-`FusedOptimizer`). L1 adds l1 * sign(w) to the weight elements' gradients, per member.
+The members' parameters are rows of one [K, P] tensor (`FusedNet.flat`). Each member's row
+is updated by its own optimizer (SGD with momentum/Nesterov, Adam, AdamW or RMSprop, see
+`FusedOptimizer`) with its own scalars. L1 adds l1 * sign(w) to the weight elements'
+gradients, per member, as autograd would through the unfused trainer's penalty.
 
 Where those columns come from: every member keeps a *shadow* torch optimizer on a dummy
 parameter, built by `train.build_optimizer` from its own `TrainConfig`, driven by the very
@@ -25,9 +25,7 @@ from .config import TrainConfig
 from .errors import TunetrackError
 from .train import build_optimizer, build_scheduler
 
-# per-member hyperparameter columns, in this order
-_COLUMNS = ("lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "alpha", "nesterov",
-            "l1")
+# optimizer state per kind, one [K, P] tensor each (rows of members of other kinds unused)
 _STATE = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
           "adamw": ("exp_avg", "exp_avg_sq"), "rmsprop": ("square_avg", "momentum_buffer")}
 
@@ -70,33 +68,38 @@ class MemberSchedule:
         elif self.scheduler is not None and not self.per_batch:
             self.scheduler.step()
 
-    def row(self) -> list[float]:
+    def hyper(self) -> dict:
+        """This step's hyperparameters (lr, weight decay, momentum/betas, ...) as floats."""
         g = self.group
         betas = g.get("betas", (0.0, 0.0))
-        return [g["lr"], g["weight_decay"], g.get("momentum", 0.0), betas[0], betas[1],
-                g.get("eps", 0.0), g.get("alpha", 0.0), float(bool(g.get("nesterov", False))),
-                self.cfg.l1]
+        return {"kind": self.cfg.optimizer, "lr": float(g["lr"]),
+                "weight_decay": g["weight_decay"], "momentum": g.get("momentum", 0.0),
+                "beta1": betas[0], "beta2": betas[1], "eps": g.get("eps", 0.0),
+                "alpha": g.get("alpha", 0.0), "nesterov": bool(g.get("nesterov", False))}
 
 
 class FusedOptimizer:
-    """`step()` updates `flat` from `grad` ([K, P] each) for every member at once.
+    """`step()` updates `flat` from `grad` ([K, P] each), each member by its own rule.
 
     SGD, Adam and AdamW run torch's own fused kernels (`torch._fused_sgd_`, `_fused_adam_`,
-    `_fused_adamw_`, what `torch.optim` calls with `fused=True`, as the unfused trainer
-    does) once per member on its row, with that member's scalars: bit for bit the unfused
-    update, and on CPU 2x faster than the same update as [K, P] tensor operations (0.51 vs
-    1.15 ms for 8 digits MLPs, measured here). RMSprop has no fused kernel; it is written as
-    [K, P] operations with [K, 1] hyperparameter columns, after torch's single-tensor code.
+    `_fused_adamw_`: what `torch.optim` runs with `fused=True`, as the unfused trainer
+    does) on the member's row with its own scalars, so a member's update is the unfused
+    one bit for bit; on CPU that is 2x faster than the same update as [K, P] tensor
+    operations with [K, 1] hyperparameter columns (0.51 vs 1.15 ms per step for 8 digits
+    MLPs, measured here). RMSprop has no fused kernel: it runs torch's single-tensor
+    formula on the row. Members may use different optimizers and schedules.
     """
 
     def __init__(self, flat: torch.Tensor, grad: torch.Tensor, l1_mask: torch.Tensor,
-                 optimizer: str, schedules: Sequence[MemberSchedule]):
-        if optimizer not in _STATE:
-            raise TunetrackError(f"train.optimizer must be one of {', '.join(_STATE)} to fuse "
-                                 f"trials but got {optimizer!r}")
-        self.kind = optimizer
+                 schedules: Sequence[MemberSchedule]):
         self.schedules = list(schedules)
-        self.state = {name: torch.zeros_like(flat) for name in _STATE[optimizer]}
+        kinds = {s.cfg.optimizer for s in self.schedules}
+        unknown_kinds = sorted(kinds - set(_STATE))
+        if unknown_kinds:
+            raise TunetrackError(f"train.optimizer must be one of {', '.join(_STATE)} to fuse "
+                                 f"trials but got {unknown_kinds[0]!r}")
+        names = {name for kind in _STATE for name in _STATE[kind]}
+        self.state = {name: torch.zeros_like(flat) for name in sorted(names)}
         self.steps = [torch.zeros((), device=flat.device) for _ in self.schedules]  # Adam's
         self.started = [False] * len(self.schedules)  # SGD: the first step copies the grad
         self.bind(flat, grad, l1_mask)
@@ -110,11 +113,7 @@ class FusedOptimizer:
 
     def refresh(self) -> None:
         """Read every member's hyperparameters from its shadow optimizer."""
-        self.rows = [s.row() for s in self.schedules]
-        if self.kind == "rmsprop":  # one host copy of the [K, columns] table
-            table = torch.tensor(self.rows, dtype=self.flat.dtype)
-            table = table.to(self.flat.device, non_blocking=True)
-            self.h = dict(zip(_COLUMNS, table.split(1, dim=1), strict=True))
+        self.hyper = [s.hyper() for s in self.schedules]
         l1 = [s.cfg.l1 for s in self.schedules]
         self.l1 = (torch.tensor(l1, dtype=self.flat.dtype).to(self.flat.device)[:, None]
                    * self.l1_mask if any(l1) else None)
@@ -130,6 +129,9 @@ class FusedOptimizer:
 
     def replace(self, k: int, schedule: MemberSchedule) -> None:
         """A new member in slot k: fresh state, its own schedule."""
+        if schedule.cfg.optimizer not in _STATE:
+            raise TunetrackError(f"train.optimizer must be one of {', '.join(_STATE)} to fuse "
+                                 f"trials but got {schedule.cfg.optimizer!r}")
         for buffer in self.state.values():
             buffer[k].zero_()
         self.steps[k] = torch.zeros((), device=self.flat.device)
@@ -152,30 +154,35 @@ class FusedOptimizer:
     def step(self) -> None:
         if self.l1 is not None:  # d(l1 * |w|)/dw, as autograd gives it through abs()
             self.grad.add_(torch.sign(self.flat) * self.l1)
-        if self.kind == "rmsprop":
-            self._rmsprop(self.flat, self.grad, self.h)
-            return
         rows = self._rows
-        for k, (lr, wd, momentum, beta1, beta2, eps, _alpha, nesterov, _l1) in enumerate(
-                self.rows):
-            param, grad = [rows["param"][k]], [rows["grad"][k]]
-            if self.kind == "sgd":
+        for k, h in enumerate(self.hyper):
+            param, grad, kind = rows["param"][k], rows["grad"][k], h["kind"]
+            if kind == "sgd":
                 first, self.started[k] = not self.started[k], True
-                torch._fused_sgd_(param, grad, [rows["momentum_buffer"][k]] if momentum else [],
-                                  weight_decay=wd, momentum=momentum, lr=lr, dampening=0.0,
-                                  nesterov=bool(nesterov), maximize=False, is_first_step=first)
-                continue
-            self.steps[k] += 1
-            kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
-            kernel(param, grad, [rows["exp_avg"][k]], [rows["exp_avg_sq"][k]], [],
-                   [self.steps[k]], amsgrad=False, lr=lr, beta1=beta1, beta2=beta2,
-                   weight_decay=wd, eps=eps, maximize=False)
+                buffers = [rows["momentum_buffer"][k]] if h["momentum"] else []
+                torch._fused_sgd_([param], [grad], buffers, weight_decay=h["weight_decay"],
+                                  momentum=h["momentum"], lr=h["lr"], dampening=0.0,
+                                  nesterov=h["nesterov"], maximize=False, is_first_step=first)
+            elif kind == "rmsprop":
+                self._rmsprop(param, grad, rows["square_avg"][k], rows["momentum_buffer"][k], h)
+            else:
+                self.steps[k] += 1
+                kernel = torch._fused_adamw_ if kind == "adamw" else torch._fused_adam_
+                kernel([param], [grad], [rows["exp_avg"][k]], [rows["exp_avg_sq"][k]], [],
+                       [self.steps[k]], amsgrad=False, lr=h["lr"], beta1=h["beta1"],
+                       beta2=h["beta2"], weight_decay=h["weight_decay"], eps=h["eps"],
+                       maximize=False)
 
-    def _rmsprop(self, p: torch.Tensor, g: torch.Tensor, h: dict) -> None:
-        g = g + p * h["weight_decay"]
-        square = self.state["square_avg"]
-        square.mul_(h["alpha"]).add_(g * g * (1 - h["alpha"]))
+    @staticmethod
+    def _rmsprop(p: torch.Tensor, g: torch.Tensor, square: torch.Tensor, buf: torch.Tensor,
+                 h: dict) -> None:
+        """torch.optim.RMSprop's single-tensor step (not centered)."""
+        if h["weight_decay"]:
+            g = g.add(p, alpha=h["weight_decay"])
+        square.mul_(h["alpha"]).addcmul_(g, g, value=1 - h["alpha"])
         avg = square.sqrt().add_(h["eps"])
-        buf = self.state["momentum_buffer"]  # momentum 0: buf = g / avg, torch's plain step
-        buf.mul_(h["momentum"]).add_(g / avg)
-        p.sub_(buf * h["lr"])
+        if h["momentum"] > 0:
+            buf.mul_(h["momentum"]).addcdiv_(g, avg)
+            p.add_(buf, alpha=-h["lr"])
+        else:
+            p.addcdiv_(g, avg, value=-h["lr"])

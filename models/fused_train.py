@@ -192,7 +192,7 @@ class FusedTrainer:
         self.amp_dtype = amp if amp == torch.bfloat16 else None
         self.slots = [_Slot(m, MemberSchedule(m.train, self.steps_per_epoch)) for m in members]
         self.optimizer = FusedOptimizer(self.net.flat, self.net.flat_grad, self.net.l1_mask,
-                                        cfg.optimizer, [s.schedule for s in self.slots])
+                                        [s.schedule for s in self.slots])
         self._smoothing()
         # the group's data stream: what an unfused trial seeded like the first member sees
         self.gen = torch.Generator().manual_seed(cfg.seed)

@@ -58,8 +58,8 @@ def fuse_notes(spec: StudySpec, families: list[Any] | None) -> list[str]:
                 f"parameter sets one at a time, so trials train unfused (fuse: 1)"]
     other = [f for f in families or [] if f not in FUSABLE_FAMILIES]
     notes = [f"search.fuse: up to {k} trials train at once as one model; they share "
-             f"architecture, batch size, optimizer and scheduler type, augmentation and "
-             f"batch order (docs/fused_trials.md)"]
+             f"architecture, batch size, augmentation and batch order; each has its own "
+             f"optimizer, schedule and recipe (docs/fused_trials.md)"]
     if other:
         notes.append(f"search.fuse: trials that draw model.family {', '.join(other)} train "
                      f"unfused")

@@ -4,10 +4,11 @@ How a group forms, through Optuna itself so every sampler keeps working:
 
 1. `study.optimize` asks a trial as usual: the group's *leader*. It samples its full
    parameter set; the shared part (`fused_groups.shared_values`: architecture, batch size,
-   optimizer and scheduler type, augmentation, epochs) becomes the group's.
+   augmentation, epochs) becomes the group's.
 2. Each further member is `study.enqueue_trial(shared values)` + `study.ask()`: an ordinary
-   trial whose shared parameters are fixed and whose recipe (lr, weight decay, momentum,
-   init, dropout, L1, label smoothing, scheduler knobs, seed, ...) the sampler draws.
+   trial whose shared parameters are fixed and whose recipe (optimizer, lr, weight decay,
+   momentum, init, dropout, L1, label smoothing, scheduler and its knobs, seed, ...) the
+   sampler draws.
 3. The members train as one `FusedTrainer`. Each reports every epoch to its own Optuna
    trial and is pruned or early-stopped on its own; a finished member is told to Optuna at
    once (and the study's callbacks run for it), and its slot is refilled with a new member

@@ -89,6 +89,18 @@ CASES = [("mlp", "adam", "none"), ("mlp", "sgd", "step"), ("mlp", "rmsprop", "pl
          ("cnn", "adamw", "onecycle"), ("cnn", "sgd", "cosine"), ("mlp", "adamw", "exponential")]
 
 
+def test_members_may_differ_in_optimizer_and_schedule(splits):
+    kinds = [("sgd", "onecycle"), ("adam", "step"), ("rmsprop", "cosine"), ("adamw", "plateau")]
+    members = [replace(m, train=replace(m.train, optimizer=o, scheduler=sched,
+                                        lr=m.train.lr * (0.1 if o == "rmsprop" else 1)))
+               for m, (o, sched) in zip(_members("cnn", "adam", "none"), kinds, strict=True)]
+    fused = _fit(members, splits)
+    for member in members:
+        fit, model = _solo(member, splits, group_seed=0)
+        _assert_same_history(fused[member.train.seed].fit, fit)
+        _assert_same_weights(fused[member.train.seed].model, model)
+
+
 @pytest.mark.parametrize(("family", "optimizer", "scheduler"), CASES)
 def test_member_matches_solo_training(splits, family, optimizer, scheduler):
     members = _members(family, optimizer, scheduler)
