@@ -74,12 +74,16 @@ def test_validate_says_how_the_study_fuses(tmp_path):
 
 
 def test_fused_study_members_are_ordinary_trials(tmp_path):
-    file = _write(tmp_path, n_trials=8, search={"fuse": 3, "sampler": "random"})
+    from tunetrack.search.fused_study import GROUP_SPAN
+
+    k = 2
+    n = GROUP_SPAN * k + 2  # one full group, then a new one
+    file = _write(tmp_path, n_trials=n, search={"fuse": k, "sampler": "random"})
     storage = f"sqlite:///{tmp_path}/optuna.db"
     _run(file, storage)
     study = optuna.load_study(study_name="fused", storage=storage)
     trials = study.trials
-    assert len(trials) == 8  # the budget counts every member
+    assert len(trials) == n  # the budget counts every member
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                for t in trials)
     groups: dict[str, list] = {}
@@ -92,14 +96,23 @@ def test_fused_study_members_are_ordinary_trials(tmp_path):
         assert all(s == shared[0] for s in shared)  # the group's shared part
     lrs = [t.params["train.lr"] for t in trials]
     assert len(set(lrs)) == len(lrs)  # the recipe is each trial's own
-    assert max(len(m) for m in groups.values()) >= 3
-    assert len(groups) == 2 and sorted(map(len, groups.values())) == [2, 6]  # 2K, then a new one
+    assert sorted(map(len, groups.values())) == [2, GROUP_SPAN * k]  # refills, then a new group
     completed = [t for t in trials if t.state.name == "COMPLETE"]
     assert completed and all(0 < t.user_attrs["test_accuracy"] <= 1 for t in completed)
     for t in completed:  # intermediate values: one per epoch, reported by each trial itself
         assert sorted(t.intermediate_values) == list(range(t.user_attrs["epochs_run"]))
     status = runner.invoke(app, ["status", "fused", "--storage", storage])
     assert status.exit_code == 0 and "COMPLETE" in status.stdout
+
+
+def test_a_model_based_samplers_random_start_up_trains_unfused(tmp_path):
+    file = _write(tmp_path, n_trials=5, search={"fuse": 3, "sampler": "tpe",
+                                                "n_startup_trials": 2})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    _run(file, storage)
+    trials = optuna.load_study(study_name="fused", storage=storage).trials
+    assert [GROUP_ATTR in t.user_attrs for t in trials] == [False, False, True, True, True]
+    assert {t.user_attrs[GROUP_ATTR] for t in trials[2:]} == {"g2"}
 
 
 def test_grid_sampler_falls_back_to_unfused(tmp_path, caplog):
