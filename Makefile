@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m bench.tracking_overhead
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.workers_scaling
+	$(BIN)/python -m bench.fused_trials
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db tunetrack.db .pytest_cache .ruff_cache

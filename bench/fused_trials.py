@@ -124,6 +124,8 @@ def study(n_trials: int = 32) -> dict:
         out[f"fuse{k}_seconds"] = round(time.perf_counter() - start, 1)
         out[f"fuse{k}_best"] = round(result.best_value, 4)
         out[f"fuse{k}_trials"] = len(result.trials)
+        out[f"fuse{k}_epochs"] = sum(t.user_attrs.get("epochs_run", 0) for t in result.trials)
+        out[f"fuse{k}_pruned"] = sum(t.state.name == "PRUNED" for t in result.trials)
     out["best_gap"] = round(out[f"fuse{K}_best"] - out["fuse1_best"], 4)
     out["ratio"] = round(out[f"fuse{K}_seconds"] / out["fuse1_seconds"], 3)
     return out

@@ -155,6 +155,7 @@ class FusedOptimizer:
         if self.l1 is not None:  # d(l1 * |w|)/dw, as autograd gives it through abs()
             self.grad.add_(torch.sign(self.flat) * self.l1)
         rows = self._rows
+        torch._foreach_add_(self.steps, 1)  # Adam's step counts (unused by the others)
         for k, h in enumerate(self.hyper):
             param, grad, kind = rows["param"][k], rows["grad"][k], h["kind"]
             if kind == "sgd":
@@ -166,7 +167,6 @@ class FusedOptimizer:
             elif kind == "rmsprop":
                 self._rmsprop(param, grad, rows["square_avg"][k], rows["momentum_buffer"][k], h)
             else:
-                self.steps[k] += 1
                 kernel = torch._fused_adamw_ if kind == "adamw" else torch._fused_adam_
                 kernel([param], [grad], [rows["exp_avg"][k]], [rows["exp_avg_sq"][k]], [],
                        [self.steps[k]], amsgrad=False, lr=h["lr"], beta1=h["beta1"],
