@@ -44,7 +44,7 @@ from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
 from .objective import Objective, PruningCallback
-from .trial_budget import SharedTrialBudget
+from .trial_budget import FINISHED, SharedTrialBudget
 
 _log = logging.getLogger(__name__)
 # a group admits at most this many times K trials (K at the start, the rest as refills of
@@ -119,7 +119,6 @@ class FusedStudy:
         self.remaining = 0
         self.deadline: float | None = None
         self.callbacks: list[TrialCallback] = []
-        self.deferred: list[optuna.trial.FrozenTrial] = []
         self.admitted = 0  # trials the current group has taken
 
     # ---- the optimize loop --------------------------------------------------------------
@@ -149,10 +148,18 @@ class FusedStudy:
         return len(study.get_trials(deepcopy=False, states=states)) < search.n_startup_trials
 
     def _more(self, study: optuna.Study) -> bool:
-        """May this process start another trial? (budget, timeout, `study.stop()`)"""
+        """May this process start another trial? (its budget, the study's budget shared by
+        workers, the timeout, `study.stop()`)"""
         if self.remaining <= 0 or getattr(study, "_stop_flag", False):
             return False
-        return self.deadline is None or time.monotonic() < self.deadline
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        totals = [c.total for c in self.callbacks if isinstance(c, SharedTrialBudget)]
+        if totals:  # a worker: the trials other workers finished or run count too
+            states = (*FINISHED, optuna.trial.TrialState.RUNNING,
+                      optuna.trial.TrialState.WAITING)
+            return len(study.get_trials(deepcopy=False, states=states)) < min(totals)
+        return True
 
     def __call__(self, leader: optuna.Trial) -> float | tuple[float, ...]:
         """One group, led by `leader` (whose outcome `optimize` records on return)."""
@@ -171,10 +178,7 @@ class FusedStudy:
             member = self._ask(study, shared, group)
             if member is not None:
                 members.append(member)
-        try:
-            self._train(study, members, shared, group)
-        finally:
-            self._flush_deferred(study)
+        self._train(study, members, shared, group)
         outcome = first.key.outcome
         if outcome.state == "COMPLETE":
             values = outcome.values or []
@@ -318,18 +322,11 @@ class FusedStudy:
         frozen = study.tell(trial, values if state == "COMPLETE" else None,
                             state=optuna.trial.TrialState[state])
         for callback in self.callbacks:
-            if isinstance(callback, SharedTrialBudget):
-                # it may wait for running trials: ours cannot finish while it waits
-                self.deferred.append(frozen)
-            else:
+            # a SharedTrialBudget may wait for the running trials, and the group's leader
+            # runs until the group ends: it runs once, for the leader, when `optimize` has
+            # told it (it counts the whole study, so once per group is enough)
+            if not isinstance(callback, SharedTrialBudget):
                 callback(study, frozen)
-
-    def _flush_deferred(self, study: optuna.Study) -> None:
-        waiting = [c for c in self.callbacks if isinstance(c, SharedTrialBudget)]
-        for frozen in self.deferred:
-            for callback in waiting:
-                callback(study, frozen)
-        self.deferred = []
 
 
 def _heartbeat(trial: optuna.Trial) -> Any:

@@ -183,3 +183,37 @@ def test_cuda_out_of_memory_halves_k_and_retrains_the_group(tmp_path, monkeypatc
     assert len(study.trials) == 4
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     assert all(t.user_attrs["epochs_run"] >= 1 for t in study.trials)
+
+
+def test_a_worker_fuses_on_a_storage_with_heartbeats(tmp_path):
+    """`tunetrack worker --fuse` on SQLite (heartbeats, SharedTrialBudget): the group's
+    members run heartbeats of their own, and the budget never waits for the group's own
+    leader (it did, forever, before)."""
+    import subprocess
+    import sys
+
+    file = _write(tmp_path, n_trials=4, search={"sampler": "random"})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "tunetrack.search.cli", "worker", str(file), "--storage",
+         storage, "--fuse", "2"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="fused", storage=storage).trials
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert all(GROUP_ATTR in t.user_attrs for t in trials)
+
+
+def test_fusing_workers_share_the_trial_budget(tmp_path, monkeypatch):
+    """`run --workers 2 --fuse 2`: every worker fuses, and a group asks for members only
+    while the study as a whole has room (7 trials for 4 before that check)."""
+    monkeypatch.chdir(tmp_path)  # the workers' journal lands here
+    file = _write(tmp_path, n_trials=4, search={"sampler": "random"})
+    result = runner.invoke(app, ["run", str(file), "--workers", "2", "--fuse", "2",
+                                 "--no-tracking"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    storage = f"journal:{tmp_path}/tunetrack.journal"
+    from tunetrack.search.storage import open_storage
+
+    trials = optuna.load_study(study_name="fused", storage=open_storage(storage)).trials
+    assert 4 <= len(trials) <= 5  # the same guarantee as unfused: + workers - 1 at most
+    assert all(GROUP_ATTR in t.user_attrs for t in trials)
