@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STUDY ?= studies/digits.yaml
 
-.PHONY: install browser demo test test-slow lint format bench clean
+.PHONY: install browser demo test test-slow lint format bench bench-e2e clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,13 @@ bench: install
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.workers_scaling
 	$(BIN)/python -m bench.fused_trials
+	$(MAKE) bench-e2e
+
+# the whole-process benchmarks (issue 14): what a user waits for, imports and stores included
+bench-e2e: install
+	$(BIN)/python -m bench.end_to_end_trial
+	$(BIN)/python -m bench.study_vs_script
+	$(BIN)/python -m bench.overhead
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db tunetrack.db .pytest_cache .ruff_cache

@@ -43,7 +43,8 @@ FuseOpt = Annotated[int | None, typer.Option(
 
 
 def user_errors(fn: F) -> F:
-    """Turn `TunetrackError` into one line on stderr and exit code 2."""
+    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C into one
+    line and exit code 130 (the running trial was already marked FAIL on its way out)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,6 +53,9 @@ def user_errors(fn: F) -> F:
         except TunetrackError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -69,21 +73,40 @@ def _quiet_libraries() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_NotInterrupted())
 
 
-def _load_study(name: str, storage: str | None):
-    import optuna
+class _NotInterrupted:
+    """Drop Optuna's two "trial failed" warnings (one with a traceback) for Ctrl-C: the
+    trial keeps its reason (`interrupted (SIGINT)`), the user sees one line
+    (`user_errors`)."""
 
-    from .storage import open_storage
+    def __init__(self) -> None:
+        self.follow_up: str | None = None
 
-    backend = open_storage(storage)
-    try:
-        return optuna.load_study(study_name=name, storage=backend)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
-        raise TunetrackError(
-            f"unknown study {name!r}; studies here: {', '.join(names) or 'none'}"
-        ) from None
+    def filter(self, record) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.follow_up = record.getMessage().split(" failed with ", 1)[0] + " failed with value"
+            return False
+        if self.follow_up and record.getMessage().startswith(self.follow_up):
+            self.follow_up = None
+            return False
+        return True
+
+
+def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
+    """The existing study (no store is created), its dead processes' trials cleaned up."""
+    from .shared_study import load_study
+
+    return load_study(name, storage, tracking_uri=tracking_uri)
+
+
+def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False) -> None:
+    """Refuse a tracking store of the wrong kind or half created; with `must_exist`, one
+    that is not there (reading must not create it)."""
+    from tunetrack.tracking.uri import check_mlflow_store, resolve_tracking_uri
+
+    check_mlflow_store(resolve_tracking_uri(tracking_uri), must_exist=must_exist)
 
 
 @app.command()
@@ -125,8 +148,7 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
 def run(
     file: Annotated[Path, typer.Argument(help="study file (YAML)")],
     trials: Annotated[
-        int | None,
-        typer.Option("--trials", "-n", min=1, help="trials to add [default: the file's]"),
+        int | None, typer.Option("--trials", "-n", help="trials to add [default: the file's]")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     storage: StorageOpt = None,
@@ -147,7 +169,9 @@ def run(
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .config import load_study_file
+    from .runner import check_budget
 
+    check_budget(trials, timeout)
     spec = load_study_file(file)
     if fuse is not None:
         from .fused_groups import override_fuse
@@ -221,7 +245,7 @@ def studies(storage: StorageOpt = None) -> None:
     from .reports import studies_table
     from .storage import open_storage
 
-    _console().print(studies_table(open_storage(storage)))
+    _console().print(studies_table(open_storage(storage, create=False)))
 
 
 @app.command()
@@ -232,7 +256,7 @@ def worker(
     tracking_uri: TrackingOpt = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
     trials_total: Annotated[int | None, typer.Option(
-        "--trials-total", min=1,
+        "--trials-total",
         help="finished trials the study needs, all workers together (default: the file's)")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
@@ -250,8 +274,10 @@ def worker(
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
     from .config import load_study_file
+    from .runner import check_budget
     from .stale_trials import Heartbeat
 
+    check_budget(trials_total, timeout, trials_flag="--trials-total")
     spec = load_study_file(file)
     if fuse is not None:
         from .fused_groups import override_fuse
@@ -266,12 +292,8 @@ def worker(
     from .reports import study_summary
     from .shared_study import run_worker
 
-    try:
-        study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
-                           device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
+                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
     if study is not None:
         typer.echo(study_summary(study))
 
@@ -285,12 +307,15 @@ def compare(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Top trials side by side: value, test accuracy, key params, epochs, duration, run id."""
+    """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
+    run id; then the device seconds spent to reach 90/95/99 % of the best."""
     from rich.table import Table
 
     from tunetrack.tracking import compare_trials
 
-    frame = compare_trials(_load_study(study, storage), tracking_uri=tracking_uri, top=top)
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri)
+    frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
     if csv is not None:
         frame.to_csv(csv, index=False)
     table = Table(title=f"top {len(frame)} trials of {study}")
@@ -299,6 +324,30 @@ def compare(
     for row in frame.itertuples(index=False):
         table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
                         else str(v) for v in row))
+    _console().print(table)
+    _print_cost_to_target(loaded)
+
+
+def _print_cost_to_target(study) -> None:
+    """The device seconds the study spent until its best came within 90/95/99 % of the
+    final best (`tunetrack.tracking.cost_report`)."""
+    from rich.table import Table
+
+    from tunetrack.tracking.cost_report import cost_to_target
+
+    frame = cost_to_target(study)
+    if frame.empty:
+        return
+    table = Table(title=f"cost to target of {study.study_name} (device seconds, all "
+                        f"finished trials in completion order)")
+    for column in ("target", "value", "reached by trial", "trials finished",
+                   "device seconds", "share of total"):
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(row.target, f"{row.target_value:.4g}", str(row.trial),
+                      str(row.trials_finished), f"{row.device_seconds:.2f}",
+                      "-" if row.share_of_total != row.share_of_total
+                      else f"{row.share_of_total:.0%}")
     _console().print(table)
 
 
@@ -314,7 +363,8 @@ def report(
     """One self-contained HTML report: summary, Optuna plots, top trials and the best
     trial's pictures from MLflow (opens offline; a study without completed trials still
     gets one)."""
-    loaded = _load_study(study, storage)
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri)
     _quiet_libraries()
     from tunetrack.tracking import write_report
 
@@ -335,24 +385,118 @@ def promote(
     alias: Annotated[str | None, typer.Option(help="alias to move [default: champion]")] = None,
     min_improvement: Annotated[float | None, typer.Option(
         min=0, help="test-accuracy gain needed over the champion")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="McNemar significance level the gain must reach [default: the file's, 0.05]")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="show the evidence and the decision; change nothing")] = False,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Register the best trial's model; move the alias only if it beats the champion."""
-    loaded = _load_study(study, storage)
+    """Register the best trial's model; move the alias only if it beats the champion by
+    min_improvement with McNemar p < alpha (prints n, accuracies, CI, b/c, p)."""
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri, must_exist=True)
     registry = loaded.user_attrs.get("spec", {}).get("registry") or {}
     model_name = model_name or registry.get("model_name")
     if not model_name:
         raise TunetrackError("--model-name is required (the study file has no registry section)")
     _quiet_libraries()
     from tunetrack.tracking import promote as promote_best
+    from tunetrack.tracking.registry import DEFAULT_ALPHA, evidence_lines
 
     result = promote_best(loaded, model_name=model_name,
                           alias=alias or registry.get("alias", "champion"),
                           min_improvement=(min_improvement if min_improvement is not None
                                            else registry.get("min_improvement", 0.0)),
-                          tracking_uri=tracking_uri)
-    typer.echo(("promoted: " if result.promoted else "not promoted: ") + result.message)
+                          alpha=alpha if alpha is not None else registry.get("alpha",
+                                                                             DEFAULT_ALPHA),
+                          dry_run=dry_run, tracking_uri=tracking_uri)
+    for line in evidence_lines(result):
+        typer.echo(line)
+    if result.dry_run:
+        typer.echo(result.message)
+    else:
+        typer.echo(("promoted: " if result.promoted else "not promoted: ")
+                   + result.message.removeprefix("not promoted: "))
+
+
+@app.command()
+@user_errors
+def history(
+    model_name: Annotated[str, typer.Argument(help="registered model name")],
+    alias: Annotated[str | None, typer.Option(help="only this alias [default: all]")] = None,
+    output: Annotated[str, typer.Option(
+        "--format", help="table | json")] = "table",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Every promotion decision of a registered model, promoted or refused, with its
+    evidence (n, accuracies, difference and CI, b/c, McNemar p)."""
+    if output not in ("table", "json"):
+        raise TunetrackError(f"--format must be table or json but got {output!r}")
+    _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    import json
+
+    from tunetrack.tracking import promotion_history
+
+    entries = promotion_history(model_name, alias=alias, tracking_uri=tracking_uri)
+    if output == "json":
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"promotion history of {model_name}")
+    columns = ("at", "alias", "decision", "version", "champion", "trial", "n", "candidate",
+               "champion acc", "difference [95% CI]", "b", "c", "p")
+    for column in columns:
+        table.add_column(column)
+
+    def num(value: Any, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for e in entries:
+        ci = e.get("ci95")
+        diff = "-" if e.get("difference") is None else (
+            f"{e['difference']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+        table.add_row(str(e.get("at", "-")), e["alias"], e["decision"],
+                      str(e.get("version") or "-"),
+                      str(e.get("champion_version") or e.get("replaced") or "-"),
+                      str(e.get("trial", "-")), str(e.get("n", "-")),
+                      num(e.get("candidate_test_accuracy")),
+                      num(e.get("champion_test_accuracy")), diff,
+                      str(e.get("b_champion_only", "-")), str(e.get("c_candidate_only", "-")),
+                      num(e.get("p_value"), ".3g"))
+    console = _console()
+    console.print(table)
+    for e in entries:
+        console.print(f"{e.get('at', '-')} {e['alias']} {e['decision']}: {e.get('reason', '')}",
+                      highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a trial")],
+    tolerance: Annotated[float, typer.Option(
+        help="allowed accuracy difference when a bit-exact replay is not expected")] = 0.005,
+    device: Annotated[str | None, typer.Option(
+        help="cpu | cuda | cuda:N | mps [default: the recorded one when available]")] = None,
+    log: Annotated[bool, typer.Option(help="log the reproduction as an MLflow run")] = True,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Retrain a trial from its MLflow run alone and compare it with the record: bit-exact
+    on CPU with the same versions, else within --tolerance. Exit 0 reproduced, 1 not,
+    2 bad input."""
+    _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    from .reproduce import reproduce as reproduce_run
+
+    result = reproduce_run(run_id, tracking_uri=tracking_uri, tolerance=tolerance,
+                           device=device, log=log)
+    for line in result.lines:
+        typer.echo(line)
+    raise typer.Exit(0 if result.reproduced else 1)
 
 
 @app.command()
@@ -364,6 +508,8 @@ def predict(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Classify images with a registered model; prints the top classes with probabilities."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        _check_tracking_store(tracking_uri, must_exist=True)
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 

@@ -19,6 +19,8 @@ import torch
 
 from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_parameters, create
 from tunetrack.models.config import TrialConfig
+from tunetrack.models.cost import CostMeter
+from tunetrack.models.errors import first_line
 
 from .config import StudySpec
 from .space import SearchSpace
@@ -82,14 +84,15 @@ class Objective:
                 trial=trial,
             )
         state, reason = "FAIL", ""
+        meter = CostMeter(self.device).start()
         try:
-            values, state, reason = self._train(trial, cfg, run)
+            values, state, reason = self._train(trial, cfg, run, meter)
             return values
         except optuna.TrialPruned as exc:
             state, reason = "PRUNED", str(exc)
             raise
         except torch.cuda.OutOfMemoryError as exc:
-            reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            reason = f"CUDA out of memory: {first_line(exc)}"
             raise
         except KeyboardInterrupt:
             reason = "interrupted (SIGINT)"
@@ -100,12 +103,16 @@ class Objective:
         finally:
             if state != "COMPLETE":
                 trial.set_user_attr("reason", reason)
+            cost = meter.stop().metrics()  # every trial: pruned and failed ones cost too
+            for key, value in cost.items():
+                trial.set_user_attr(key, value)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if run is not None:
+                run.log_metrics(cost)
                 run.end(state, reason, wait=False)  # final writes go on in the background
 
-    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: Any):
+    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: Any, meter: CostMeter):
         splits = self.splits
         model = create(
             cfg.model,
@@ -121,7 +128,8 @@ class Objective:
             pruning = PruningCallback(trial, self.objectives[0].metric)
             callbacks.append(pruning)
         trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
-        fit = trainer.fit()
+        with meter.on_device():
+            fit = trainer.fit()
         trial.set_user_attr("epochs_run", fit.epochs_run)
         trial.set_user_attr("stop_reason", fit.stop_reason)
         if fit.stop_reason == "non_finite":
@@ -133,8 +141,9 @@ class Objective:
                 f"pruned by {type(trial.study.pruner).__name__} at epoch "
                 f"{pruning.pruned_at} ({metric}={getattr(last, metric):.4f})"
             )
-        values = self._values(fit, trainer)
-        test = trainer.evaluate(splits.test)
+        with meter.on_device():
+            test = trainer.evaluate(splits.test)
+        values = self._values(fit, trainer, meter)
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("test_accuracy", test.accuracy)
         trial.set_user_attr("param_count", count_parameters(model))
@@ -148,12 +157,14 @@ class Objective:
             )
         return (values[0] if len(values) == 1 else tuple(values)), "COMPLETE", ""
 
-    def _values(self, fit: FitResult, trainer: Trainer) -> list[float]:
+    def _values(self, fit: FitResult, trainer: Trainer, meter: CostMeter) -> list[float]:
         best = fit.best
         out = []
         for objective in self.objectives:
             if objective.metric == "params":
                 out.append(float(count_parameters(trainer.model)))
+            elif objective.metric == "cost_device_seconds":
+                out.append(meter.device_seconds)  # training + test evaluation so far
             elif objective.metric == "latency_ms":
                 out.append(measure_latency_ms(trainer.model, self.splits, self.device))
             else:

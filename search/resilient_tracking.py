@@ -19,6 +19,8 @@ import logging
 import os
 from typing import Any
 
+from tunetrack.models.errors import first_line
+
 _log = logging.getLogger(__name__)
 
 # per call: 2 retries with 1 s back-off (~3 s), a 30 s read timeout; MLflow: 7, 2 s, 120 s
@@ -58,7 +60,7 @@ def _first_line(exc: BaseException) -> str:
     if any(hint in text for hint in _CONNECTION_HINTS):
         endpoint = text.split("API request to ", 1)[-1].split(" failed", 1)[0]
         return f"cannot connect ({endpoint})" if endpoint != text else "cannot connect"
-    line = text.splitlines()[0] if text else type(exc).__name__
+    line = first_line(exc)
     return line if len(line) <= 200 else line[:197] + "..."
 
 
@@ -189,6 +191,10 @@ class ResilientTrialRun:
         if not self._disabled:
             self._guard("on_epoch_end", self._run.on_epoch_end, result)
         return False
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if not self._disabled:
+            self._guard("log_metrics", self._run.log_metrics, metrics, step)
 
     def log_completed(self, **kwargs: Any) -> None:
         if not self._disabled:

@@ -224,14 +224,18 @@ def check_before_launch(
     """Open the storage and the tracking store once, in the parent; finished trials so far.
 
     Opening also creates Optuna's tables (and MLflow's schema and experiment), so N workers
-    on a fresh database do not race to create the same schema.
+    on a fresh database do not race to create the same schema. A study file that no longer
+    describes the existing study is one error here, not one per worker.
     """
     import optuna
 
+    from .resume import check_resume
+    from .space import SearchSpace
     from .storage import open_storage
     from .trial_budget import finished_count
 
     backend = open_storage(storage)
+    check_resume(spec, SearchSpace(spec), backend)
     if spec.tracking.enabled:
         from tunetrack.tracking import StudyTracker
         from tunetrack.tracking.client import get_or_create_experiment
@@ -240,6 +244,9 @@ def check_before_launch(
             study_name=spec.name, experiment=spec.tracking.experiment, tracking_uri=tracking_uri
         )
         tracker.check_reachable()
+        from tunetrack.tracking.uri import ensure_local_store
+
+        ensure_local_store(tracker.tracking_uri)  # two launches at once: created once
         if not tracker.tracking_uri.startswith(("http://", "https://")):  # a server migrates
             get_or_create_experiment(tracker.client, tracker.experiment_name,
                                      tracker.tracking_uri)

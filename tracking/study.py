@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -26,7 +25,8 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import unknown
 
 from . import tags as T
-from .uri import check_reachable, resolve_tracking_uri, sqlite_path
+from .compare import direction_sign
+from .uri import check_reachable, file_lock, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -45,7 +45,8 @@ SYSTEM_METRICS_INTERVAL_S = 10.0
 
 
 def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "MAXIMIZE" else a < b
+    sign = direction_sign(direction)
+    return sign * a < sign * b
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -167,21 +168,16 @@ class StudyTracker:
             lock = _LOCKS.setdefault(key, threading.Lock())
         with lock:
             db = sqlite_path(self.tracking_uri)
-            if db is None or os.name == "nt":
+            if db is None:
                 yield
                 return
-            import fcntl
             import hashlib
 
             name = hashlib.blake2b(repr(key).encode(), digest_size=6).hexdigest()
             path = db.parent / "mlruns" / f".parent-{name}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with file_lock(path):
+                yield
 
     def _create_parent(self, study: optuna.Study) -> str:
         client = self.client

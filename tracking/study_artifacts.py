@@ -21,6 +21,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from tunetrack.models.errors import first_line
+
 from . import tags as T
 
 _log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def write_plots(study: optuna.Study, out: Path) -> StudySummary:
                 finally:
                     plt.close(fig)
             except Exception as exc:  # e.g. importances with a constant parameter
-                summary.skipped[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                summary.skipped[name] = f"{type(exc).__name__}: {first_line(exc)}"
                 _log.info("study plot %s skipped: %s", name, summary.skipped[name])
     return summary
 

@@ -106,6 +106,12 @@ class TrialRun:
         self._link(wait=False)
         return False
 
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Queue metrics known once, not per epoch (e.g. the trial's `cost_*`), at `step`."""
+        stamp = int(time.time() * 1000)
+        self._rows += [(key, float(value), stamp, step) for key, value in metrics.items()]
+        self._send_metrics()
+
     def _send_metrics(self) -> None:
         if self._rows:
             self._submit(trial_tasks.log_metrics, self._rows)
