@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .augment import augment_batch, check_augment, mix_batch
+from .augment import augment_batch, mix_batch
 from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .choices import MONITORS
 from .config import ModelConfig, TrainConfig
@@ -83,6 +83,14 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor,
         return nll
     uniform = -logp.sum(2).mean(1)
     return (1 - smoothing) * nll + uniform * (smoothing / c)
+
+
+def _check(member: Member) -> None:
+    """What the unfused `Trainer` refuses, refused here too."""
+    monitor = member.train.early_stopping.monitor
+    if monitor not in MONITORS:
+        raise unknown("early_stopping.monitor", monitor, MONITORS)
+    member.train.check()
 
 
 class _Slot:
@@ -166,15 +174,9 @@ class FusedTrainer:
         differ = group_differences(members)
         if differ:
             raise TunetrackError(f"members of a fused group must share {', '.join(differ)}")
-        cfg = members[0].train
         for member in members:
-            if member.train.early_stopping.monitor not in MONITORS:
-                raise unknown("early_stopping.monitor", member.train.early_stopping.monitor,
-                              MONITORS)
-        check_augment(cfg.augment)
-        if cfg.batch_size < 1 or cfg.max_epochs < 1:
-            raise TunetrackError(f"train.batch_size and train.max_epochs must be >= 1, got "
-                                 f"{cfg.batch_size} and {cfg.max_epochs}")
+            _check(member)
+        cfg = members[0].train
         self.cfg, self.splits = cfg, splits
         self.device = device or resolve_device(cfg.device)
         self.refill, self.on_done = refill, on_done
@@ -315,6 +317,7 @@ class FusedTrainer:
         self._smoothing()
 
     def _place(self, k: int, member: Member) -> None:
+        _check(member)
         differ = group_differences([self.slots[k].member, member])
         if differ:
             raise TunetrackError(f"a refill must share {', '.join(differ)} with its group")

@@ -39,6 +39,7 @@ import optuna
 import torch
 
 from tunetrack.models import Trainer, count_parameters
+from tunetrack.models.cost import CostMeter
 from tunetrack.models.fused_fields import FUSABLE_FAMILIES
 from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
 
@@ -72,6 +73,7 @@ class _Trial:
     run: Any
     pruning: PruningCallback | None
     leader: bool  # told by `optimize` when the group ends; the others by us as they finish
+    meter: CostMeter
     heartbeat: Any = None
     closed: bool = False
     outcome: _Outcome = field(default_factory=_Outcome)
@@ -98,11 +100,12 @@ class MemberTracking:
             run.log_completed(model=evaluator.model, splits=self.splits, test_eval=test,
                               fit=fit, log_model=self.tracker.wants_model(trial.study, value))
 
-    def end(self, run: Any, group: str, outcome: _Outcome) -> None:
+    def end(self, run: Any, group: str, outcome: _Outcome, cost: dict[str, float]) -> None:
         if run is None:
             return
         from .resilient_tracking import tracking_errors
 
+        run.log_metrics(cost)
         with contextlib.suppress(*tracking_errors()):  # the tag is a nicety, never a failure
             self.tracker.client.set_tag(run.run_id, GROUP_TAG, group)
         run.end(outcome.state, outcome.reason, wait=False)
@@ -111,8 +114,14 @@ class MemberTracking:
 class FusedStudy:
     """`study.optimize` driver for fused groups: one `optimize` step = one group."""
 
-    def __init__(self, objective: Objective, k: int):
+    def __init__(self, objective: Objective, k: int, *,
+                 run_trial: Callable[[optuna.Trial], Any] | None = None,
+                 mark_owner: Callable[[optuna.Trial], Any] | None = None):
         self.objective = objective
+        # an unfused trial through the runner's wrapper; `mark_owner(trial)` notes which
+        # process runs a trial (runner._owned), for the members the wrapper never sees
+        self.run_trial = run_trial or objective
+        self.mark_owner = mark_owner or (lambda trial: None)
         self.space, self.splits, self.device = objective.space, objective.splits, objective.device
         self.tracking = MemberTracking(objective)
         self.k = k
@@ -168,7 +177,8 @@ class FusedStudy:
         sampled = self.space.sample(leader)
         cfg = self.space.resolve(sampled, device=str(self.device))
         if self.k == 1 or cfg.model.family not in FUSABLE_FAMILIES or self._starting(study):
-            return self.objective(leader)  # re-sampling returns the values already drawn
+            return self.run_trial(leader)  # re-sampling returns the values already drawn
+        self.mark_owner(leader)
         group = f"g{leader.number}"
         shared = shared_values(sampled)
         first = self._start(leader, sampled, cfg, group, leader=True)
@@ -193,6 +203,7 @@ class FusedStudy:
         """A new member: enqueue the group's shared values, ask, let the sampler fill in."""
         study.enqueue_trial(shared, user_attrs={GROUP_ATTR: group}, skip_if_exists=False)
         trial = study.ask()
+        self.mark_owner(trial)
         self.remaining -= 1
         self.admitted += 1
         sampled = self.space.sample(trial)
@@ -205,7 +216,7 @@ class FusedStudy:
 
     def _alone(self, trial: optuna.Trial) -> tuple[str, list[float] | None]:
         try:
-            value = self.objective(trial)
+            value = self.objective(trial)  # its owner is noted already (`_ask`)
         except optuna.TrialPruned:
             return "PRUNED", None
         except Exception as exc:  # recorded as the trial's reason by the objective
@@ -220,7 +231,7 @@ class FusedStudy:
         pruning = None
         if not self.objective.spec.search.multi_objective:  # Optuna prunes single-objective
             pruning = PruningCallback(trial, self.objective.objectives[0].metric)
-        entry = _Trial(trial, sampled, run, pruning, leader)
+        entry = _Trial(trial, sampled, run, pruning, leader, CostMeter(self.device).start())
         if not leader:  # the leader's heartbeat is optimize's; a member's is ours
             entry.heartbeat = _heartbeat(trial)
         callbacks = [c for c in (run, pruning) if c is not None]
@@ -265,6 +276,8 @@ class FusedStudy:
         """What `Objective` does after `fit`, for one member; then tell Optuna."""
         entry: _Trial = result.member.key
         trial, fit, outcome = entry.trial, result.fit, entry.outcome
+        # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
+        entry.meter.device_seconds += sum(r.epoch_seconds for r in fit.history)
         trial.set_user_attr("epochs_run", fit.epochs_run)
         trial.set_user_attr("stop_reason", fit.stop_reason)
         if fit.stop_reason == "non_finite":
@@ -279,15 +292,15 @@ class FusedStudy:
             self._complete(entry, result)
         if outcome.state != "COMPLETE":
             trial.set_user_attr("reason", outcome.reason)
-        self.tracking.end(entry.run, group, outcome)
-        self._close(entry)
+        self._end(entry, group)
 
     def _complete(self, entry: _Trial, result: MemberResult) -> None:
         """The member's test evaluation, values and report, as for an unfused trial."""
         member, splits = result.member, self.splits
         evaluator = Trainer(result.model, member.train, splits, device=self.device)
-        values = self.objective._values(result.fit, evaluator)
-        test = evaluator.evaluate(splits.test)
+        with entry.meter.on_device():
+            test = evaluator.evaluate(splits.test)
+        values = self.objective._values(result.fit, evaluator, entry.meter)
         trial = entry.trial
         trial.set_user_attr("best_epoch", result.fit.best_epoch)
         trial.set_user_attr("test_accuracy", test.accuracy)
@@ -303,8 +316,15 @@ class FusedStudy:
                 continue
             entry.outcome.state, entry.outcome.reason = "FAIL", reason
             entry.trial.set_user_attr("reason", reason)
-            self.tracking.end(entry.run, group, entry.outcome)
-            self._close(entry)
+            self._end(entry, group)
+
+    def _end(self, entry: _Trial, group: str) -> None:
+        """The trial's cost (as `Objective` records it), its run ended, Optuna told."""
+        cost = entry.meter.stop().metrics()
+        for key, value in cost.items():
+            entry.trial.set_user_attr(key, value)
+        self.tracking.end(entry.run, group, entry.outcome, cost)
+        self._close(entry)
 
     def _close(self, entry: _Trial) -> None:
         """Tell Optuna (the leader is told by `optimize`) and run the study's callbacks."""
@@ -338,18 +358,23 @@ def _heartbeat(trial: optuna.Trial) -> Any:
     return thread
 
 
-def optimize_fused(study: optuna.Study, objective: Objective, *, n_trials: int,
+def optimize_fused(study: optuna.Study, objective: Objective,
+                   run_trial: Callable[[optuna.Trial], Any], *, n_trials: int,
                    timeout: float | None, catch: tuple[type[Exception], ...],
-                   callbacks: Sequence[TrialCallback]) -> None:
-    """`study.optimize` with `search.fuse` groups (runner.run_study calls this when K > 1)."""
+                   callbacks: Sequence[TrialCallback],
+                   mark_owner: Callable[[optuna.Trial], Any] | None = None) -> None:
+    """`study.optimize` with `search.fuse` groups (runner.run_study calls this when K > 1).
+
+    `run_trial`: how the runner runs one trial unfused (`objective` wrapped); `mark_owner`:
+    what that wrapper notes on a trial before running it, for the members it never sees."""
     spec = objective.spec
     families = objective.space.options("model.family")
     for note in fuse_notes(spec, families):
         _log.warning("note: %s", note)
     k = effective_fuse(spec)
     if k == 1:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=catch,
+        study.optimize(run_trial, n_trials=n_trials, timeout=timeout, catch=catch,
                        callbacks=callbacks)
         return
-    FusedStudy(objective, k).optimize(study, n_trials=n_trials, timeout=timeout, catch=catch,
-                                      callbacks=callbacks)
+    fused = FusedStudy(objective, k, run_trial=run_trial, mark_owner=mark_owner)
+    fused.optimize(study, n_trials=n_trials, timeout=timeout, catch=catch, callbacks=callbacks)

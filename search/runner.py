@@ -150,7 +150,8 @@ def run_study(
 
         ensure_local_store(tracker.tracking_uri)  # once, even when processes start together
         tracker.start_study(study)
-    objective = _owned(Objective(spec, space, splits, dev, tracker), study)
+    plain = Objective(spec, space, splits, dev, tracker)
+    objective = _owned(plain, study)
     all_callbacks: list[Any] = list(callbacks)
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -161,7 +162,8 @@ def run_study(
 
         from .fused_study import optimize_fused
 
-        optimize = partial(optimize_fused, study)
+        optimize = partial(optimize_fused, study, plain,
+                           mark_owner=_owned(lambda trial: None, study))
     try:
         optimize(
             objective,

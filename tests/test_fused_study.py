@@ -145,12 +145,15 @@ def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == list(range(trial.user_attrs["epochs_run"]))
+        assert 0 < trial.user_attrs["cost_device_seconds"] <= trial.user_attrs[
+            "cost_wall_seconds"]  # its share of the group's epochs, plus its test pass
+        assert run.data.metrics["cost_wall_seconds"] == trial.user_attrs["cost_wall_seconds"]
         if trial.state.name == "COMPLETE":
             assert run.data.metrics["test_accuracy"] == trial.user_attrs["test_accuracy"]
             assert run.data.params["train.lr"] == str(trial.params["train.lr"])
     promoted = runner.invoke(app, ["promote", "fused", "--storage", storage,
                                    "--tracking-uri", uri])
-    assert promoted.exit_code == 0 and promoted.stdout.startswith("promoted: "), \
+    assert promoted.exit_code == 0 and "\npromoted: promoted trial #" in promoted.stdout, \
         promoted.output
     compare = runner.invoke(app, ["compare", "fused", "--storage", storage,
                                   "--tracking-uri", uri])
