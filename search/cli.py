@@ -7,7 +7,10 @@ on stderr and exit with code 2; bugs keep their traceback.
 
 from __future__ import annotations
 
+import enum
 import functools
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,7 @@ import typer
 from tunetrack.models.errors import TunetrackError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Hyperparameter search and experiment tracking for PyTorch image "
@@ -40,6 +43,100 @@ TrackingOpt = Annotated[
 ]
 FuseOpt = Annotated[int | None, typer.Option(
     min=1, help="train up to K trials at once as one model [default: the file's search.fuse]")]
+
+
+class OutputFormat(str, enum.Enum):
+    """`--format` of the reading commands (search/reports.py renders each)."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", case_sensitive=False,
+                 help="table for people; json or csv for scripts"),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress",
+                 help="progress bars [default: on when a terminal watches]"),
+]
+LOG_LEVEL_ENV = "TUNETRACK_LOG_LEVEL"  # -v / -q, inherited by worker processes
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import version
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in ("optuna", "mlflow", "torch"))
+    typer.echo(f"tunetrack {version('tunetrack')} ({libraries})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the versions and exit")
+    ] = False,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True,
+        help="-v: tunetrack's info messages; -vv: debug, and Optuna's and MLflow's info")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="errors only")] = False,
+) -> None:
+    """Hyperparameter search and experiment tracking for PyTorch image classifiers
+    (Optuna + MLflow)."""
+    _configure_logging(verbose, quiet)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever `sys.stderr` is at the time (as logging's last resort does), so
+    redirected or captured stderr gets the messages too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    """tunetrack's loggers at WARNING (plain messages, as before), INFO with -v, DEBUG with
+    -vv, ERROR with -q. Without -v/-q the level comes from TUNETRACK_LOG_LEVEL, which is
+    set here for the worker processes `run --workers` starts."""
+    if quiet:
+        level = "ERROR"
+    elif verbose:
+        level = "INFO" if verbose == 1 else "DEBUG"
+    else:
+        level = os.environ.get(LOG_LEVEL_ENV, "WARNING").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise typer.BadParameter(f"{LOG_LEVEL_ENV} must be DEBUG, INFO, WARNING or ERROR "
+                                     f"but got {level!r}")
+    os.environ[LOG_LEVEL_ENV] = level
+    # MLflow sets its own logger to INFO when it is imported, here and in the tracking
+    # helper process ("Creating initial MLflow database tables..."), unless told otherwise
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(_library_level()))
+    logger = logging.getLogger("tunetrack")
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    fmt = "%(message)s" if level in ("WARNING", "ERROR", "CRITICAL") else (
+        "%(levelname)s %(name)s: %(message)s")
+    for handler in logger.handlers:
+        if isinstance(handler, _StderrHandler):
+            handler.setFormatter(logging.Formatter(fmt))
+
+
+def _emit(rendered: Any) -> None:
+    """A rich renderable to the console; JSON / CSV text verbatim (no wrapping, no markup)."""
+    if isinstance(rendered, str):
+        typer.echo(rendered, nl=not rendered.endswith("\n"))
+    else:
+        _console().print(rendered)
 
 
 def user_errors(fn: F) -> F:
@@ -67,13 +164,18 @@ def _console():
 
 
 def _quiet_libraries() -> None:
-    import logging
-
+    """Optuna and MLflow at WARNING (ERROR with -q, INFO with -vv): their per-trial info
+    lines would drown tunetrack's own output."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(_library_level())
+    logging.getLogger("mlflow").setLevel(_library_level())
     logging.getLogger("optuna.study._optimize").addFilter(_NotInterrupted())
+
+
+def _library_level() -> int:
+    level = logging.getLevelName(os.environ.get(LOG_LEVEL_ENV, "WARNING"))
+    return logging.INFO if level == logging.DEBUG else max(level, logging.WARNING)
 
 
 class _NotInterrupted:
@@ -156,7 +258,7 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: ProgressOpt = None,
     threads: Annotated[int | None, typer.Option(
         min=1, help="torch threads on CPU [default: 1, or OMP_NUM_THREADS]")] = None,
     workers: Annotated[
@@ -187,18 +289,14 @@ def run(
 
         raise typer.Exit(run_workers(file, spec, workers=workers, gpus=gpus, storage=storage,
                                      tracking_uri=tracking_uri, device=device, trials=trials,
-                                     timeout=timeout, data=data))
+                                     timeout=timeout, data=data, progress=progress))
     from .progress import StudyProgress
     from .runner import run_study
 
     total = trials or spec.search.n_trials
-    options = dict(n_trials=total, timeout=timeout, storage=storage, tracking_uri=tracking_uri,
-                   device=device, threads=threads)
-    if progress:
-        with StudyProgress(spec.name, total) as bar:
-            study = run_study(spec, callbacks=[bar], **options)
-    else:
-        study = run_study(spec, **options)
+    study = run_study(spec, n_trials=total, timeout=timeout, storage=storage,
+                      tracking_uri=tracking_uri, device=device, threads=threads,
+                      progress=StudyProgress(spec.name, total, enabled=progress))
     _print_summary(study, spec, tracking_uri)
 
 
@@ -219,33 +317,37 @@ def _print_summary(study, spec, tracking_uri: str | None) -> None:
 @app.command()
 @user_errors
 def status(
-    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Table of the study's trials: state, value, params, epochs run, duration."""
-    from .reports import trials_table
+    """The study's trials: state, value, test accuracy, epochs run, duration, params."""
+    from .reports import render, trial_records, trials_table
 
-    _console().print(trials_table(_load_study(study, storage)))
+    records = trial_records(_load_study(study, storage))
+    _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}")))
 
 
 @app.command()
 @user_errors
 def best(
-    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Best value and parameters (the Pareto front for multi-objective studies)."""
-    from .reports import best_table
+    from .reports import best_records, best_table, render
 
-    _console().print(best_table(_load_study(study, storage)))
+    records = best_records(_load_study(study, storage))
+    _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}")))
 
 
 @app.command()
 @user_errors
-def studies(storage: StorageOpt = None) -> None:
+def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
     """List the studies in the storage."""
-    from .reports import studies_table
+    from .reports import render, studies_table, study_records
     from .storage import open_storage
 
-    _console().print(studies_table(open_storage(storage, create=False)))
+    _emit(render(study_records(open_storage(storage, create=False)), fmt.value, studies_table))
 
 
 @app.command()
@@ -269,6 +371,7 @@ def worker(
     max_retry: Annotated[int, typer.Option(min=0, help="retries of a dead worker's trial")] = 2,
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
+    progress: ProgressOpt = None,
     fuse: FuseOpt = None,
 ) -> None:
     """Join (or create) the study in FILE; run trials until it has enough, all workers
@@ -293,7 +396,8 @@ def worker(
     from .shared_study import run_worker
 
     study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
-                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
+                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads,
+                       progress=progress)
     if study is not None:
         typer.echo(study_summary(study))
 
@@ -306,26 +410,23 @@ def compare(
     csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
-    run id; then the device seconds spent to reach 90/95/99 % of the best."""
-    from rich.table import Table
-
+    run id; then (as a table) the device seconds spent to reach 90/95/99 % of the best."""
     from tunetrack.tracking import compare_trials
+
+    from .reports import render, rows_table
 
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
     frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
     if csv is not None:
         frame.to_csv(csv, index=False)
-    table = Table(title=f"top {len(frame)} trials of {study}")
-    for column in frame.columns:
-        table.add_column(str(column).removeprefix("params_"))
-    for row in frame.itertuples(index=False):
-        table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
-                        else str(v) for v in row))
-    _console().print(table)
-    _print_cost_to_target(loaded)
+    records = frame.to_dict("records")
+    _emit(render(records, fmt.value, lambda r: rows_table(r, f"top {len(r)} trials of {study}")))
+    if fmt is OutputFormat.table:  # JSON / CSV stay one parseable document
+        _print_cost_to_target(loaded)
 
 
 def _print_cost_to_target(study) -> None:
@@ -506,6 +607,7 @@ def predict(
     path: Annotated[str, typer.Argument(help="an image file or a folder of images")],
     top: Annotated[int, typer.Option(min=1, help="classes per image")] = 3,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Classify images with a registered model; prints the top classes with probabilities."""
     if model_uri.startswith(("models:/", "runs:/")):
@@ -513,8 +615,10 @@ def predict(
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 
-    for image, ranked in predict_images(model_uri, path, top=top, tracking_uri=tracking_uri):
-        typer.echo(f"{image}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+    from .reports import prediction_lines, prediction_records, render
+
+    predictions = predict_images(model_uri, path, top=top, tracking_uri=tracking_uri)
+    _emit(render(prediction_records(predictions), fmt.value, prediction_lines))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

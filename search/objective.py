@@ -65,6 +65,7 @@ class Objective:
     splits: Splits
     device: torch.device
     tracker: Any = None  # tunetrack.tracking.StudyTracker, or None when tracking is off
+    progress: Any = None  # search.progress.StudyProgress: a bar of each trial's epochs
     objectives: list = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +124,8 @@ class Objective:
             seed=cfg.train.seed,
         )
         callbacks: list[Any] = [run] if run is not None else []
+        if self.progress is not None:
+            callbacks.append(self.progress.for_trial(trial.number, cfg.train.max_epochs))
         pruning = None
         if not self.spec.search.multi_objective:  # Optuna prunes single-objective only
             pruning = PruningCallback(trial, self.objectives[0].metric)

@@ -7,6 +7,8 @@ never creates an empty study row or an orphan MLflow run.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec, load_study_file
 from .first_trial_seed import FirstTrialSeeded
+from .progress import StudyProgress
 from .resume import check_resume, remember
 from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
@@ -69,7 +72,17 @@ def create_or_load(
     except ValueError as exc:
         raise TunetrackError(f"study {spec.name!r}: {exc}") from None
     remember(study, spec, space)
+    _name_metrics(study, [o.metric for o in spec.search.objective_list])
     return study
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Optuna's dashboard and `trials_dataframe` show `val_accuracy`, not "Objective 0"."""
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def _set_cpu_threads(device: Any, threads: int | None) -> None:
@@ -105,8 +118,12 @@ def run_study(
     max_total_trials: int | None = None,
     seed_offset: int = 0,
     threads: int | None = None,
+    progress: bool | StudyProgress = False,
 ) -> optuna.Study:
     """Run `n_trials` more trials (default: the file's `search.n_trials`); returns the study.
+
+    `progress=True` draws a bar of the trials and one of the running trial's epochs (in a
+    notebook or a terminal; nothing in a log); a `StudyProgress` passed in is used as is.
 
     Re-running resumes: finished trials are kept and new ones are added. With
     `max_total_trials`, workers sharing one study stop once that many trials have finished
@@ -150,9 +167,11 @@ def run_study(
 
         ensure_local_store(tracker.tracking_uri)  # once, even when processes start together
         tracker.start_study(study)
-    plain = Objective(spec, space, splits, dev, tracker)
+    n_trials = n_trials or spec.search.n_trials
+    bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
+    plain = Objective(spec, space, splits, dev, tracker, progress=bar)
     objective = _owned(plain, study)
-    all_callbacks: list[Any] = list(callbacks)
+    all_callbacks: list[Any] = ([bar] if bar is not None else []) + list(callbacks)
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
@@ -165,13 +184,14 @@ def run_study(
         optimize = partial(optimize_fused, study, plain,
                            mark_owner=_owned(lambda trial: None, study))
     try:
-        optimize(
-            objective,
-            n_trials=n_trials or spec.search.n_trials,
-            timeout=timeout or spec.search.timeout_s,
-            catch=(torch.cuda.OutOfMemoryError,),
-            callbacks=all_callbacks,
-        )
+        with bar if bar is not None else contextlib.nullcontext():
+            optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=timeout or spec.search.timeout_s,
+                catch=(torch.cuda.OutOfMemoryError,),
+                callbacks=all_callbacks,
+            )
     finally:
         if tracker is not None:
             tracker.finish_study(study)

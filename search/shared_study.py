@@ -220,16 +220,21 @@ def run_worker(
     timeout: float | None = None,
     heartbeat: Heartbeat | None = None,
     threads: int | None = None,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
+    progress: bool | None = None,
 ) -> optuna.Study | None:
     """Join (or create) the study and run trials until `total` have finished in it.
 
     `total` defaults to the file's `search.n_trials`; it counts every worker's COMPLETE and
     PRUNED trials, old and new. Returns the study, or None when it was already done.
+    On a terminal (or with `progress=True`) a bar shows the study's finished trials, every
+    worker's, and the running trial's epochs; otherwise one line per finished trial.
     """
+    from .progress import StudyProgress
     from .runner import run_study
 
     total = total or spec.search.n_trials
+    stream = stream or sys.stdout  # at call time: the caller may have redirected it
     heartbeat = heartbeat or Heartbeat()
     label = worker_label()
     backend = open_shared_storage(storage, heartbeat, study_name=spec.name,
@@ -252,6 +257,8 @@ def run_worker(
     )
     print(f"[{label}] joining study {spec.name}: {done}/{total} trials finished",
           file=stream, flush=True)
+    bar = StudyProgress(spec.name, total, done=done, shared=True, enabled=progress)
+    lines = [] if bar.enabled else [TrialLine(label, total, stream)]
     return run_study(
         spec,
         n_trials=total - done,  # this worker never needs more; the budget stops it sooner
@@ -259,10 +266,11 @@ def run_worker(
         storage=backend,  # an open storage passes through open_storage as is
         tracking_uri=tracking_uri,
         device=device,
-        callbacks=[TrialLine(label, total, stream), budget],  # the budget may wait: last
+        callbacks=[*lines, budget],  # the budget may wait: last
         max_total_trials=total,
         seed_offset=sampler_seed_offset(),
         threads=threads,
+        progress=bar if bar.enabled else False,
     )
 
 

@@ -92,12 +92,24 @@ def open_storage(
                     raise
                 time.sleep(0.2 + random.random())  # the winner is creating the tables
         raise AssertionError("unreachable")
+    except ImportError:  # e.g. postgresql:// on SQLAlchemy < 2.1, whose default is psycopg2
+        raise TunetrackError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
         raise TunetrackError(
             f"cannot open storage {redact(url)}: {first_line(exc)}") from None
 
 
 _SCHEMA_RACE_ATTEMPTS = 4
+
+
+def _missing_driver(url: str) -> str:
+    """One line naming the DBAPI module SQLAlchemy wanted for `url` and how to get it."""
+    from sqlalchemy.engine import make_url
+
+    driver = make_url(url).get_dialect().driver
+    hint = ("pip install -e '.[postgres]' (psycopg, with SQLAlchemy >= 2.1 for postgresql://)"
+            if url.startswith("postgres") else f"install the {driver} driver")
+    return f"cannot open storage {redact(url)}: database driver {driver!r} not installed; {hint}"
 
 
 def _lost_schema_race(exc: Exception) -> bool:

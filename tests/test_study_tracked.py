@@ -8,6 +8,8 @@ registry: promote twice (second refuses), and `predict` against the champion ali
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import optuna
@@ -153,6 +155,30 @@ def test_unknown_study_and_missing_model_name_fail_cleanly(tracked_study):
         app, ["predict", "models:/no-such-model@champion", ".", "--tracking-uri", uri]
     )
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
+
+
+def test_predict_json_lists_every_image_with_ranked_probabilities(tracked_study, tmp_path):
+    import json
+
+    _, uri, _, study = tracked_study
+    client = MlflowClient(uri)
+    model_id = next(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get(
+        "tunetrack.model_id") for t in study.trials if t.state.name == "COMPLETE"
+        and client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("tunetrack.model_id"))
+    digits = load_splits(DataConfig(name="digits")).test
+    for i in range(2):
+        pixels = (digits.x[i, 0].numpy() * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"d{i}.png")
+    result = runner.invoke(app, ["predict", f"models:/{model_id}", str(tmp_path), "--top", "3",
+                                 "--tracking-uri", uri, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)
+    assert [Path(p["image"]).name for p in predictions] == ["d0.png", "d1.png"]
+    for p in predictions:
+        probabilities = [c["probability"] for c in p["predictions"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-6
+    mlflow.set_tracking_uri(None)
 
 
 def test_a_completed_trial_reproduces_bit_exact(tracked_study):

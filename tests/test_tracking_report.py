@@ -23,7 +23,7 @@ from .studyfiles import write_study
 
 runner = CliRunner(env={"COLUMNS": "200"})
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate",
-         "intermediate_values", "slice")
+         "intermediate_values", "slice", "contour", "rank", "timeline")
 PICTURES = ("curves.png", "lr.png", "confusion_matrix.png", "per_class_error.png",
             "misclassified.png", "first_layer.png", "feature_maps.png")
 PLOTLY_PLOT_BACKGROUND = (229, 236, 246)  # #E5ECF6: plotly's default plot area, drawn by JS

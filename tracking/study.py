@@ -235,6 +235,7 @@ class StudyTracker:
         import yaml
 
         from . import trial_tasks
+        from .datasets import dataset_inputs
         from .sidecar import SIDECAR
         from .trial_run import TrialRun
 
@@ -257,6 +258,7 @@ class StudyTracker:
             trial_tasks.create_run, self.tracking_uri, token, made=made,
             experiment_id=self.experiment_id, run_name=run_name, tags=tags, params=params,
             trial_yaml=yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False),
+            datasets=dataset_inputs(config.data, data_fingerprint),
             system_metrics_s=SYSTEM_METRICS_INTERVAL_S if self.system_metrics else None)
         return TrialRun(tracking_uri=self.tracking_uri, token=token, created=created,
                         run_id=made[0] if made else None,
@@ -327,6 +329,7 @@ class StudyTracker:
             summary = write_study_artifacts(study, Path(tmp))
             cf.wait(draining, timeout=300)
             self.end_orphans(study)  # after the drain: runs this process ended are not
+            _report_into(study, Path(tmp), self.tracking_uri)
             client.log_artifacts(parent, tmp)
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
@@ -350,3 +353,15 @@ class StudyTracker:
         client.log_batch(parent, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         if not counts["running"] and not counts["waiting"]:
             client.set_terminated(parent, "FINISHED")
+
+
+def _report_into(study: optuna.Study, folder: Path, tracking_uri: str) -> None:
+    """`report.html` (what `tunetrack report` writes) into `folder`, for the parent run;
+    a report that cannot be made is logged and left out, never fails the study."""
+    from .report import write_report
+
+    try:
+        write_report(study, folder / "report.html", tracking_uri=tracking_uri)
+    except Exception as exc:
+        _log.warning("report.html not logged to the parent run: %s",
+                     str(exc).strip().splitlines()[0] if str(exc).strip() else exc)

@@ -92,7 +92,8 @@ def upload(uri: str, artifact_uri: str, folder: Path) -> None:
 
 def create_run(uri: str, token: str, *, experiment_id: str, run_name: str,
                tags: dict[str, str], params: dict[str, str], trial_yaml: str,
-               system_metrics_s: float | None, made: tuple[str, str] | None = None) -> str:
+               system_metrics_s: float | None, made: tuple[str, str] | None = None,
+               datasets: list | None = None) -> str:
     """Create the child run (or adopt `made`, the (run id, artifact URI) of one the parent
     created itself) with its params and `trial.yaml`; return the run id."""
     from mlflow.entities import Param
@@ -106,6 +107,8 @@ def create_run(uri: str, token: str, *, experiment_id: str, run_name: str,
     for start in range(0, len(items), _MAX_PARAMS):
         client.log_batch(run.run_id, params=items[start:start + _MAX_PARAMS],
                          synchronous=True)
+    if datasets:  # the splits as dataset inputs (tracking/datasets.py)
+        client.log_inputs(run.run_id, datasets=datasets)
     with tempfile.TemporaryDirectory(prefix="tunetrack-trial-") as tmp:
         path = Path(tmp) / "trial.yaml"
         path.write_text(trial_yaml)

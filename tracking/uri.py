@@ -206,7 +206,7 @@ def _check_database(uri: str, timeout: float) -> None:
                     "SELECT version_num FROM alembic_version")).scalar()
     except ModuleNotFoundError as exc:
         raise TunetrackError(f"tracking URI {redact(uri)} needs the database driver "
-                             f"{exc.name!r}; pip install 'tunetrack[postgres]'") from None
+                             f"{exc.name!r}; pip install -e '.[postgres]'") from None
     except Exception as exc:  # driver errors have no common base class
         raise TunetrackError(f"cannot connect to tracking database {redact(uri)}: "
                              f"{first_line(exc)}") from None
