@@ -41,6 +41,8 @@ TrackingOpt = Annotated[
     str | None,
     typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI"),
 ]
+FuseOpt = Annotated[int | None, typer.Option(
+    min=1, help="train up to K trials at once as one model [default: the file's search.fuse]")]
 
 
 class OutputFormat(str, enum.Enum):
@@ -265,6 +267,10 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
         f"{objectives}; sampler {search.sampler}, pruner {search.pruner.type}, "
         f"{search.n_trials} trials"
     )
+    from .fused_groups import fuse_notes
+
+    for note in fuse_notes(spec, SearchSpace(spec).options("model.family")):
+        console.print(f"note: {note}")
 
 
 @app.command()
@@ -289,6 +295,7 @@ def run(
     gpus: Annotated[
         str | None, typer.Option(help="GPU ids for the workers, one each: 0,1 (default: all)")
     ] = None,
+    fuse: FuseOpt = None,
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .config import load_study_file
@@ -296,6 +303,10 @@ def run(
 
     check_budget(trials, timeout)
     spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
     if data is not None:
         spec.dataset.path = data
     if no_tracking:
@@ -389,6 +400,7 @@ def worker(
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
     progress: ProgressOpt = None,
+    fuse: FuseOpt = None,
 ) -> None:
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
@@ -398,6 +410,10 @@ def worker(
 
     check_budget(trials_total, timeout, trials_flag="--trials-total")
     spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
     if data is not None:
         spec.dataset.path = data
     if no_tracking:

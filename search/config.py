@@ -24,6 +24,7 @@ from pydantic import (
     Tag,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -190,6 +191,15 @@ class SearchSpec(BaseModel):
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int = Field(30, ge=1)
     timeout_s: float | None = Field(None, gt=0)
+    fuse: int = Field(1, strict=True)  # train up to K trials at once as one model; 1 = off
+
+    @field_validator("fuse")
+    @classmethod
+    def _check_fuse(cls, k: int) -> int:
+        if k < 1:
+            raise ValueError(f"must be >= 1 (1 = off, K = up to K trials trained as one "
+                             f"model) but got {k}")
+        return k
 
     @model_validator(mode="after")
     def _check_metric(self) -> SearchSpec:
@@ -284,9 +294,11 @@ def parse_study(raw: object, source: str = "<study>") -> StudySpec:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
         raise StudyFileError(source, _format_errors(exc)) from None
+    from .fused_groups import fuse_problems
     from .space import SearchSpace
 
     errors = SearchSpace.check(spec)
+    errors += fuse_problems(spec, SearchSpace(spec).options("model.family"))
     if errors:
         raise StudyFileError(source, errors)
     return spec

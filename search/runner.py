@@ -169,14 +169,23 @@ def run_study(
         tracker.start_study(study)
     n_trials = n_trials or spec.search.n_trials
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
-    objective = _owned(Objective(spec, space, splits, dev, tracker, progress=bar), study)
+    plain = Objective(spec, space, splits, dev, tracker, progress=bar)
+    objective = _owned(plain, study)
     all_callbacks: list[Any] = ([bar] if bar is not None else []) + list(callbacks)
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
+    optimize = study.optimize
+    if spec.search.fuse > 1:  # K trials at a time as one model (search/fused_study.py)
+        from functools import partial
+
+        from .fused_study import optimize_fused
+
+        optimize = partial(optimize_fused, study, plain,
+                           mark_owner=_owned(lambda trial: None, study))
     try:
         with bar if bar is not None else contextlib.nullcontext():
-            study.optimize(
+            optimize(
                 objective,
                 n_trials=n_trials,
                 timeout=timeout or spec.search.timeout_s,

@@ -323,6 +323,8 @@ def run_workers(
             worker_args += [flag, str(value)]
     if not spec.tracking.enabled:
         worker_args.append("--no-tracking")
+    if spec.search.fuse != 1:  # `run --fuse K` reaches every worker
+        worker_args += ["--fuse", str(spec.search.fuse)]
     if heartbeat is not None:
         worker_args += [
             "--heartbeat-interval", str(heartbeat.interval_s),
