@@ -81,16 +81,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--script-threads", type=int,
-                        help="the plain script's torch threads [default: torch's own]")
+    parser.add_argument("--script-threads", type=int, default=1, help=(
+        "the plain script's torch threads; 0: torch's own default (2 here), which collapses "
+        "several-fold whenever other work shares the cores [default: 1, tunetrack's]"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"tunetrack": cli_side(Path(tmp), args.epochs),
-                 "plain": plain_side(Path(tmp), args.epochs, args.script_threads)}
+                 "plain": plain_side(Path(tmp), args.epochs, args.script_threads or None)}
         runs = alternate(sides, args.repeats)
     out: dict = {"bench": "end_to_end_trial", "epochs": args.epochs, "repeats": args.repeats,
                  "model": f"mlp {DEPTH}x{WIDTH}, batch {BATCH}, adam lr {LR}",
-                 "script_threads": args.script_threads or "default"}
+                 "script_threads": args.script_threads or "torch default"}
     for side, results in runs.items():
         out[side] = {"seconds": median([t.seconds for t, _ in results]),
                      "runs_s": [round(t.seconds, 1) for t, _ in results],

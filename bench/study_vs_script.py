@@ -95,20 +95,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, help="[default: the file's search.n_trials]")
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--study", type=Path, default=REPO / "studies" / "digits.yaml")
-    parser.add_argument("--script-threads", type=int,
-                        help="the script's torch threads [default: torch's own]")
+    parser.add_argument("--script-threads", type=int, default=1, help=(
+        "the script's torch threads; 0: torch's own default (2 here), which collapses "
+        "several-fold whenever other work shares the cores [default: 1, tunetrack's]"))
     args = parser.parse_args()
     study_file = args.study.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         runs = alternate({
             "tunetrack": tunetrack_side(study_file, Path(tmp), args.trials, args.target),
             "script": script_side(study_file, Path(tmp), args.trials, args.target,
-                                  args.script_threads),
+                                  args.script_threads or None),
         }, args.repeats)
     ours, script = summary(runs["tunetrack"]), summary(runs["script"])
     out: dict = {"bench": "study_vs_script", "study": study_file.name,
                  "trials": args.trials or "file's", "repeats": args.repeats,
-                 "target": args.target, "script_threads": args.script_threads or "default",
+                 "target": args.target, "script_threads": args.script_threads or "torch default",
                  "tunetrack": ours, "script": script,
                  "best_no_worse": ours["best"] >= script["best"]}
     if ours["to_target_s"] and script["to_target_s"]:
