@@ -5,13 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STUDY ?= studies/digits.yaml
 
-.PHONY: install browser demo test test-slow lint format bench clean
+.PHONY: install browser demo test test-slow lint format bench bench-e2e clean
+
+# pip's and the build backend's output go to a log that is shown only when a step fails,
+# so `make demo` shows the study and nothing else.
+PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off $(BIN)/pip
+INSTALL_LOG := $(VENV)/install.log
 
 $(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,postgres]'
-	touch $@
+	@echo "setting up $(VENV) (pip log: $(INSTALL_LOG))"
+	@$(PY) -m venv $(VENV)
+	@{ $(PIP) install --upgrade pip && $(PIP) install -e '.[dev,postgres]'; } \
+		> $(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG); \
+		echo "install failed; the whole log: $(INSTALL_LOG)" >&2; exit 1; }
+	@touch $@
 
 install: $(STAMP)
 
@@ -26,7 +33,7 @@ browser:
 	echo "browser: could not install chromium; the browser test will be skipped"; }
 
 demo: install
-	$(BIN)/tunetrack run $(STUDY)
+	@$(BIN)/tunetrack run $(STUDY)
 
 # pytest exit code 5 means "no tests collected": not a failure of the suite itself
 test: install browser
@@ -51,6 +58,14 @@ bench: install
 	$(BIN)/python -m bench.tracking_overhead
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.workers_scaling
+	$(BIN)/python -m bench.fused_trials
+	$(MAKE) bench-e2e
+
+# the whole-process benchmarks (issue 14): what a user waits for, imports and stores included
+bench-e2e: install
+	$(BIN)/python -m bench.end_to_end_trial
+	$(BIN)/python -m bench.study_vs_script
+	$(BIN)/python -m bench.overhead
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db tunetrack.db .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ Run: python -m bench.study_time_to_target [--trials 30] [--target 0.97]
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import tempfile
 import time
@@ -18,18 +19,7 @@ from pathlib import Path
 
 import optuna
 
-
-class TimeToTarget:
-    """Optuna callback noting when a trial first reaches the target value."""
-
-    def __init__(self, target: float):
-        self.target, self.start = target, time.perf_counter()
-        self.reached: float | None = None
-        self.trial: int | None = None  # number of the first trial that reached it
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.reached is None and trial.value is not None and trial.value >= self.target:
-            self.reached, self.trial = time.perf_counter() - self.start, trial.number
+from bench.wholeprocess import finished_trials, time_to_target
 
 
 def same_value_as_plain(spec):
@@ -57,38 +47,33 @@ def main() -> None:
     splits = load_splits(SearchSpace(spec).resolve({}).data)
     out: dict = {"bench": "study_time_to_target", "trials": args.trials, "target": args.target}
     with tempfile.TemporaryDirectory() as tmp:
-        plain = TimeToTarget(args.target)
+        since = dt.datetime.now()
         seconds, study = run_textbook_study(
-            spec,
-            splits,
-            n_trials=args.trials,
-            tracking_uri=f"sqlite:///{tmp}/plain.db",
-            on_trial=plain,
-        )
+            spec, splits, n_trials=args.trials, tracking_uri=f"sqlite:///{tmp}/plain.db")
+        plain, plain_trial = time_to_target(finished_trials(study), since, args.target)
         out["plain"] = {
             "seconds": round(seconds, 1),
-            "to_target_s": plain.reached and round(plain.reached, 1),
-            "target_trial": plain.trial,
+            "to_target_s": plain and round(plain, 1),
+            "target_trial": plain_trial,
             "best": round(study.best_value, 4),
         }
-        ours = TimeToTarget(args.target)
-        start = time.perf_counter()
+        since, start = dt.datetime.now(), time.perf_counter()
         study = run_study(
             spec,
             n_trials=args.trials,
             storage=f"sqlite:///{tmp}/t.db",
             tracking_uri=f"sqlite:///{Path(tmp)}/ours.db",
-            callbacks=[ours],
         )
+        ours, ours_trial = time_to_target(finished_trials(study), since, args.target)
         out["tunetrack"] = {
             "seconds": round(time.perf_counter() - start, 1),
-            "to_target_s": ours.reached and round(ours.reached, 1),
-            "target_trial": ours.trial,
+            "to_target_s": ours and round(ours, 1),
+            "target_trial": ours_trial,
             "best": round(study.best_value, 4),
             "best_test": round(study.best_trial.user_attrs["test_accuracy"], 4),
         }
-    if plain.reached and ours.reached:
-        out["ratio"] = round(ours.reached / plain.reached, 3)
+    if plain and ours:
+        out["ratio"] = round(ours / plain, 3)
     out["ratio_total_time"] = round(out["tunetrack"]["seconds"] / out["plain"]["seconds"], 3)
     print(json.dumps(out))
 

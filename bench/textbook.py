@@ -72,6 +72,19 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     return correct / total
 
 
+def train_adam(model: nn.Module, splits, epochs: int, lr: float, batch_size: int = 64
+               ) -> list[float]:
+    """The textbook training run: Adam at `lr`, val accuracy after every epoch (returned)."""
+    train_loader, val_loader = make_loaders(splits, batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    accuracies = []
+    for _ in range(epochs):
+        train_epoch(model, train_loader, optimizer, loss_fn)
+        accuracies.append(evaluate(model, val_loader))
+    return accuracies
+
+
 def objective_factory(spec, splits):
     """The hand-written objective over the same search space as the study file.
 
@@ -134,7 +147,7 @@ def objective_factory(spec, splits):
 
 
 def run_textbook_study(
-    spec, splits, *, n_trials: int, tracking_uri: str, on_trial=None
+    spec, splits, *, n_trials: int, tracking_uri: str
 ) -> tuple[float, object]:
     """Optuna TPE + median pruner + MLflowCallback; returns (seconds, study)."""
     import optuna
@@ -150,6 +163,6 @@ def run_textbook_study(
     study.optimize(
         objective_factory(spec, splits),
         n_trials=n_trials,
-        callbacks=[callback, *([on_trial] if on_trial else [])],
+        callbacks=[callback],
     )
     return time.perf_counter() - start, study

@@ -14,7 +14,6 @@ _EXPORTS = {
     "ACTIVATIONS": "choices", "BACKBONES": "choices", "DATASETS": "choices",
     "FAMILIES": "choices", "INIT_SCHEMES": "choices", "MONITORS": "choices",
     "OPTIMIZERS": "choices", "PREPROCESSING": "choices", "SCHEDULERS": "choices",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "AugmentConfig": "config", "DataConfig": "config", "EarlyStoppingConfig": "config",
     "ModelConfig": "config", "TrainConfig": "config", "TrialConfig": "config",
     "Split": "data", "Splits": "data", "load_splits": "data",

@@ -20,14 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from .config import AugmentConfig
-from .errors import TunetrackError
-
-
-def check_augment(cfg: AugmentConfig) -> None:
-    """Raise one line naming every out-of-range knob (before any training starts)."""
-    problems = cfg.problems()
-    if problems:
-        raise TunetrackError("; ".join(problems))
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor,

@@ -63,9 +63,7 @@ def freeze_problem(backbone: str, freeze: int) -> str | None:
     with the very line a trial would fail with.
     """
     names = BACKBONE_STAGES[backbone]
-    if freeze < 0:
-        return f"model.freeze must be >= 0 (leading stages kept frozen), got {freeze}"
-    if freeze > len(names):
+    if freeze > len(names):  # `freeze >= 0` is `ModelConfig.problems`' rule
         return (f"model.freeze {freeze} is too large for backbone {backbone}: it has "
                 f"{len(names)} stages ({', '.join(names)}); allowed: 0..{len(names)}")
     return None

@@ -6,12 +6,52 @@ values only (no distributions), so a trial can be replayed from its `trial.yaml`
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# `train.device`: what `device.resolve_device` accepts (whether it exists is known at run time)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+# (field, value holds?, what is allowed): one bound of one config field
+Bound = tuple[str, bool, str]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _out_of_bounds(where: str, config: Any, bounds: Iterable[Bound]) -> list[str]:
+    """"WHERE.FIELD must be ALLOWED but got VALUE" for every bound that does not hold."""
+    return [f"{where}.{name} must be {allowed} but got {getattr(config, name)!r}"
+            for name, ok, allowed in bounds if not ok]
+
+
+class Checked:
+    """A config that knows its own bad values: `problems()` lists them (import-light: no
+    torch, so `tunetrack validate` runs the very rules the trainer runs), `check()` raises.
+
+    Every rule about one field holds on an interval or a set, so a searched range whose two
+    ends pass passes everywhere in between (what the validator relies on); the only rule
+    across fields (`dataset` fractions) sits in `DataConfig`, whose values are never searched.
+    """
+
+    def problems(self) -> list[str]:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise one `TunetrackError` line naming every bad field, before any work starts."""
+        from .errors import TunetrackError
+
+        problems = self.problems()
+        if problems:
+            raise TunetrackError("; ".join(problems))
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     name: str = "digits"  # digits | imagefolder | torchvision | synthetic
     path: str | None = None  # imagefolder: folder of class sub-folders
     id: str | None = None  # torchvision: dataset class name, e.g. FashionMNIST
@@ -27,9 +67,28 @@ class DataConfig:
     n_classes: int = 4
     shape: tuple[int, int, int] = (1, 8, 8)
 
+    def problems(self) -> list[str]:
+        """Bad values under the study file's names (`dataset.*`)."""
+        val, test = self.val_fraction, self.test_fraction
+        out = _out_of_bounds("dataset", self, [
+            ("val_fraction", 0 < val < 1, "in (0, 1)"),
+            ("test_fraction", 0 <= test < 1, "in [0, 1)"),
+            ("image_size", self.image_size is None or self.image_size >= 1, ">= 1 (pixels)"),
+            ("channels", self.channels in (None, 1, 3), "1 (grayscale) or 3 (RGB)"),
+            ("max_samples", self.max_samples is None or self.max_samples >= 1, ">= 1"),
+            ("n_samples", self.n_samples >= 1, ">= 1"),
+            ("n_classes", self.n_classes >= 2, ">= 2"),
+            ("shape", len(self.shape) == 3 and min(self.shape) >= 1,
+             "3 sizes >= 1 (channels, height, width)"),
+        ])
+        if not out and val + test >= 1:
+            out.append(f"dataset.val_fraction + dataset.test_fraction must be < 1 (the rest "
+                       f"is the training split) but got {val!r} + {test!r}")
+        return out
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     family: str = "mlp"  # mlp | cnn | resnet | torchvision (pretrained backbone, new head)
     depth: int = 2  # mlp: hidden layers; cnn: conv blocks; resnet: residual stages
     width: int = 128  # mlp: hidden units; cnn/resnet: channels of the first block
@@ -52,9 +111,26 @@ class ModelConfig:
     # imagenet preprocessing, else the images' own size; a study's dataset.image_size sets it
     input_size: int | None = None
 
+    def problems(self) -> list[str]:
+        """Bad sizes and rates; names (family, activation, ...) are checked by their
+        registries in `nets`, the number of a backbone's stages by `choices.freeze_problem`."""
+        return _out_of_bounds("model", self, [
+            ("depth", self.depth >= 1, ">= 1"),
+            ("width", self.width >= 1, ">= 1"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("kernel_size", self.kernel_size >= 1, ">= 1"),
+            ("width_multiplier", _finite(self.width_multiplier) and self.width_multiplier > 0,
+             "> 0 and finite"),
+            ("freeze", self.freeze >= 0, ">= 0 (leading stages kept frozen)"),
+            ("backbone_lr_factor",
+             _finite(self.backbone_lr_factor) and self.backbone_lr_factor > 0,
+             "> 0 and finite (freeze stages with model.freeze instead)"),
+            ("input_size", self.input_size is None or self.input_size >= 1, ">= 1 (pixels)"),
+        ])
+
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Training-split augmentation; every knob's zero (crop_scale: 1) means off.
 
     A study searches on/off and strength in one parameter by including the off value, e.g.
@@ -84,8 +160,7 @@ class AugmentConfig:
 
     def problems(self) -> list[str]:
         """Out-of-range values, one line each naming the field (import-light: no torch)."""
-        where, out = "train.augment", []
-        bounds = [
+        return _out_of_bounds("train.augment", self, [
             ("crop_padding", self.crop_padding >= 0, ">= 0 (pixels)"),
             ("crop_scale", 0 < self.crop_scale <= 1, "in (0, 1] (1 = off)"),
             ("crop_ratio", self.crop_ratio >= 1, ">= 1 (1 keeps the aspect ratio)"),
@@ -94,22 +169,25 @@ class AugmentConfig:
             ("contrast", 0 <= self.contrast <= 1, "in [0, 1]"),
             ("mixup_alpha", self.mixup_alpha >= 0, ">= 0 (0 = off)"),
             ("cutmix_alpha", self.cutmix_alpha >= 0, ">= 0 (0 = off)"),
-        ]
-        for name, ok, allowed in bounds:
-            if not ok:
-                out.append(f"{where}.{name} must be {allowed} but got {getattr(self, name)!r}")
-        return out
+        ])
 
 
 @dataclass
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(Checked):
     patience: int | None = None  # epochs without improvement; None disables
     min_delta: float = 0.0
     monitor: str = "val_loss"  # val_loss | val_accuracy
 
+    def problems(self) -> list[str]:
+        return _out_of_bounds("train.early_stopping", self, [
+            ("patience", self.patience is None or self.patience >= 1,
+             ">= 1 (epochs without improvement) or null (never stop early)"),
+            ("min_delta", _finite(self.min_delta) and self.min_delta >= 0, ">= 0 and finite"),
+        ])
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     max_epochs: int = 20
     batch_size: int = 64
     optimizer: str = "adam"  # sgd | adam | adamw | rmsprop
@@ -136,12 +214,40 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     stream: bool | None = None  # force the DataLoader path (True) or resident tensors (False)
 
+    def problems(self) -> list[str]:
+        """Bad numbers and devices, then `early_stopping` and `augment`; the optimizer and
+        scheduler names are checked by their registries in `train`."""
+        rate, nonneg = "in (0, 1] (a factor per decay)", ">= 0 and finite"
+        return _out_of_bounds("train", self, [
+            ("max_epochs", self.max_epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", _finite(self.lr) and self.lr > 0, "> 0 and finite"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", _finite(self.weight_decay) and self.weight_decay >= 0, nonneg),
+            ("l1", _finite(self.l1) and self.l1 >= 0, nonneg),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("step_size", self.step_size >= 1, ">= 1 (epochs)"),
+            ("step_gamma", 0 < self.step_gamma <= 1, rate),
+            ("exp_gamma", 0 < self.exp_gamma <= 1, rate),
+            ("cosine_eta_min", _finite(self.cosine_eta_min) and self.cosine_eta_min >= 0,
+             nonneg),
+            ("onecycle_pct_start", 0 < self.onecycle_pct_start < 1, "in (0, 1)"),
+            ("plateau_factor", 0 < self.plateau_factor < 1, "in (0, 1)"),
+            ("plateau_patience", self.plateau_patience >= 0, ">= 0 (epochs)"),
+            ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+            ("device", isinstance(self.device, str) and bool(DEVICE_PATTERN.fullmatch(
+                self.device)), "auto, cpu, cuda, cuda:N or mps"),
+        ]) + self.early_stopping.problems() + self.augment.problems()
+
 
 @dataclass
-class TrialConfig:
+class TrialConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def problems(self) -> list[str]:
+        return self.data.problems() + self.model.problems() + self.train.problems()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

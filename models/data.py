@@ -110,9 +110,7 @@ def decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
 
 def _image_mode(files: list[Path], channels: int | None) -> str:
     """Grayscale only when every image is grayscale (or asked for); RGB otherwise."""
-    if channels is not None:
-        if channels not in (1, 3):
-            raise TunetrackError(f"data.channels must be 1 or 3, got {channels}")
+    if channels is not None:  # 1 or 3: `DataConfig.problems`
         return "L" if channels == 1 else "RGB"
     from PIL import Image
 
@@ -273,12 +271,7 @@ def _fingerprint(*arrays: np.ndarray) -> str:
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load the dataset named by `cfg` and split it, stratified, by `cfg.seed`."""
-    if not 0 < cfg.val_fraction < 1:
-        raise TunetrackError(f"data.val_fraction must be in (0, 1) but got {cfg.val_fraction}")
-    if not 0 <= cfg.test_fraction < 1:
-        raise TunetrackError(f"data.test_fraction must be in [0, 1) but got {cfg.test_fraction}")
-    if cfg.val_fraction + cfg.test_fraction >= 1:
-        raise TunetrackError("data.val_fraction + data.test_fraction must be < 1")
+    cfg.check()
     official_test: np.ndarray | None = None
     if cfg.name == "torchvision":
         x, y, classes, n_train = _load_torchvision(cfg)

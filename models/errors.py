@@ -20,3 +20,11 @@ def unknown(kind: str, value: object, allowed: Iterable[str]) -> TunetrackError:
     close = difflib.get_close_matches(str(value), allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return TunetrackError(f"unknown {kind} {value!r}{hint}; allowed: {', '.join(allowed)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (MLflow's `.message` when it has one), or its type
+    name when the message is empty: drivers and MLflow wrap causes in paragraphs, and a
+    user-facing error is one line."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .choices import POOLS
 from .config import ModelConfig
-from .errors import TunetrackError, unknown
+from .errors import unknown
 from .init_schemes import LEAKY_SLOPE, apply_init
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -85,8 +86,8 @@ def _conv_bn_act(cin: int, cout: int, cfg: ModelConfig, stride: int = 1) -> list
 
 def _cnn(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn.Module:
     """Conv blocks (conv-BN-act, then 2x down-sampling while the map is >= 2 px), FC head."""
-    if cfg.pool not in ("max", "avg", "none"):
-        raise unknown("pool", cfg.pool, ["max", "avg", "none"])
+    if cfg.pool not in POOLS:
+        raise unknown("pool", cfg.pool, POOLS)
     layers: list[nn.Module] = []
     cin, size = shape[0], min(shape[1], shape[2])
     for block in range(cfg.depth):
@@ -167,16 +168,12 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     `seed` makes the initial weights reproducible without touching global RNG state
     of the caller beyond this call. `pretrained=False` skips reading `model.weights`
     (torchvision family) but keeps everything else, normalisation included: the architecture
-    for a state_dict that will overwrite every weight, as `load_checkpoint` needs.
+    for a state_dict that will overwrite every weight.
     """
     if cfg.family not in FAMILIES:
         raise unknown("model family", cfg.family, FAMILIES)
     activation(cfg.activation)  # validate before building anything
-    if cfg.depth < 1 or cfg.width < 1:
-        raise TunetrackError(f"model.depth and model.width must be >= 1, got "
-                             f"depth={cfg.depth}, width={cfg.width}")
-    if not 0 <= cfg.dropout < 1:
-        raise TunetrackError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+    cfg.check()
     shape = tuple(int(s) for s in input_shape)
     channels = shape[0]
     with torch.random.fork_rng(devices=[]):

@@ -10,26 +10,25 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment_batch, check_augment, mix_batch
+from .augment import augment_batch, mix_batch
 from .batches import ResidentBatches, StreamingBatches, count_train_batches
-from .choices import MONITORS, OPTIMIZERS, SCHEDULERS
 from .config import TrainConfig
 from .data import Split, Splits
 from .device import resolve_device
-from .errors import TunetrackError, unknown
+from .errors import unknown
 
 CPU_EVAL_BATCH = 128
 # an epoch starting at <= this fraction of the previous epoch's LR restarts early-stopping
 # patience: the drop (StepLR, ReduceLROnPlateau) is what usually breaks a plateau, and
-# stopping just after it throws that away (seen on digits: 0.952 stopped vs 0.978 after it)
+# stopping just after it throws that away (measured: bench/README.md, "in the code")
 LR_DROP_RESTARTS_PATIENCE = 0.5
 
 
@@ -97,52 +96,92 @@ def param_groups(model: nn.Module, lr: float) -> list[dict]:
     return [{"params": ps, "lr": lr * f} for f, ps in groups.items() if ps]
 
 
-def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: TrainConfig, *,
+Params = Iterable[nn.Parameter] | Iterable[dict]
+
+
+def _sgd(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+
+
+def _adam(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            **({"fused": True} if fused else {}))
+
+
+def _adamw(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             **({"fused": True} if fused else {}))
+
+
+def _rmsprop(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    # RMSprop has no fused kernel: foreach is its fast path
+    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, foreach=True if fused else None)
+
+
+# `train.optimizer` -> builder(params, cfg, fused); keys == choices.OPTIMIZERS (tested)
+OPTIMIZERS: dict[str, Callable[[Params, TrainConfig, bool], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+    "rmsprop": _rmsprop,
+}
+
+
+def build_optimizer(params: Params, cfg: TrainConfig, *,
                     fused: bool = True) -> torch.optim.Optimizer:
     """The optimizer named by `cfg.optimizer`; `params` may be groups with their own `lr`.
 
     `fused` kernels (CUDA, and CPU since torch 2.4) update a parameter in one kernel
-    instead of a dozen: 0.17 ms vs 0.45 ms (foreach) per Adam step for the digits MLP on
-    CPU. RMSprop has none and uses foreach. `fused=False` gives PyTorch's defaults, as the
-    textbook baseline in bench/ writes them.
+    instead of a dozen (timings: bench/README.md). RMSprop has none and uses foreach.
+    `fused=False` gives PyTorch's defaults, as the textbook baseline in bench/ writes them.
     """
     if cfg.optimizer not in OPTIMIZERS:
         raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
-    if cfg.lr <= 0:
-        raise TunetrackError(f"train.lr must be > 0 but got {cfg.lr}")
-    fast = {"fused": True} if fused else {}
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0, **common, **fast)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, **common, **fast)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, **common, **fast)
-    return torch.optim.RMSprop(params, momentum=cfg.momentum, **common,
-                               foreach=True if fused else None)
+    cfg.check()
+    return OPTIMIZERS[cfg.optimizer](params, cfg, fused)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+Scheduler = Any  # torch's LRScheduler or ReduceLROnPlateau (no common public base)
+_sched = torch.optim.lr_scheduler
+
+
+def _onecycle(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> Scheduler:
+    # one peak per group (a transfer backbone's is lower than the head's)
+    peaks = [group["lr"] for group in opt.param_groups]
+    return _sched.OneCycleLR(opt, max_lr=peaks, total_steps=cfg.max_epochs * steps,
+                             pct_start=cfg.onecycle_pct_start)
+
+
+# `train.scheduler` -> builder(optimizer, cfg, steps per epoch); keys == choices.SCHEDULERS
+SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig, int], Scheduler | None]] = {
+    "none": lambda opt, cfg, steps: None,
+    "step": lambda opt, cfg, steps: _sched.StepLR(opt, step_size=cfg.step_size,
+                                                  gamma=cfg.step_gamma),
+    "exponential": lambda opt, cfg, steps: _sched.ExponentialLR(opt, gamma=cfg.exp_gamma),
+    "cosine": lambda opt, cfg, steps: _sched.CosineAnnealingLR(opt, T_max=cfg.max_epochs,
+                                                               eta_min=cfg.cosine_eta_min),
+    "onecycle": _onecycle,
+    "plateau": lambda opt, cfg, steps: _sched.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience),
+}
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> Scheduler | None:
     """The scheduler named by `cfg.scheduler`, or None; see `Trainer` for when each steps."""
-    sched = torch.optim.lr_scheduler
     if cfg.scheduler not in SCHEDULERS:
         raise unknown("scheduler", cfg.scheduler, SCHEDULERS)
-    if cfg.scheduler == "step":
-        return sched.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
-    if cfg.scheduler == "exponential":
-        return sched.ExponentialLR(opt, gamma=cfg.exp_gamma)
-    if cfg.scheduler == "cosine":
-        return sched.CosineAnnealingLR(opt, T_max=cfg.max_epochs, eta_min=cfg.cosine_eta_min)
-    if cfg.scheduler == "onecycle":
-        # one peak per group (a transfer backbone's is lower than the head's)
-        peaks = [group["lr"] for group in opt.param_groups]
-        return sched.OneCycleLR(opt, max_lr=peaks, total_steps=cfg.max_epochs * steps_per_epoch,
-                                pct_start=cfg.onecycle_pct_start)
-    if cfg.scheduler == "plateau":
-        return sched.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
-                                       patience=cfg.plateau_patience)
-    return None
+    return SCHEDULERS[cfg.scheduler](opt, cfg, steps_per_epoch)
+
+
+# `train.early_stopping.monitor` -> is `value` better than `best` by more than `delta`?
+MONITORS: dict[str, Callable[[float, float, float], bool]] = {
+    "val_loss": lambda value, best, delta: value < best - delta,
+    "val_accuracy": lambda value, best, delta: value > best + delta,
+}
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -156,10 +195,9 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: fp32. bf16
-    autocast was measured 1.5x faster for a CNN on a CPU with native bf16, but oneDNN keeps
-    ~4.4 MB of bf16 kernels per distinct convolution shape (fp32: ~1 MB) for the life of
-    the process, and a study that searches widths meets hundreds of shapes."""
+    """CUDA: bf16 where supported, else fp16 (with a GradScaler). CPU: fp32: bf16 is
+    faster there, but oneDNN keeps its kernels per convolution shape for the life of the
+    process, and a study that searches widths meets hundreds of shapes (bench/README.md)."""
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -180,14 +218,11 @@ class Trainer:
                  callbacks: Sequence[EpochCallback] = (), device: torch.device | None = None):
         if cfg.early_stopping.monitor not in MONITORS:
             raise unknown("early_stopping.monitor", cfg.early_stopping.monitor, MONITORS)
-        check_augment(cfg.augment)
-        if cfg.batch_size < 1 or cfg.max_epochs < 1:
-            raise TunetrackError(f"train.batch_size and train.max_epochs must be >= 1, got "
-                                 f"{cfg.batch_size} and {cfg.max_epochs}")
+        cfg.check()
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.callbacks = list(callbacks)
-        # channels_last suits convolutions on CUDA and on CPU (oneDNN: 2x measured on CPU)
+        # channels_last suits convolutions on CUDA and on CPU too (oneDNN; bench/README.md)
         self.channels_last = _has_conv(model) and splits.train.x.dim() == 4
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
@@ -199,8 +234,7 @@ class Trainer:
         self.train_data = self._batches(splits.train)
         self.val_data = self._batches(splits.val)
         # CPU: big eval batches are slower (activations outgrow the caches, and past the
-        # allocator's mmap threshold page-fault afresh each batch): validating 600 3x32x32
-        # images took 0.21-0.29 s at 64, 0.28-0.39 s at 256, 0.30-0.44 s at 4096
+        # allocator's mmap threshold page-fault afresh each batch; bench/README.md)
         self.eval_batch_size = (cfg.eval_batch_size if self.device.type != "cpu"
                                 else min(cfg.eval_batch_size, CPU_EVAL_BATCH))
         self.amp_dtype = _autocast_dtype(self.device, cfg.amp)
@@ -284,12 +318,8 @@ class Trainer:
                           predictions=pred.cpu(), probabilities=logits.softmax(1).cpu())
 
     def _improved(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        delta = self.cfg.early_stopping.min_delta
-        if self.cfg.early_stopping.monitor == "val_loss":
-            return value < best - delta
-        return value > best + delta
+        stopping = self.cfg.early_stopping
+        return best is None or MONITORS[stopping.monitor](value, best, stopping.min_delta)
 
     def fit(self) -> FitResult:
         cfg = self.cfg

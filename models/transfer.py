@@ -35,7 +35,7 @@ from .choices import (
     weights_name,
 )
 from .config import ModelConfig
-from .errors import TunetrackError, unknown
+from .errors import TunetrackError, first_line, unknown
 from .init_schemes import apply_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -185,9 +185,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, not a torch file, truncated file, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunetrackError(
-            f"model.weights: cannot load {path} with torch.load(weights_only=True): {first}"
+            f"model.weights: cannot load {path} with torch.load(weights_only=True): "
+            f"{first_line(exc)}"
         ) from None
     for key in ("state_dict", "model"):  # common wrappers around the state_dict
         if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
@@ -325,8 +325,6 @@ class TransferNet(nn.Module):
 
 def _input_side(cfg: ModelConfig, shape: tuple[int, int, int]) -> tuple[int | None, int]:
     """(resize target or None, side the backbone will see); checks the backbone's minimum."""
-    if cfg.input_size is not None and cfg.input_size < 1:
-        raise TunetrackError(f"model.input_size must be >= 1 (pixels), got {cfg.input_size}")
     target = cfg.input_size
     if target is None and preprocessing(cfg) == "imagenet":
         target = preset(cfg).size
@@ -344,12 +342,10 @@ def _check(cfg: ModelConfig, shape: tuple[int, int, int]) -> None:
     if shape[0] not in (1, 3):
         raise TunetrackError(f"model.family torchvision takes 1- or 3-channel images, "
                              f"got {shape[0]} channels")
+    cfg.check()  # freeze >= 0, backbone_lr_factor > 0, input_size >= 1, ...
     problem = freeze_problem(cfg.backbone, cfg.freeze)  # the validator's rule, verbatim
     if problem is not None:
         raise TunetrackError(problem)
-    if not cfg.backbone_lr_factor > 0:
-        raise TunetrackError(f"model.backbone_lr_factor must be > 0 (freeze stages with "
-                             f"model.freeze instead), got {cfg.backbone_lr_factor}")
 
 
 def build_transfer(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int, *,

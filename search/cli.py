@@ -7,7 +7,10 @@ on stderr and exit with code 2; bugs keep their traceback.
 
 from __future__ import annotations
 
+import enum
 import functools
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,7 @@ import typer
 from tunetrack.models.errors import TunetrackError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Hyperparameter search and experiment tracking for PyTorch image "
@@ -38,10 +41,107 @@ TrackingOpt = Annotated[
     str | None,
     typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI"),
 ]
+FuseOpt = Annotated[int | None, typer.Option(
+    min=1, help="train up to K trials at once as one model [default: the file's search.fuse]")]
+
+
+class OutputFormat(str, enum.Enum):
+    """`--format` of the reading commands (search/reports.py renders each)."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", case_sensitive=False,
+                 help="table for people; json or csv for scripts"),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress",
+                 help="progress bars [default: on when a terminal watches]"),
+]
+LOG_LEVEL_ENV = "TUNETRACK_LOG_LEVEL"  # -v / -q, inherited by worker processes
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import version
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in ("optuna", "mlflow", "torch"))
+    typer.echo(f"tunetrack {version('tunetrack')} ({libraries})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the versions and exit")
+    ] = False,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True,
+        help="-v: tunetrack's info messages; -vv: debug, and Optuna's and MLflow's info")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="errors only")] = False,
+) -> None:
+    """Hyperparameter search and experiment tracking for PyTorch image classifiers
+    (Optuna + MLflow)."""
+    _configure_logging(verbose, quiet)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever `sys.stderr` is at the time (as logging's last resort does), so
+    redirected or captured stderr gets the messages too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    """tunetrack's loggers at WARNING (plain messages, as before), INFO with -v, DEBUG with
+    -vv, ERROR with -q. Without -v/-q the level comes from TUNETRACK_LOG_LEVEL, which is
+    set here for the worker processes `run --workers` starts."""
+    if quiet:
+        level = "ERROR"
+    elif verbose:
+        level = "INFO" if verbose == 1 else "DEBUG"
+    else:
+        level = os.environ.get(LOG_LEVEL_ENV, "WARNING").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise typer.BadParameter(f"{LOG_LEVEL_ENV} must be DEBUG, INFO, WARNING or ERROR "
+                                     f"but got {level!r}")
+    os.environ[LOG_LEVEL_ENV] = level
+    # MLflow sets its own logger to INFO when it is imported, here and in the tracking
+    # helper process ("Creating initial MLflow database tables..."), unless told otherwise
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(_library_level()))
+    logger = logging.getLogger("tunetrack")
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    fmt = "%(message)s" if level in ("WARNING", "ERROR", "CRITICAL") else (
+        "%(levelname)s %(name)s: %(message)s")
+    for handler in logger.handlers:
+        if isinstance(handler, _StderrHandler):
+            handler.setFormatter(logging.Formatter(fmt))
+
+
+def _emit(rendered: Any) -> None:
+    """A rich renderable to the console; JSON / CSV text verbatim (no wrapping, no markup)."""
+    if isinstance(rendered, str):
+        typer.echo(rendered, nl=not rendered.endswith("\n"))
+    else:
+        _console().print(rendered)
 
 
 def user_errors(fn: F) -> F:
-    """Turn `TunetrackError` into one line on stderr and exit code 2."""
+    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C into one
+    line and exit code 130 (the running trial was already marked FAIL on its way out)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,8 +150,39 @@ def user_errors(fn: F) -> F:
         except TunetrackError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _say_interrupted()
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if not _raised_by_interrupt(exc):
+                raise  # a bug: keep the traceback
+            _say_interrupted()  # e.g. a database call cut off by Ctrl-C
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_interrupted() -> None:
+    """One line; none from the workers of `run --workers N`, whose launcher prints the one
+    summary line (with their exit codes) instead of N copies."""
+    import os
+
+    from .shared_study import WORKER_INDEX_ENV
+
+    if WORKER_INDEX_ENV not in os.environ:
+        typer.echo("interrupted", err=True)
+
+
+def _raised_by_interrupt(exc: BaseException | None) -> bool:
+    """True when `exc` happened while a Ctrl-C was being handled (its context chain holds
+    the KeyboardInterrupt); a trial left RUNNING that way is failed by the next command."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def _console():
@@ -61,27 +192,51 @@ def _console():
 
 
 def _quiet_libraries() -> None:
-    import logging
-
+    """Optuna and MLflow at WARNING (ERROR with -q, INFO with -vv): their per-trial info
+    lines would drown tunetrack's own output."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(_library_level())
+    logging.getLogger("mlflow").setLevel(_library_level())
+    logging.getLogger("optuna.study._optimize").addFilter(_NotInterrupted())
 
 
-def _load_study(name: str, storage: str | None):
-    import optuna
+def _library_level() -> int:
+    level = logging.getLevelName(os.environ.get(LOG_LEVEL_ENV, "WARNING"))
+    return logging.INFO if level == logging.DEBUG else max(level, logging.WARNING)
 
-    from .storage import open_storage
 
-    backend = open_storage(storage)
-    try:
-        return optuna.load_study(study_name=name, storage=backend)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
-        raise TunetrackError(
-            f"unknown study {name!r}; studies here: {', '.join(names) or 'none'}"
-        ) from None
+class _NotInterrupted:
+    """Drop Optuna's two "trial failed" warnings (one with a traceback) for Ctrl-C: the
+    trial keeps its reason (`interrupted (SIGINT)`), the user sees one line
+    (`user_errors`)."""
+
+    def __init__(self) -> None:
+        self.follow_up: str | None = None
+
+    def filter(self, record) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.follow_up = record.getMessage().split(" failed with ", 1)[0] + " failed with value"
+            return False
+        if self.follow_up and record.getMessage().startswith(self.follow_up):
+            self.follow_up = None
+            return False
+        return True
+
+
+def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
+    """The existing study (no store is created), its dead processes' trials cleaned up."""
+    from .shared_study import load_study
+
+    return load_study(name, storage, tracking_uri=tracking_uri)
+
+
+def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False) -> None:
+    """Refuse a tracking store of the wrong kind or half created; with `must_exist`, one
+    that is not there (reading must not create it)."""
+    from tunetrack.tracking.uri import check_mlflow_store, resolve_tracking_uri
+
+    check_mlflow_store(resolve_tracking_uri(tracking_uri), must_exist=must_exist)
 
 
 @app.command()
@@ -112,6 +267,10 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
         f"{objectives}; sampler {search.sampler}, pruner {search.pruner.type}, "
         f"{search.n_trials} trials"
     )
+    from .fused_groups import fuse_notes
+
+    for note in fuse_notes(spec, SearchSpace(spec).options("model.family")):
+        console.print(f"note: {note}")
 
 
 @app.command()
@@ -119,8 +278,7 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
 def run(
     file: Annotated[Path, typer.Argument(help="study file (YAML)")],
     trials: Annotated[
-        int | None,
-        typer.Option("--trials", "-n", min=1, help="trials to add [default: the file's]"),
+        int | None, typer.Option("--trials", "-n", help="trials to add [default: the file's]")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     storage: StorageOpt = None,
@@ -128,7 +286,7 @@ def run(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: ProgressOpt = None,
     threads: Annotated[int | None, typer.Option(
         min=1, help="torch threads on CPU [default: 1, or OMP_NUM_THREADS]")] = None,
     workers: Annotated[
@@ -137,11 +295,18 @@ def run(
     gpus: Annotated[
         str | None, typer.Option(help="GPU ids for the workers, one each: 0,1 (default: all)")
     ] = None,
+    fuse: FuseOpt = None,
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .config import load_study_file
+    from .runner import check_budget
 
+    check_budget(trials, timeout)
     spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
     if data is not None:
         spec.dataset.path = data
     if no_tracking:
@@ -156,18 +321,14 @@ def run(
 
         raise typer.Exit(run_workers(file, spec, workers=workers, gpus=gpus, storage=storage,
                                      tracking_uri=tracking_uri, device=device, trials=trials,
-                                     timeout=timeout, data=data))
+                                     timeout=timeout, data=data, progress=progress))
     from .progress import StudyProgress
     from .runner import run_study
 
     total = trials or spec.search.n_trials
-    options = dict(n_trials=total, timeout=timeout, storage=storage, tracking_uri=tracking_uri,
-                   device=device, threads=threads)
-    if progress:
-        with StudyProgress(spec.name, total) as bar:
-            study = run_study(spec, callbacks=[bar], **options)
-    else:
-        study = run_study(spec, **options)
+    study = run_study(spec, n_trials=total, timeout=timeout, storage=storage,
+                      tracking_uri=tracking_uri, device=device, threads=threads,
+                      progress=StudyProgress(spec.name, total, enabled=progress))
     _print_summary(study, spec, tracking_uri)
 
 
@@ -188,33 +349,37 @@ def _print_summary(study, spec, tracking_uri: str | None) -> None:
 @app.command()
 @user_errors
 def status(
-    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Table of the study's trials: state, value, params, epochs run, duration."""
-    from .reports import trials_table
+    """The study's trials: state, value, test accuracy, epochs run, duration, params."""
+    from .reports import render, trial_records, trials_table
 
-    _console().print(trials_table(_load_study(study, storage)))
+    records = trial_records(_load_study(study, storage))
+    _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}")))
 
 
 @app.command()
 @user_errors
 def best(
-    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Best value and parameters (the Pareto front for multi-objective studies)."""
-    from .reports import best_table
+    from .reports import best_records, best_table, render
 
-    _console().print(best_table(_load_study(study, storage)))
+    records = best_records(_load_study(study, storage))
+    _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}")))
 
 
 @app.command()
 @user_errors
-def studies(storage: StorageOpt = None) -> None:
+def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
     """List the studies in the storage."""
-    from .reports import studies_table
+    from .reports import render, studies_table, study_records
     from .storage import open_storage
 
-    _console().print(studies_table(open_storage(storage)))
+    _emit(render(study_records(open_storage(storage, create=False)), fmt.value, studies_table))
 
 
 @app.command()
@@ -225,7 +390,7 @@ def worker(
     tracking_uri: TrackingOpt = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
     trials_total: Annotated[int | None, typer.Option(
-        "--trials-total", min=1,
+        "--trials-total",
         help="finished trials the study needs, all workers together (default: the file's)")
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
@@ -238,13 +403,21 @@ def worker(
     max_retry: Annotated[int, typer.Option(min=0, help="retries of a dead worker's trial")] = 2,
     data: Annotated[str | None, typer.Option(help="override dataset.path")] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="skip MLflow")] = False,
+    progress: ProgressOpt = None,
+    fuse: FuseOpt = None,
 ) -> None:
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
     from .config import load_study_file
+    from .runner import check_budget
     from .stale_trials import Heartbeat
 
+    check_budget(trials_total, timeout, trials_flag="--trials-total")
     spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
     if data is not None:
         spec.dataset.path = data
     if no_tracking:
@@ -254,12 +427,9 @@ def worker(
     from .reports import study_summary
     from .shared_study import run_worker
 
-    try:
-        study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
-                           device=device, timeout=timeout, heartbeat=heartbeat, threads=threads)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
+                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads,
+                       progress=progress)
     if study is not None:
         typer.echo(study_summary(study))
 
@@ -272,21 +442,45 @@ def compare(
     csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Top trials side by side: value, test accuracy, key params, epochs, duration, run id."""
-    from rich.table import Table
-
+    """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
+    run id; then (as a table) the device seconds spent to reach 90/95/99 % of the best."""
     from tunetrack.tracking import compare_trials
 
-    frame = compare_trials(_load_study(study, storage), tracking_uri=tracking_uri, top=top)
+    from .reports import render, rows_table
+
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri)
+    frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
     if csv is not None:
         frame.to_csv(csv, index=False)
-    table = Table(title=f"top {len(frame)} trials of {study}")
-    for column in frame.columns:
-        table.add_column(str(column).removeprefix("params_"))
+    records = frame.to_dict("records")
+    _emit(render(records, fmt.value, lambda r: rows_table(r, f"top {len(r)} trials of {study}")))
+    if fmt is OutputFormat.table:  # JSON / CSV stay one parseable document
+        _print_cost_to_target(loaded)
+
+
+def _print_cost_to_target(study) -> None:
+    """The device seconds the study spent until its best came within 90/95/99 % of the
+    final best (`tunetrack.tracking.cost_report`)."""
+    from rich.table import Table
+
+    from tunetrack.tracking.cost_report import cost_to_target
+
+    frame = cost_to_target(study)
+    if frame.empty:
+        return
+    table = Table(title=f"cost to target of {study.study_name} (device seconds, all "
+                        f"finished trials in completion order)")
+    for column in ("target", "value", "reached by trial", "trials finished",
+                   "device seconds", "share of total"):
+        table.add_column(column)
     for row in frame.itertuples(index=False):
-        table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
-                        else str(v) for v in row))
+        table.add_row(row.target, f"{row.target_value:.4g}", str(row.trial),
+                      str(row.trials_finished), f"{row.device_seconds:.2f}",
+                      "-" if row.share_of_total != row.share_of_total
+                      else f"{row.share_of_total:.0%}")
     _console().print(table)
 
 
@@ -302,7 +496,8 @@ def report(
     """One self-contained HTML report: summary, Optuna plots, top trials and the best
     trial's pictures from MLflow (opens offline; a study without completed trials still
     gets one)."""
-    loaded = _load_study(study, storage)
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri)
     _quiet_libraries()
     from tunetrack.tracking import write_report
 
@@ -323,24 +518,118 @@ def promote(
     alias: Annotated[str | None, typer.Option(help="alias to move [default: champion]")] = None,
     min_improvement: Annotated[float | None, typer.Option(
         min=0, help="test-accuracy gain needed over the champion")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="McNemar significance level the gain must reach [default: the file's, 0.05]")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="show the evidence and the decision; change nothing")] = False,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Register the best trial's model; move the alias only if it beats the champion."""
-    loaded = _load_study(study, storage)
+    """Register the best trial's model; move the alias only if it beats the champion by
+    min_improvement with McNemar p < alpha (prints n, accuracies, CI, b/c, p)."""
+    loaded = _load_study(study, storage, tracking_uri)
+    _check_tracking_store(tracking_uri, must_exist=True)
     registry = loaded.user_attrs.get("spec", {}).get("registry") or {}
     model_name = model_name or registry.get("model_name")
     if not model_name:
         raise TunetrackError("--model-name is required (the study file has no registry section)")
     _quiet_libraries()
     from tunetrack.tracking import promote as promote_best
+    from tunetrack.tracking.registry import DEFAULT_ALPHA, evidence_lines
 
     result = promote_best(loaded, model_name=model_name,
                           alias=alias or registry.get("alias", "champion"),
                           min_improvement=(min_improvement if min_improvement is not None
                                            else registry.get("min_improvement", 0.0)),
-                          tracking_uri=tracking_uri)
-    typer.echo(("promoted: " if result.promoted else "not promoted: ") + result.message)
+                          alpha=alpha if alpha is not None else registry.get("alpha",
+                                                                             DEFAULT_ALPHA),
+                          dry_run=dry_run, tracking_uri=tracking_uri)
+    for line in evidence_lines(result):
+        typer.echo(line)
+    if result.dry_run:
+        typer.echo(result.message)
+    else:
+        typer.echo(("promoted: " if result.promoted else "not promoted: ")
+                   + result.message.removeprefix("not promoted: "))
+
+
+@app.command()
+@user_errors
+def history(
+    model_name: Annotated[str, typer.Argument(help="registered model name")],
+    alias: Annotated[str | None, typer.Option(help="only this alias [default: all]")] = None,
+    output: Annotated[str, typer.Option(
+        "--format", help="table | json")] = "table",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Every promotion decision of a registered model, promoted or refused, with its
+    evidence (n, accuracies, difference and CI, b/c, McNemar p)."""
+    if output not in ("table", "json"):
+        raise TunetrackError(f"--format must be table or json but got {output!r}")
+    _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    import json
+
+    from tunetrack.tracking import promotion_history
+
+    entries = promotion_history(model_name, alias=alias, tracking_uri=tracking_uri)
+    if output == "json":
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"promotion history of {model_name}")
+    columns = ("at", "alias", "decision", "version", "champion", "trial", "n", "candidate",
+               "champion acc", "difference [95% CI]", "b", "c", "p")
+    for column in columns:
+        table.add_column(column)
+
+    def num(value: Any, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for e in entries:
+        ci = e.get("ci95")
+        diff = "-" if e.get("difference") is None else (
+            f"{e['difference']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+        table.add_row(str(e.get("at", "-")), e["alias"], e["decision"],
+                      str(e.get("version") or "-"),
+                      str(e.get("champion_version") or e.get("replaced") or "-"),
+                      str(e.get("trial", "-")), str(e.get("n", "-")),
+                      num(e.get("candidate_test_accuracy")),
+                      num(e.get("champion_test_accuracy")), diff,
+                      str(e.get("b_champion_only", "-")), str(e.get("c_candidate_only", "-")),
+                      num(e.get("p_value"), ".3g"))
+    console = _console()
+    console.print(table)
+    for e in entries:
+        console.print(f"{e.get('at', '-')} {e['alias']} {e['decision']}: {e.get('reason', '')}",
+                      highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a trial")],
+    tolerance: Annotated[float, typer.Option(
+        help="allowed accuracy difference when a bit-exact replay is not expected")] = 0.005,
+    device: Annotated[str | None, typer.Option(
+        help="cpu | cuda | cuda:N | mps [default: the recorded one when available]")] = None,
+    log: Annotated[bool, typer.Option(help="log the reproduction as an MLflow run")] = True,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Retrain a trial from its MLflow run alone and compare it with the record: bit-exact
+    on CPU with the same versions, else within --tolerance. Exit 0 reproduced, 1 not,
+    2 bad input."""
+    _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    from .reproduce import reproduce as reproduce_run
+
+    result = reproduce_run(run_id, tracking_uri=tracking_uri, tolerance=tolerance,
+                           device=device, log=log)
+    for line in result.lines:
+        typer.echo(line)
+    raise typer.Exit(0 if result.reproduced else 1)
 
 
 @app.command()
@@ -350,13 +639,18 @@ def predict(
     path: Annotated[str, typer.Argument(help="an image file or a folder of images")],
     top: Annotated[int, typer.Option(min=1, help="classes per image")] = 3,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Classify images with a registered model; prints the top classes with probabilities."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        _check_tracking_store(tracking_uri, must_exist=True)
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 
-    for image, ranked in predict_images(model_uri, path, top=top, tracking_uri=tracking_uri):
-        typer.echo(f"{image}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
+    from .reports import prediction_lines, prediction_records, render
+
+    predictions = predict_images(model_uri, path, top=top, tracking_uri=tracking_uri)
+    _emit(render(prediction_records(predictions), fmt.value, prediction_lines))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -398,9 +692,17 @@ def main() -> None:
             print(exc.code, file=sys.stderr)
     helper = sys.modules.get("tunetrack.tracking.helper")
     if helper is not None:
-        helper.HELPER.close()  # everything the tracking helper was given is written
+        try:
+            helper.HELPER.close()  # everything the tracking helper was given is written
+        except KeyboardInterrupt:  # a second Ctrl-C while the record is written: one line
+            if code != 130:
+                _say_interrupted()
+            code = 130
     import logging
 
+    uri = sys.modules.get("tunetrack.tracking.uri")
+    if uri is not None:
+        uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

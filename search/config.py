@@ -24,11 +24,12 @@ from pydantic import (
     Tag,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
 from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
 
 STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 Scalar = bool | int | float | str | None
@@ -139,12 +140,17 @@ ModelSection = section_model(ModelConfig, True)
 TrainSection = section_model(TrainConfig, True)
 DatasetSection = section_model(DataConfig, False)
 
-Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms"]
+Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms", "cost_device_seconds"]
+# measured every epoch (what a pruner and early stopping watch); `params`, `latency_ms` and
+# `cost_device_seconds` are measured once, at the end, and only make sense traded off
+# against one of these
+EPOCH_METRICS = ("val_accuracy", "val_loss")
 DEFAULT_DIRECTION = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
     "params": "minimize",
     "latency_ms": "minimize",
+    "cost_device_seconds": "minimize",  # training + test evaluation time of the trial
 }
 
 
@@ -158,9 +164,15 @@ class ObjectiveSpec(BaseModel):
         return self.direction or DEFAULT_DIRECTION[self.metric]
 
 
+# names the study file may use; `samplers.SAMPLERS` / `PRUNERS` build them (a test asserts
+# both agree), kept here so that `validate` needs no Optuna
+SAMPLER_NAMES = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2")
+PRUNER_NAMES = ("hyperband", "asha", "median", "percentile", "patient", "none")
+
+
 class PrunerSpec(BaseModel):
     model_config = STRICT
-    type: Literal["hyperband", "asha", "median", "percentile", "patient", "none"] = "median"
+    type: Literal[PRUNER_NAMES] = "median"  # type: ignore[valid-type]
     n_startup_trials: int = Field(5, ge=0)  # median / percentile: trials before pruning
     n_warmup_steps: int = Field(2, ge=0)  # median / percentile: epochs before pruning
     percentile: float = Field(25.0, gt=0, lt=100)
@@ -174,11 +186,31 @@ class SearchSpec(BaseModel):
     metric: Metric = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
     objectives: list[ObjectiveSpec] | None = Field(None, min_length=2)  # multi-objective
-    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"] = "tpe"
+    sampler: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
     n_startup_trials: int = Field(10, ge=0)  # tpe / gp: random trials before modelling
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int = Field(30, ge=1)
     timeout_s: float | None = Field(None, gt=0)
+    fuse: int = Field(1, strict=True)  # train up to K trials at once as one model; 1 = off
+
+    @field_validator("fuse")
+    @classmethod
+    def _check_fuse(cls, k: int) -> int:
+        if k < 1:
+            raise ValueError(f"must be >= 1 (1 = off, K = up to K trials trained as one "
+                             f"model) but got {k}")
+        return k
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> SearchSpec:
+        if self.objectives is None and self.metric not in EPOCH_METRICS:
+            raise ValueError(
+                f"search.metric must be {' or '.join(EPOCH_METRICS)} in a single-objective "
+                f"study but got {self.metric!r} (it alone would pick the smallest or fastest "
+                f"network, however inaccurate; trade it off with search.objectives: "
+                f"[{{metric: val_accuracy}}, {{metric: {self.metric}}}])"
+            )
+        return self
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
@@ -202,6 +234,7 @@ class RegistrySpec(BaseModel):
     model_name: str
     alias: str = "champion"
     min_improvement: float = Field(0.0, ge=0)
+    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar significance level for promotion
 
 
 class StudySpec(BaseModel):
@@ -248,7 +281,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
         # drop the union tags pydantic inserts (e.g. "fixed", "function-after[...]")
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "fixed"))]
         msg = err["msg"].removeprefix("Value error, ")
-        out.append(f"{'.'.join(loc) or '(top level)'}: {msg}")
+        where = ".".join(loc) or "(top level)"
+        out.append(msg if msg.startswith(f"{where}.") else f"{where}: {msg}")  # names a field
     return out
 
 
@@ -260,16 +294,44 @@ def parse_study(raw: object, source: str = "<study>") -> StudySpec:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
         raise StudyFileError(source, _format_errors(exc)) from None
+    from .fused_groups import fuse_problems
     from .space import SearchSpace
 
     errors = SearchSpace.check(spec)
+    errors += fuse_problems(spec, SearchSpace(spec).options("model.family"))
     if errors:
         raise StudyFileError(source, errors)
     return spec
 
 
+@functools.cache
+def _unique_key_loader() -> type:
+    """`yaml.SafeLoader` (the same safe constructors) that refuses a key given twice in one
+    mapping: plain YAML keeps the last silently, so `lr: 0.1` ... `lr: 1.0` would quietly
+    train at 1.0. Keys merged in by `<<:` may still be overridden, as YAML means."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict[object, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    if isinstance(key, typing.Hashable) and key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first at line {first[key]})",
+                            key_node.start_mark)
+                    if isinstance(key, typing.Hashable):
+                        first[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_study_file(path: str | Path) -> StudySpec:
-    """Read and validate a study file (`yaml.safe_load` only)."""
+    """Read and validate a study file (safe loading only; a duplicate key is an error)."""
     import yaml
 
     path = Path(path)
@@ -280,10 +342,10 @@ def load_study_file(path: str | Path) -> StudySpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise TunetrackError(f"study file {path} cannot be read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader: safe_load rules
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise TunetrackError(f"study file {path}: invalid YAML{where}: {problem}") from None
     return parse_study(raw, str(path))

@@ -19,6 +19,8 @@ import torch
 
 from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_parameters, create
 from tunetrack.models.config import TrialConfig
+from tunetrack.models.cost import CostMeter
+from tunetrack.models.errors import first_line
 
 from .config import StudySpec
 from .space import SearchSpace
@@ -66,6 +68,7 @@ class Objective:
     splits: Splits
     device: torch.device
     tracker: StudyTracker | None = None  # None: tracking is off
+    progress: Any = None  # search.progress.StudyProgress: a bar of each trial's epochs
     objectives: list = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,14 +83,15 @@ class Objective:
             trial, sampled, cfg, device=str(self.device),
             data_fingerprint=self.splits.fingerprint)
         state, reason = "FAIL", ""
+        meter = CostMeter(self.device).start()
         try:
-            values, state, reason = self._train(trial, cfg, run)
+            values, state, reason = self._train(trial, cfg, run, meter)
             return values
         except optuna.TrialPruned as exc:
             state, reason = "PRUNED", str(exc)
             raise
         except torch.cuda.OutOfMemoryError as exc:
-            reason = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            reason = f"CUDA out of memory: {first_line(exc)}"
             raise
         except KeyboardInterrupt:
             reason = "interrupted (SIGINT)"
@@ -98,11 +102,16 @@ class Objective:
         finally:
             if state != "COMPLETE":
                 trial.set_user_attr("reason", reason)
+            cost = meter.stop().metrics()  # every trial: pruned and failed ones cost too
+            for key, value in cost.items():
+                trial.set_user_attr(key, value)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+            run.log_metrics(cost)
             run.end(state, reason)  # the writing goes on in the tracking helper
 
-    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun | NullRun):
+    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun | NullRun,
+               meter: CostMeter):
         splits = self.splits
         model = create(
             cfg.model,
@@ -113,12 +122,15 @@ class Objective:
             seed=cfg.train.seed,
         )
         callbacks: list[Any] = [run]
+        if self.progress is not None:
+            callbacks.append(self.progress.for_trial(trial.number, cfg.train.max_epochs))
         pruning = None
         if not self.spec.search.multi_objective:  # Optuna prunes single-objective only
             pruning = PruningCallback(trial, self.objectives[0].metric)
             callbacks.append(pruning)
         trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
-        fit = trainer.fit()
+        with meter.on_device():
+            fit = trainer.fit()
         trial.set_user_attr("epochs_run", fit.epochs_run)
         trial.set_user_attr("stop_reason", fit.stop_reason)
         if fit.stop_reason == "non_finite":
@@ -130,8 +142,9 @@ class Objective:
                 f"pruned by {type(trial.study.pruner).__name__} at epoch "
                 f"{pruning.pruned_at} ({metric}={getattr(last, metric):.4f})"
             )
-        values = self._values(fit, trainer)
-        test = trainer.evaluate(splits.test)
+        with meter.on_device():
+            test = trainer.evaluate(splits.test)
+        values = self._values(fit, trainer, meter)
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("test_accuracy", test.accuracy)
         trial.set_user_attr("param_count", count_parameters(model))
@@ -139,12 +152,14 @@ class Objective:
         run.completed(values=value, model=trainer.model, splits=splits, test_eval=test, fit=fit)
         return value, "COMPLETE", ""
 
-    def _values(self, fit: FitResult, trainer: Trainer) -> list[float]:
+    def _values(self, fit: FitResult, trainer: Trainer, meter: CostMeter) -> list[float]:
         best = fit.best
         out = []
         for objective in self.objectives:
             if objective.metric == "params":
                 out.append(float(count_parameters(trainer.model)))
+            elif objective.metric == "cost_device_seconds":
+                out.append(meter.device_seconds)  # training + test evaluation so far
             elif objective.metric == "latency_ms":
                 out.append(measure_latency_ms(trainer.model, self.splits, self.device))
             else:

@@ -7,7 +7,8 @@ never creates an empty study row or an orphan MLflow run.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,14 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec, load_study_file
-from .samplers import make_pruner, make_sampler
+from .first_trial_seed import FirstTrialSeeded
+from .progress import StudyProgress
+from .resume import check_resume, remember
+from .samplers import make_pruner, make_sampler, most_epochs
+from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
-from .storage import open_storage
+from .stale_trials import record_owner
+from .trial_budget import has_heartbeats
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -28,13 +34,13 @@ def as_spec(spec: StudySpec | str | Path) -> StudySpec:
     return spec if isinstance(spec, StudySpec) else load_study_file(spec)
 
 
-def existing_trial_count(storage: optuna.storages.BaseStorage, name: str) -> int | None:
-    """Trials already in the study `name`, or None when there is no such study."""
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return None
-    return len(storage.get_all_trials(study_id, deepcopy=False))
+def check_budget(n_trials: int | None, timeout: float | None, *,
+                 trials_flag: str = "--trials") -> None:
+    """Refuse a trial count or time limit that cannot run, before anything is created."""
+    if n_trials is not None and n_trials < 1:
+        raise TunetrackError(f"{trials_flag} must be >= 1 but got {n_trials}")
+    if timeout is not None and not timeout > 0:  # also NaN
+        raise TunetrackError(f"--timeout must be > 0 seconds but got {timeout:g}")
 
 
 def create_or_load(
@@ -42,39 +48,50 @@ def create_or_load(
     space: SearchSpace,
     storage: optuna.storages.BaseStorage,
     seed_offset: int = 0,
-    threads: int | None = None,
 ) -> optuna.Study:
-    done = existing_trial_count(storage, spec.name) or 0
+    """The study `spec.name`, created if new; an existing one only when the file still
+    describes it (`resume.check_resume`; otherwise nothing is written).
+
+    The sampler is built at this process's first trial, seeded with its number (see
+    `first_trial_seed`), plus `seed_offset` for workers.
+    """
     directions = [o.resolved_direction for o in spec.search.objective_list]
-    max_epochs = space.fixed.get("train.max_epochs", 100)
+    check_resume(spec, space, storage)
+    max_epochs = most_epochs(space)
+    sampler = FirstTrialSeeded(
+        lambda number: make_sampler(spec, space, offset=number + seed_offset))
     try:
-        study = optuna.create_study(
+        study = sampler.attach(optuna.create_study(
             study_name=spec.name,
             storage=storage,
             load_if_exists=True,
             directions=directions,
-            sampler=make_sampler(spec, space, offset=done + seed_offset),
+            sampler=sampler,
             pruner=make_pruner(spec.search.pruner, max_epochs),
-        )
+        ))
     except ValueError as exc:
         raise TunetrackError(f"study {spec.name!r}: {exc}") from None
-    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
-        raise TunetrackError(
-            f"study {spec.name!r} exists with directions "
-            f"{[d.name.lower() for d in study.directions]}, the file asks for "
-            f"{directions}; use another study name"
-        )
-    study.set_user_attr("spec", json.loads(spec.model_dump_json(exclude_none=True)))
+    remember(study, spec, space)
+    _name_metrics(study, [o.metric for o in spec.search.objective_list])
     return study
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Optuna's dashboard and `trials_dataframe` show `val_accuracy`, not "Objective 0"."""
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def _set_cpu_threads(device: Any, threads: int | None) -> None:
     """One torch thread per trial on CPU unless told otherwise.
 
-    Digits-sized trials are bound by per-op overhead, not FLOPs: measured here, one thread
-    trains an MLP epoch faster than two (0.18 s vs 0.28 s) and is immune to the 5-10x
-    collapse two threads suffer when another process shares the cores. More cores are
-    better spent on `--workers`; big CNNs on CPU can ask for `--threads`.
+    Digits-sized trials are bound by per-op overhead, not FLOPs: one thread trains an MLP
+    epoch faster than two and does not collapse when another process shares the cores
+    (bench/README.md). More cores are better spent on `--workers`; big CNNs on CPU can ask
+    for `--threads`.
     """
     import os
 
@@ -101,8 +118,12 @@ def run_study(
     max_total_trials: int | None = None,
     seed_offset: int = 0,
     threads: int | None = None,
+    progress: bool | StudyProgress = False,
 ) -> optuna.Study:
     """Run `n_trials` more trials (default: the file's `search.n_trials`); returns the study.
+
+    `progress=True` draws a bar of the trials and one of the running trial's epochs (in a
+    notebook or a terminal; nothing in a log); a `StudyProgress` passed in is used as is.
 
     Re-running resumes: finished trials are kept and new ones are added. With
     `max_total_trials`, workers sharing one study stop once that many trials have finished
@@ -110,6 +131,7 @@ def run_study(
     workers that share a study and start together must not draw the same trials.
     """
     spec = as_spec(spec)
+    check_budget(n_trials, timeout)
     space = SearchSpace(spec)
     tracker = None
     if spec.tracking.enabled:
@@ -133,23 +155,54 @@ def run_study(
     dev = resolve_device(device or "auto")
     _set_cpu_threads(dev, threads)
     splits = load_splits(space.resolve({}).data)
-    study = create_or_load(spec, space, open_storage(storage), seed_offset)
+    backend = open_study_storage(storage, study_name=spec.name, tracking_uri=tracking_uri,
+                                 track=spec.tracking.enabled)
+    study = create_or_load(spec, space, backend, seed_offset)
+    clean_up_dead_trials(study, tracking_uri=tracking_uri, track=spec.tracking.enabled)
     if tracker is not None:
+        from tunetrack.tracking.uri import ensure_local_store
+
+        ensure_local_store(tracker.tracking_uri)  # once, even when processes start together
         tracker.start_study(study, wait=False)  # the helper creates the parent run
-    objective = Objective(spec, space, splits, dev, tracker)
-    all_callbacks: list[Any] = list(callbacks)
+    n_trials = n_trials or spec.search.n_trials
+    bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
+    plain = Objective(spec, space, splits, dev, tracker, progress=bar)
+    objective = _owned(plain, study)
+    all_callbacks: list[Any] = ([bar] if bar is not None else []) + list(callbacks)
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
+    optimize = study.optimize
+    if spec.search.fuse > 1:  # K trials at a time as one model (search/fused_study.py)
+        from functools import partial
+
+        from .fused_study import optimize_fused
+
+        optimize = partial(optimize_fused, study, plain,
+                           mark_owner=_owned(lambda trial: None, study))
     try:
-        study.optimize(
-            objective,
-            n_trials=n_trials or spec.search.n_trials,
-            timeout=timeout or spec.search.timeout_s,
-            catch=(torch.cuda.OutOfMemoryError,),
-            callbacks=all_callbacks,
-        )
+        with bar if bar is not None else contextlib.nullcontext():
+            optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=timeout or spec.search.timeout_s,
+                catch=(torch.cuda.OutOfMemoryError,),
+                callbacks=all_callbacks,
+            )
     finally:
         if tracker is not None:
             tracker.finish_study(study)
     return study
+
+
+def _owned(objective: Callable[[optuna.Trial], Any], study: optuna.Study):
+    """`objective` that first notes on its trial which process runs it, so a later command
+    can tell that the trial's process died (`stale_trials.owner_died`)."""
+    storage = rdb_storage(study._storage)
+    grace = getattr(storage, "grace_period", None) if has_heartbeats(storage) else None
+
+    def run_trial(trial: optuna.Trial) -> Any:
+        record_owner(trial, grace)
+        return objective(trial)
+
+    return run_trial

@@ -1,70 +1,86 @@
-"""Optuna sampler and pruner from the study file's `search` section.
+"""Optuna sampler and pruner from the study file's `search` section, built by name.
 
-On resume the sampler is re-seeded with `seed + finished trials` so that a restarted study
-explores new points instead of replaying its first random trials.
+Name registries (`SAMPLERS`, `PRUNERS`), as `models.nets` does for networks: a name that is
+not a key is an error listing the allowed ones, never a silent default. The keys are
+`config.SAMPLER_NAMES` / `PRUNER_NAMES`, which the torch- and Optuna-free validator uses.
+
+The seed is `seed + offset`; the runner passes the number of the process's first trial
+(`first_trial_seed`), so a resumed study explores new points instead of replaying its first
+random trials, and two processes on one study draw different ones.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 
 import optuna
 
-from .config import PrunerSpec, StudySpec
+from tunetrack.models.config import TrainConfig
+from tunetrack.models.errors import unknown
+
+from .config import PrunerSpec, SearchSpec, StudySpec
+from .experimental import quiet_experimental
 from .space import SearchSpace
 
+_s = optuna.samplers
+_p = optuna.pruners
 
-def make_sampler(*args, **kwargs) -> optuna.samplers.BaseSampler:
-    """`_make_sampler` without Optuna's experimental-feature warnings (group, QMC)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _make_sampler(*args, **kwargs)
-
-
-def _make_sampler(
-    spec: StudySpec, space: SearchSpace, *, offset: int = 0
-) -> optuna.samplers.BaseSampler:
-    search, seed = spec.search, spec.seed + offset
-    samplers = optuna.samplers
-    if search.sampler == "tpe":
-        return samplers.TPESampler(
-            seed=seed,
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-            n_startup_trials=search.n_startup_trials,
-        )
-    if search.sampler == "random":
-        return samplers.RandomSampler(seed=seed)
-    if search.sampler == "grid":
-        return samplers.GridSampler(space.grid(), seed=seed)
-    if search.sampler == "cmaes":
-        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if search.sampler == "gp":
-        return samplers.GPSampler(seed=seed, n_startup_trials=search.n_startup_trials)
-    if search.sampler == "qmc":
-        return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    return samplers.NSGAIISampler(seed=seed)
+# `search.sampler` -> builder(search section, space, seed)
+SAMPLERS: dict[str, Callable[[SearchSpec, SearchSpace, int], _s.BaseSampler]] = {
+    "tpe": lambda search, space, seed: _s.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True,
+        n_startup_trials=search.n_startup_trials),
+    "random": lambda search, space, seed: _s.RandomSampler(seed=seed),
+    "grid": lambda search, space, seed: _s.GridSampler(space.grid(), seed=seed),
+    "cmaes": lambda search, space, seed: _s.CmaEsSampler(
+        seed=seed, warn_independent_sampling=False),
+    "gp": lambda search, space, seed: _s.GPSampler(
+        seed=seed, n_startup_trials=search.n_startup_trials),
+    "qmc": lambda search, space, seed: _s.QMCSampler(seed=seed, warn_independent_sampling=False),
+    "nsga2": lambda search, space, seed: _s.NSGAIISampler(seed=seed),
+}
 
 
-def make_pruner(spec: PrunerSpec, max_epochs: int) -> optuna.pruners.BasePruner:
-    pruners = optuna.pruners
-    median = {"n_startup_trials": spec.n_startup_trials, "n_warmup_steps": spec.n_warmup_steps}
-    if spec.type == "hyperband":
-        return pruners.HyperbandPruner(
-            min_resource=spec.min_resource,
-            max_resource=max_epochs,
-            reduction_factor=spec.reduction_factor,
-        )
-    if spec.type == "asha":
-        return pruners.SuccessiveHalvingPruner(
-            min_resource=spec.min_resource, reduction_factor=spec.reduction_factor
-        )
-    if spec.type == "median":
-        return pruners.MedianPruner(**median)
-    if spec.type == "percentile":
-        return pruners.PercentilePruner(spec.percentile, **median)
-    if spec.type == "patient":
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return pruners.PatientPruner(pruners.MedianPruner(**median), patience=spec.patience)
-    return pruners.NopPruner()
+def _median(spec: PrunerSpec) -> _p.MedianPruner:
+    return _p.MedianPruner(n_startup_trials=spec.n_startup_trials,
+                           n_warmup_steps=spec.n_warmup_steps)
+
+
+# `search.pruner.type` -> builder(pruner section, max epochs)
+PRUNERS: dict[str, Callable[[PrunerSpec, int], _p.BasePruner]] = {
+    "hyperband": lambda spec, max_epochs: _p.HyperbandPruner(
+        min_resource=spec.min_resource, max_resource=max_epochs,
+        reduction_factor=spec.reduction_factor),
+    "asha": lambda spec, max_epochs: _p.SuccessiveHalvingPruner(
+        min_resource=spec.min_resource, reduction_factor=spec.reduction_factor),
+    "median": lambda spec, max_epochs: _median(spec),
+    "percentile": lambda spec, max_epochs: _p.PercentilePruner(
+        spec.percentile, n_startup_trials=spec.n_startup_trials,
+        n_warmup_steps=spec.n_warmup_steps),
+    "patient": lambda spec, max_epochs: _p.PatientPruner(_median(spec), patience=spec.patience),
+    "none": lambda spec, max_epochs: _p.NopPruner(),
+}
+
+
+def make_sampler(spec: StudySpec, space: SearchSpace, *, offset: int = 0) -> _s.BaseSampler:
+    """The sampler named by `search.sampler`, seeded with `seed + offset`."""
+    name = spec.search.sampler
+    if name not in SAMPLERS:
+        raise unknown("search.sampler", name, SAMPLERS)
+    with quiet_experimental():  # TPE's group, QMC
+        return SAMPLERS[name](spec.search, space, spec.seed + offset)
+
+
+def most_epochs(space: SearchSpace) -> int:
+    """The most epochs any trial of the study trains (Hyperband's max resource): the fixed
+    `train.max_epochs`, the top of its searched range or choices, or the trainer default."""
+    values = [value for _, value in space.edges("train.max_epochs")]
+    return max(values) if values else TrainConfig.max_epochs
+
+
+def make_pruner(spec: PrunerSpec, max_epochs: int) -> _p.BasePruner:
+    """The pruner named by `search.pruner.type`; hyperband's max resource is `max_epochs`."""
+    if spec.type not in PRUNERS:
+        raise unknown("search.pruner.type", spec.type, PRUNERS)
+    with quiet_experimental():  # PatientPruner
+        return PRUNERS[spec.type](spec, max_epochs)

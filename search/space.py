@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -25,6 +26,7 @@ from tunetrack.models.choices import (
 from tunetrack.models.config import (
     AugmentConfig,
     DataConfig,
+    EarlyStoppingConfig,
     ModelConfig,
     TrainConfig,
     TrialConfig,
@@ -215,7 +217,7 @@ class SearchSpace:
                 )
         if spec.search.sampler == "grid":
             errors += space._check_grid()
-        errors += _check_augment(space)
+        errors += _check_values(space)
         errors += _check_transfer(space)
         return list(dict.fromkeys(errors))  # one line per problem, however many backbones
 
@@ -242,8 +244,11 @@ class SearchSpace:
         if dim is None:
             return []
         p = dim.param
-        ends = p.choice if isinstance(p, ChoiceParam) else (
-            p.int_ if isinstance(p, IntParam) else p.float_)
+        if isinstance(p, ChoiceParam):
+            ends = list(p.choice)
+        else:
+            low, high = p.int_ if isinstance(p, IntParam) else p.float_
+            ends = [low, _top(low, high, p.step)]
         return [(f"{path}.{dim.kind}", value) for value in ends]
 
     def _check_grid(self) -> list[str]:
@@ -306,6 +311,16 @@ class SearchSpace:
         return out
 
 
+def _top(low: float, high: float, step: float | None) -> float:
+    """The largest value Optuna samples: the last whole step at or below `high` (decimal
+    arithmetic, as Optuna's own adjustment, so [0, 0.5] step 0.1 keeps 0.5)."""
+    if not step:
+        return high
+    d_low, d_high, d_step = (Decimal(str(v)) for v in (low, high, step))
+    top = (d_high - d_low) // d_step * d_step + d_low
+    return type(high)(top)
+
+
 def _resolve_transfer(cfg: TrialConfig, spec: StudySpec) -> None:
     """torchvision family: `${VAR}` in `model.weights`, and `dataset.image_size` as the
     side the backbone sees unless `model.input_size` says otherwise (no resize inside the
@@ -325,20 +340,36 @@ def _named(where: str, path: str, problem: str) -> str:
     return problem if where == path else f"{where}: {problem}"
 
 
-def _check_augment(space: SearchSpace) -> list[str]:
-    """`train.augment.*` values out of the trainer's bounds, by `AugmentConfig.problems`
-    itself (one rule set, no copy here). Each knob is checked alone, the others at their
-    defaults, so every line belongs to the option that caused it."""
+# config class -> the study-file section it is written under
+SECTIONS: dict[type, str] = {
+    ModelConfig: "model",
+    TrainConfig: "train",
+    EarlyStoppingConfig: "train.early_stopping",
+    AugmentConfig: "train.augment",
+}
+
+
+def _check_values(space: SearchSpace) -> list[str]:
+    """Values no trial could train with, by the config classes' own `problems()` (the rules
+    the trainer runs; no copy here): every fixed value, both ends of every range and every
+    choice. Each option is checked alone, the others at their (valid) defaults, so every
+    line belongs to the option that caused it; a rule on one field holds on an interval,
+    so two good ends make a good range. Conditional options are checked at every value
+    (when their condition holds, each value reaches the trainer); options whose condition
+    can never hold are not in the space and never reach it. The dataset is never searched,
+    so it is checked whole, with its one rule across fields (val + test < 1)."""
     errors = []
-    for field in dataclasses.fields(AugmentConfig):
-        path = f"train.augment.{field.name}"
-        for where, value in space.edges(path):
-            try:
-                problems = AugmentConfig(**{field.name: value}).problems()
-            except TypeError:  # a choice of the wrong type: `_check_dimension` names it
-                continue
-            errors += [_named(where, path, problem) for problem in problems]
-    return errors
+    for config, prefix in SECTIONS.items():
+        for field in dataclasses.fields(config):
+            path = f"{prefix}.{field.name}"
+            for where, value in space.edges(path):
+                try:
+                    problems = config(**{field.name: value}).problems()
+                except TypeError:  # a choice of the wrong type: `_check_dimension` names it
+                    continue
+                errors += [_named(where, path, problem) for problem in problems]
+    data = {k: v for k, v in space.spec.dataset.model_dump().items() if v is not None}
+    return errors + DataConfig(**data).problems()
 
 
 def _check_transfer(space: SearchSpace) -> list[str]:

@@ -1,27 +1,39 @@
-"""What happens to the trial of a worker that died: retry it, and end its MLflow run.
+"""What happens to the trial of a process that died: fail it, retry it, end its MLflow run.
 
-A worker killed mid-trial (SIGKILL, OOM killer, preempted node) leaves its trial RUNNING
-and its MLflow child run RUNNING (optuna#3215, #1641). With heartbeats on the storage,
-another worker's `fail_stale_trials` marks the trial FAIL once no heartbeat came for the
-grace period, then calls the storage's `heartbeat_stale_trial_callback`: this one.
+A process killed mid-trial (SIGKILL, OOM killer, preempted node) leaves its trial RUNNING
+and its MLflow child run RUNNING (optuna#3215, #1641). Two ways to notice, and one cure:
 
-It queues the retry with Optuna's own `RetryHeartbeatStaleTrialCallback` (same params,
-`retry_history` in the system attrs) and then ends the dead trial's MLflow run FAILED with
-the reason, found through the trial's user attr `mlflow_run_id`.
+- Local stores (SQLite, journal): every trial records who runs it (`OWNER_ATTR`: host,
+  boot, pid namespace, pid and the process's start time). Any later tunetrack command
+  on the same host (`fail_dead_trials`) finds a RUNNING trial whose process is gone, or
+  whose pid now belongs to another process, and fails it. Instant, no grace period.
+- RDB storages across hosts: heartbeats. Optuna's `fail_stale_trials` marks the trial FAIL
+  once no heartbeat came for the grace period and calls the storage's
+  `heartbeat_stale_trial_callback`.
+
+Either way `RetryStaleTrial` queues the retry with Optuna's own
+`RetryHeartbeatStaleTrialCallback` (same params, `retry_history` in the system attrs) and
+ends the dead trial's MLflow run FAILED with the reason, found through the trial's user attr
+`mlflow_run_id`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import logging
-import warnings
-from collections.abc import Callable, Iterator
+import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
+
+from .experimental import quiet_experimental
 
 _log = logging.getLogger(__name__)
 
@@ -67,38 +79,132 @@ class RetryStaleTrial:
     """
 
     def __init__(self, max_retry: int | None, end_run: EndRun | None = None):
-        with _quiet_experimental():
+        with quiet_experimental():
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         self.max_retry = max_retry
         self._end_run = end_run
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                 reason: str = STALE_REASON) -> None:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         attempts = len(trial.system_attrs.get("retry_history", ())) + 1
         template = copy.deepcopy(trial)  # Optuna's callback appends to retry_history in place
         template.user_attrs = {
             k: v for k, v in trial.user_attrs.items() if k not in _NOT_INHERITED
         }
-        with _quiet_experimental():
+        with quiet_experimental():
             self._retry(study, template)
         queued = self.max_retry is None or attempts <= self.max_retry
         _log.warning(
-            "trial %s failed: %s; %s", trial.number, STALE_REASON,
+            "trial %s failed: %s; %s", trial.number, reason,
             "queued again" if queued else f"not retried ({attempts} attempts)",
         )
         if run_id and self._end_run is not None:
             try:
-                self._end_run(run_id, "FAIL", STALE_REASON)
+                self._end_run(run_id, "FAIL", reason)
             except Exception as exc:  # tracking is best effort here; the retry matters more
                 _log.warning(
                     "could not end MLflow run %s of dead trial %s: %s",
-                    run_id, trial.number, str(exc).strip().splitlines()[0] if str(exc) else exc,
+                    run_id, trial.number, first_line(exc),
                 )
 
 
-@contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """The retry callback is experimental in Optuna; its warning is noise for our users."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
+# ---- local stores: is the process that runs a trial still alive? ------------------------
+
+OWNER_ATTR = "tunetrack.owner"  # trial system attr: who runs it (see `this_process`)
+
+
+def this_process() -> dict[str, Any]:
+    """What tells this process apart from any other, now and later on this host."""
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pidns": _pid_namespace(),
+            "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def record_owner(trial: optuna.Trial, grace_s: int | None = None) -> None:
+    """Note on `trial` that this process runs it (and the heartbeat grace, if any)."""
+    owner = this_process() | ({"grace_s": grace_s} if grace_s else {})
+    trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+
+
+def owner_died(owner: dict[str, Any]) -> bool:
+    """True when the process in `owner` surely is gone: same host (and pid namespace) as
+    ours, and the host rebooted, or the pid is free, a zombie, or another process now.
+    A process on another host is never judged here (heartbeats are for that)."""
+    me = this_process()
+    if owner.get("host") != me["host"] or owner.get("pidns") != me["pidns"]:
+        return False
+    if owner.get("boot") and me["boot"] and owner["boot"] != me["boot"]:
+        return True
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid == me["pid"]:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    start = _start_time(pid)
+    return start == "zombie" or (None not in (start, owner.get("start"))
+                                 and start != owner["start"])
+
+
+def fail_dead_trials(study: optuna.Study, retry: RetryStaleTrial) -> list[int]:
+    """Fail the RUNNING trials whose process died (`owner_died`), retry them and end their
+    MLflow runs (through `retry`); returns their numbers. Safe when several processes
+    clean up at once: a trial another one already finished is skipped."""
+    storage = study._storage
+    dead = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.system_attrs.get(OWNER_ATTR)
+        if not isinstance(owner, dict) or not owner_died(owner):
+            continue
+        reason = (f"process died (pid {owner.get('pid')} on {owner.get('host')}); "
+                  f"found by pid {os.getpid()}")
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            if not storage.set_trial_state_values(trial._trial_id,
+                                                  optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first, and retried it
+        retry(study, storage.get_trial(trial._trial_id), reason)
+        dead.append(trial.number)
+    return dead
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time since boot (clock ticks, Linux `/proc`; psutil elsewhere),
+    "zombie" for a dead process not yet reaped, None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        stat = ""
+    if stat:
+        fields = stat.rsplit(")", 1)[1].split()
+        return "zombie" if fields[0] in ("Z", "X") else fields[19]
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return "zombie"
+        return f"{process.create_time():.3f}"
+    except Exception:  # no psutil, or no such process
+        return None

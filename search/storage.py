@@ -14,8 +14,17 @@ from pathlib import Path
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
-from tunetrack.tracking.uri import redact, sqlite_path, use_wal
+from tunetrack.models.errors import TunetrackError, first_line
+from tunetrack.tracking.uri import (
+    SQLITE_MAGIC,
+    other_kind,
+    redact,
+    shown_path,
+    sqlite_path,
+    sqlite_tables,
+    store_kind,
+    use_wal,
+)
 
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
 StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -27,13 +36,17 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     heartbeat_stale_trial_callback: StaleTrialCallback | None = None,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """Open (creating where that is the storage's nature) the storage at `url`.
 
     Fails fast with one line naming the URL: a missing SQLite folder, a PostgreSQL server
-    that refuses the connection or the credentials, an unknown scheme. An already open
-    storage is returned as is, so a worker can open one with heartbeats and hand it on.
-    Heartbeats exist only for RDB storages; JournalStorage ignores them.
+    that refuses the connection or the credentials, an unknown scheme, a file or database
+    that holds something else (an MLflow store: Optuna would add its tables to it). With
+    `create=False` (commands that only read) a storage that is not there yet is an error
+    instead of a new empty file. An already open storage is returned as is, so a worker
+    can open one with heartbeats and hand it on. Heartbeats exist only for RDB storages;
+    JournalStorage ignores them.
     """
     if isinstance(url, optuna.storages.BaseStorage):
         return url
@@ -42,12 +55,15 @@ def open_storage(
         path = Path(url.removeprefix("journal:"))
         if not path.parent.is_dir():
             raise TunetrackError(f"storage {url}: folder {path.parent} does not exist")
+        _check_journal(path, url, create)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
     sqlite = sqlite_path(url)
     if sqlite is not None and not sqlite.parent.is_dir():
         raise TunetrackError(f"storage {url}: folder {sqlite.parent} does not exist")
+    if sqlite is not None:
+        _check_sqlite_file(sqlite, url, create)
     if "://" not in url:
         raise TunetrackError(
             f"storage {url!r} is not a URL; use sqlite:///FILE, "
@@ -59,6 +75,8 @@ def open_storage(
     try:
         for attempt in range(_SCHEMA_RACE_ATTEMPTS):
             try:
+                if sqlite is None:
+                    _check_database(url, engine_kwargs, create)
                 storage = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
@@ -67,17 +85,31 @@ def open_storage(
                     heartbeat_stale_trial_callback=heartbeat_stale_trial_callback,
                 )
                 return storage
+            except TunetrackError:
+                raise
             except Exception as exc:
                 if attempt + 1 == _SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
                     raise
                 time.sleep(0.2 + random.random())  # the winner is creating the tables
         raise AssertionError("unreachable")
+    except ImportError:  # e.g. postgresql:// on SQLAlchemy < 2.1, whose default is psycopg2
+        raise TunetrackError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunetrackError(f"cannot open storage {redact(url)}: {first}") from None
+        raise TunetrackError(
+            f"cannot open storage {redact(url)}: {first_line(exc)}") from None
 
 
 _SCHEMA_RACE_ATTEMPTS = 4
+
+
+def _missing_driver(url: str) -> str:
+    """One line naming the DBAPI module SQLAlchemy wanted for `url` and how to get it."""
+    from sqlalchemy.engine import make_url
+
+    driver = make_url(url).get_dialect().driver
+    hint = ("pip install -e '.[postgres]' (psycopg, with SQLAlchemy >= 2.1 for postgresql://)"
+            if url.startswith("postgres") else f"install the {driver} driver")
+    return f"cannot open storage {redact(url)}: database driver {driver!r} not installed; {hint}"
 
 
 def _lost_schema_race(exc: Exception) -> bool:
@@ -89,3 +121,55 @@ def _lost_schema_race(exc: Exception) -> bool:
         return False
     text = str(exc).lower()
     return "already exists" in text or "duplicate key" in text
+
+
+def missing_store(where: str) -> TunetrackError:
+    return TunetrackError(f"no study store at {where}; run `tunetrack run FILE` first (or "
+                          f"pass --storage / set TUNETRACK_STORAGE to where the study is)")
+
+
+def _wrong_kind(url: str, what: str) -> TunetrackError:
+    return TunetrackError(f"storage {redact(url)}: {what}, not a study storage; pass --storage "
+                          f"{DEFAULT_STORAGE} (the default) or another Optuna storage")
+
+
+def _check_sqlite_file(path: Path, url: str, create: bool) -> None:
+    """Refuse what Optuna would otherwise silently turn into a study storage."""
+    read = sqlite_tables(path) if path.exists() else (frozenset(), None)
+    if read is None:
+        raise _wrong_kind(url, f"{shown_path(path)} is not an SQLite database")
+    kind = store_kind(read[0])
+    if kind == "empty" and not create:
+        raise missing_store(shown_path(path))
+    if kind not in ("empty", "optuna"):
+        raise _wrong_kind(url, other_kind(path, read[0]))
+
+
+def _check_journal(path: Path, url: str, create: bool) -> None:
+    if not path.exists() or not path.stat().st_size:
+        if not create:
+            raise missing_store(str(path))
+        return
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        raise _wrong_kind(url, f"{path} is an SQLite database, not an Optuna journal "
+                               f"(use sqlite:///{path} if it is a study storage)")
+
+
+def _check_database(url: str, engine_kwargs: dict, create: bool) -> None:
+    """A server database: refuse MLflow's (both keep an `alembic_version` table, so they
+    cannot share one); with `create=False`, also one without Optuna's tables. Other
+    programs' tables are allowed beside Optuna's in a server database."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
+    try:
+        tables = frozenset(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    kind = store_kind(tables)
+    if kind != "optuna" and not create:
+        raise missing_store(redact(url))
+    if kind == "mlflow":
+        raise _wrong_kind(url, "the database is an MLflow tracking store")

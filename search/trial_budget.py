@@ -10,8 +10,10 @@ While the running trials fill the budget the worker waits instead of exiting: on
 may belong to a worker that was killed. On storages with heartbeats (RDB) the waiting
 worker calls Optuna's `fail_stale_trials`, which fails the dead trial and (through the
 storage's `RetryHeartbeatStaleTrialCallback`) queues its retry as WAITING; the worker then
-returns to `optimize`, which runs the queued retry. Without heartbeats (JournalStorage) a
-dead trial can never be told from a slow one, so the worker stops at once.
+returns to `optimize`, which runs the queued retry. Without heartbeats (JournalStorage,
+SQLite) only a trial of a dead process on this host can be told from a slow one
+(`clean_up`, see `stale_trials.owner_died`): it is failed and retried, and otherwise the
+worker stops at once.
 
 The check and the next `ask()` are two storage round trips, not one transaction: two workers
 finishing within the same few milliseconds can still both start the last trial, so the
@@ -21,9 +23,11 @@ guarantee is "total finished trials <= total + workers - 1, and == total in prac
 from __future__ import annotations
 
 import time
-import warnings
+from collections.abc import Callable
 
 import optuna
+
+from .experimental import quiet_experimental
 
 _STATE = optuna.trial.TrialState
 FINISHED = (_STATE.COMPLETE, _STATE.PRUNED)
@@ -36,7 +40,8 @@ class SharedTrialBudget:
     `deadline` (a `time.monotonic()` value) bounds that wait, like `optimize(timeout=)`.
     """
 
-    def __init__(self, total: int, *, poll_s: float = 5.0, deadline: float | None = None):
+    def __init__(self, total: int, *, poll_s: float = 5.0, deadline: float | None = None,
+                 clean_up: Callable[[optuna.Study], list[int]] | None = None):
         if total < 1:
             raise ValueError(f"total must be >= 1 but got {total}.")
         if poll_s <= 0:
@@ -44,6 +49,7 @@ class SharedTrialBudget:
         self.total = total
         self.poll_s = poll_s
         self.deadline = deadline
+        self.clean_up = clean_up  # fails + retries trials of dead processes; their numbers
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         heartbeats = has_heartbeats(study._storage)
@@ -54,14 +60,15 @@ class SharedTrialBudget:
                 return
             if waiting or finished + running < self.total:
                 return  # a queued retry to run, or room for one more trial
+            if self.clean_up is not None and self.clean_up(study):
+                continue  # a dead process's trial is queued again: count anew
             if not heartbeats:
                 study.stop()  # cannot tell a dead worker's trial from a slow one
                 return
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return  # optimize() sees its own timeout and stops
             time.sleep(self.poll_s)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
 
 

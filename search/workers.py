@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -173,11 +174,13 @@ class WorkersResult:
 
 
 def launch(
-    plans: list[WorkerPlan], *, cwd: Path | None = None, stdout: int | IO | None = None
+    plans: list[WorkerPlan], *, cwd: Path | None = None, stdout: int | IO | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> WorkersResult:
     """Start every worker, wait for all, forward SIGINT/SIGTERM; never leaves orphans.
 
-    Workers write to our stdout/stderr unless `stdout` says otherwise (e.g. DEVNULL)."""
+    Workers write to our stdout/stderr unless `stdout` says otherwise (e.g. DEVNULL).
+    `on_tick` runs every 0.2 s while they work (a progress bar polling the study)."""
     started = time.monotonic()
     procs: list[subprocess.Popen] = []
     result = WorkersResult()
@@ -205,6 +208,8 @@ def launch(
                 for proc in procs:
                     if proc.poll() is None:
                         proc.kill()
+            if on_tick is not None:
+                on_tick()
             time.sleep(0.2)
     finally:
         for proc in procs:  # an exception here (or in Popen) must not leave workers behind
@@ -224,14 +229,18 @@ def check_before_launch(
     """Open the storage and the tracking store once, in the parent; finished trials so far.
 
     Opening also creates Optuna's tables (and MLflow's schema and experiment), so N workers
-    on a fresh database do not race to create the same schema.
+    on a fresh database do not race to create the same schema. A study file that no longer
+    describes the existing study is one error here, not one per worker.
     """
     import optuna
 
+    from .resume import check_resume
+    from .space import SearchSpace
     from .storage import open_storage
     from .trial_budget import finished_count
 
     backend = open_storage(storage)
+    check_resume(spec, SearchSpace(spec), backend)
     if spec.tracking.enabled:
         from tunetrack.tracking import StudyTracker
         from tunetrack.tracking.client import get_or_create_experiment
@@ -240,6 +249,9 @@ def check_before_launch(
             study_name=spec.name, experiment=spec.tracking.experiment, tracking_uri=tracking_uri
         )
         tracker.check_reachable()
+        from tunetrack.tracking.uri import ensure_local_store
+
+        ensure_local_store(tracker.tracking_uri)  # two launches at once: created once
         if not tracker.tracking_uri.startswith(("http://", "https://")):  # a server migrates
             get_or_create_experiment(tracker.client, tracker.experiment_name,
                                      tracker.tracking_uri)
@@ -287,10 +299,12 @@ def run_workers(
     timeout: float | None = None,
     data: str | None = None,
     heartbeat: Heartbeat | None = None,
+    progress: bool | None = None,
 ) -> int:
     """Add `trials` (default: the file's n_trials) finished trials to the study in FILE
     with `workers` local processes, like `tunetrack run` does with one; print a summary;
-    return the exit code."""
+    return the exit code. On a terminal (or `progress=True`) one bar follows the study's
+    finished trials instead of the workers' line per trial."""
     storage = parallel_storage(storage, workers)
     gpu_ids = parse_gpus(gpus)
     if gpu_ids is not None and not detect_gpus():
@@ -309,6 +323,8 @@ def run_workers(
             worker_args += [flag, str(value)]
     if not spec.tracking.enabled:
         worker_args.append("--no-tracking")
+    if spec.search.fuse != 1:  # `run --fuse K` reaches every worker
+        worker_args += ["--fuse", str(spec.search.fuse)]
     if heartbeat is not None:
         worker_args += [
             "--heartbeat-interval", str(heartbeat.interval_s),
@@ -325,7 +341,24 @@ def run_workers(
         f"storage {_shown(storage)}; {where}; {plans[0].threads} torch thread(s) each",
         flush=True,
     )
-    result = launch(plans)
+    import optuna
+
+    from .progress import StudyProgress
+    from .storage import open_storage
+
+    bar = StudyProgress(spec.name, total, done=done, shared=True, enabled=progress)
+    if bar.enabled:  # one bar here; the workers' own bars or lines would garble it
+        for plan in plans:
+            plan.argv.append("--no-progress")
+    backend = open_storage(storage) if bar.enabled else None
+
+    def load() -> optuna.Study:
+        return optuna.load_study(study_name=spec.name, storage=backend)
+
+    with bar:
+        result = launch(plans, stdout=subprocess.DEVNULL if bar.enabled else None,
+                        on_tick=lambda: bar.poll(load))
+        bar.poll(load, every_s=0.0)
     print(summary_line(spec, storage, result), flush=True)
     if storage == PARALLEL_DEFAULT_STORAGE:
         print(f"see the trials with: tunetrack status {spec.name} --storage {storage}", flush=True)

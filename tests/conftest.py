@@ -40,3 +40,13 @@ def uri(tmp_path, template_db, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield f"sqlite:///{tmp_path}/store/mlflow.db"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty cwd with no tracking URI or storage from the environment: the CLI's
+    defaults (./tunetrack.db, ./mlflow.db) land here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TUNETRACK_STORAGE", raising=False)
+    return tmp_path

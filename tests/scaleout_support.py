@@ -102,14 +102,17 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = folder / "mlflow-server.log"
         self.proc: subprocess.Popen | None = None
+        self.argv: list[str] | None = None  # another `mlflow server` command (with self.port)
+        self.env: dict[str, str] | None = None  # ... and environment
 
     def start(self, timeout_s: float = 180) -> MlflowServer:
-        argv = [PYTHON, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow-server.db'}",
-                "--artifacts-destination", str(self.folder / "mlartifacts"),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        argv = self.argv or [
+            PYTHON, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow-server.db'}",
+            "--artifacts-destination", str(self.folder / "mlartifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True, cwd=self.folder)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -177,3 +180,43 @@ def finished(study) -> list:
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return study.get_trials(deepcopy=False, states=states)
+
+
+# ---- one study shared by several workers ------------------------------------------------
+
+STATE_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def mlflow_store(folder: Path, experiment: str) -> str:
+    """A local SQLite MLflow store with the experiment made (as `run --workers` does), so
+    parallel workers do not race to create MLflow's schema."""
+    from tunetrack.tracking.client import client_for, get_or_create_experiment
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    get_or_create_experiment(client_for(uri), experiment, uri)
+    return uri
+
+
+def check_shared_study(study, total: int, workers: int, tracking_uri: str,
+                       experiment: str) -> None:
+    """The budget held across workers and each trial has exactly one, ended, MLflow run."""
+    from optuna.trial import TrialState as STATE
+
+    done = finished(study)
+    # MaxTrialsCallback + SharedTrialBudget: the budget is met; the only possible extra
+    # trials are ones started in the same instant by other workers (in practice: none)
+    assert total <= len(done) <= total + workers - 1, [t.state for t in study.trials]
+    assert len({t.number for t in done}) == len(done)
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == len(params), "two workers sampled the same trial"
+    assert not study.get_trials(states=(STATE.RUNNING, STATE.WAITING))
+    runs = trial_runs(tracking_uri, experiment)
+    by_trial: dict[int, list] = {}
+    for run in runs:
+        by_trial.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    assert sorted(by_trial) == sorted(t.number for t in study.trials)
+    for trial in study.trials:
+        (run,) = by_trial[trial.number]  # exactly one run per trial
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.data.tags["optuna.state"] == trial.state.name
+        assert run.info.status == STATE_RUN_STATUS[trial.state.name]

@@ -21,14 +21,6 @@ from .studyfiles import tiny_study, write_study
 runner = CliRunner(env={"COLUMNS": "200"})
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("TUNETRACK_STORAGE", raising=False)
-    return tmp_path
-
-
 def trials_in(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
 
@@ -150,7 +142,9 @@ def test_help_validate_and_status_do_not_import_torch_or_mlflow(workdir):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=workdir)
 
 
-def _signal_mid_study(workdir: Path, sig: int) -> tuple[Path, list[optuna.trial.FrozenTrial]]:
+def _signal_mid_study(
+    workdir: Path, sig: int
+) -> tuple[Path, list[optuna.trial.FrozenTrial], subprocess.Popen, str]:
     """Start a long study, send `sig` once a trial completed and the next one runs."""
     file = write_study(
         workdir,
@@ -178,9 +172,9 @@ def _signal_mid_study(workdir: Path, sig: int) -> tuple[Path, list[optuna.trial.
         if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and states[-1].name == "RUNNING":
             break
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    return file, trials_in(db, "tiny")
+    return file, trials_in(db, "tiny"), proc, stderr
 
 
 def _resume_keeps_completed(workdir: Path, file: Path, trials) -> None:
@@ -194,7 +188,8 @@ def _resume_keeps_completed(workdir: Path, file: Path, trials) -> None:
 
 
 def test_sigint_marks_the_running_trial_failed_and_keeps_the_rest(workdir):
-    file, trials = _signal_mid_study(workdir, signal.SIGINT)
+    file, trials, proc, stderr = _signal_mid_study(workdir, signal.SIGINT)
+    assert (proc.returncode, stderr) == (130, "interrupted\n")  # one line, no traceback
     assert not [t for t in trials if t.state.name == "RUNNING"]
     interrupted = trials[-1]
     assert interrupted.state.name == "FAIL"
@@ -203,8 +198,9 @@ def test_sigint_marks_the_running_trial_failed_and_keeps_the_rest(workdir):
 
 
 def test_sigkill_loses_only_the_running_trial(workdir):
-    """SIGKILL gives no chance to clean up: the running trial stays RUNNING in plain SQLite
-    (workers with heartbeats fail and retry it, see test_scaleout_*), the rest is kept."""
-    file, trials = _signal_mid_study(workdir, signal.SIGKILL)
+    """SIGKILL gives no chance to clean up: the running trial stays RUNNING until the next
+    command fails and retries it (test_cli_faults); the resume runs that retry first and
+    keeps the rest."""
+    file, trials, _, _ = _signal_mid_study(workdir, signal.SIGKILL)
     assert [t.state.name for t in trials].count("RUNNING") == 1
     _resume_keeps_completed(workdir, file, trials)

@@ -1,8 +1,9 @@
 """docker-compose.yml, Dockerfile and .env.example, checked without a Docker engine.
 
-The file is parsed with `yaml.safe_load`; commands are parsed by the real CLIs (tunetrack's
-typer app, MLflow's click group) so a renamed option fails here, not on a GPU host. The
-worker command also runs natively against PostgreSQL in test_scaleout_postgres.py.
+The file is parsed with `yaml.safe_load` (merge keys included) and `${VAR}` interpolated as
+Compose does; commands are parsed by the real CLIs (tests/deploy_support.py), and the
+worker command runs natively against the local PostgreSQL. `docker compose config` runs
+where the Docker CLI has its compose plugin.
 """
 
 from __future__ import annotations
@@ -10,17 +11,39 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from .deploy_support import (
+    Container,
+    check_mlflow_server,
+    check_no_secret_in_argv,
+    check_worker,
+    native_worker,
+    run_workers_natively,
+)
+from .scaleout_support import (
+    load_study,
+    mlflow_store,
+    pg_url,  # noqa: F401  (fixture)
+    stop,
+    study_file,
+    trial_runs,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_TEXT = (REPO / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
-_VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+ENV_EXAMPLE = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text()
+                   .splitlines() if line and not line.startswith("#"))
+_VAR = re.compile(r"(?<!\$)\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+SECRET = "pw-from-env"
 
 
 def interpolate(text: str, env: dict[str, str] | None = None) -> str:
@@ -40,13 +63,28 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     return _VAR.sub(sub, text)
 
 
-def command_of(service: str) -> list[str]:
-    env = {"POSTGRES_PASSWORD": "pw-from-env"}
-    return [interpolate(str(part), env) for part in SERVICES[service]["command"]]
+def container(service: str, env: dict[str, str] | None = None) -> Container:
+    """The service as it would run with `env` as .env (default: only the password set)."""
+    env = {"POSTGRES_PASSWORD": SECRET} if env is None else env
+    svc = SERVICES[service]
+    raw_env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+    secret = {k for k, v in raw_env.items() if "${POSTGRES_PASSWORD" in v}
+    return Container(
+        name=service,
+        image=interpolate(svc["image"], env),
+        command=[interpolate(str(part), env) for part in svc.get("command", [])],
+        env={k: interpolate(v, env) for k, v in raw_env.items() if k not in secret},
+        secret_env=secret,
+        ports=[int(str(p).rsplit(":", 1)[1]) for p in svc.get("ports", [])],
+    )
 
 
-def test_the_four_services_exist():
-    assert set(SERVICES) == {"postgres", "mlflow", "optuna-dashboard", "worker"}
+def published(service: str, env: dict[str, str] | None = None) -> list[str]:
+    return [interpolate(str(p), env or {}) for p in SERVICES[service].get("ports", [])]
+
+
+def test_the_services_exist():
+    assert set(SERVICES) == {"postgres", "mlflow", "optuna-dashboard", "worker", "worker-gpu"}
 
 
 def test_postgres_image_volume_healthcheck_and_credentials_from_env():
@@ -56,98 +94,125 @@ def test_postgres_image_volume_healthcheck_and_credentials_from_env():
     assert data and data[0].split(":")[0] in COMPOSE["volumes"]  # a named volume
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
-    init = REPO / "docker" / "postgres-init" / "10-mlflow-database.sh"
+    (init_mount,) = [v for v in pg["volumes"] if "/docker-entrypoint-initdb.d" in v]
+    init = REPO / init_mount.split(":")[0] / "10-mlflow-database.sh"
     assert init.is_file() and os.access(init, os.X_OK)
     assert "CREATE DATABASE" in init.read_text()  # MLflow gets its own database
 
 
-def test_no_literal_passwords_anywhere():
+def test_no_password_in_a_command_line_or_a_url():
     with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
         interpolate(COMPOSE_TEXT)  # compose refuses to start without the variable
-    for url in re.findall(r"[a-z+]+://[^\s\"']+", COMPOSE_TEXT):
-        if "@" in url:
-            credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
-            assert "${POSTGRES_PASSWORD" in credentials and "${POSTGRES_USER" in credentials
+    for service in SERVICES:
+        check_no_secret_in_argv(container(service))
+    assert SECRET not in " ".join(container("worker").command)
     assert "PASSWORD=" not in COMPOSE_TEXT.replace("POSTGRES_PASSWORD=", "")
 
 
-def test_every_published_port_is_bound_to_loopback():
-    published = [(name, port) for name, svc in SERVICES.items() for port in svc.get("ports", [])]
-    assert published
-    for name, port in published:
-        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+def test_every_port_is_loopback_and_set_in_env():
+    ports = [(name, port) for name in SERVICES for port in published(name)]
+    assert ports
+    for name, port in ports:
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port}"
     assert "0.0.0.0:" not in COMPOSE_TEXT  # binds *inside* containers are fine
+    # host ports come from .env; the defaults in the file are those of .env.example
+    for service, var in (("mlflow", "MLFLOW_PORT"), ("optuna-dashboard", "DASHBOARD_PORT"),
+                         ("postgres", "POSTGRES_PORT")):
+        (port,) = published(service)
+        assert port.split(":")[1] == ENV_EXAMPLE[var]
+        (moved,) = published(service, {var: "15999"})
+        assert moved.startswith("127.0.0.1:15999:")
+    assert ENV_EXAMPLE["MLFLOW_PORT"] != "5000"  # macOS AirPlay
+    assert ENV_EXAMPLE["POSTGRES_PORT"] != "5432"  # a PostgreSQL on the host
 
 
-def test_mlflow_server_uses_postgres_and_an_artifact_volume():
+def test_every_variable_has_a_default_or_is_in_env_example():
+    for name, op, _arg in _VAR.findall(COMPOSE_TEXT):
+        assert name in ENV_EXAMPLE or op.endswith("-"), name
+        if op.endswith("-") and name in ENV_EXAMPLE:
+            defaults = {a for n, o, a in _VAR.findall(COMPOSE_TEXT) if n == name and o}
+            assert defaults == {ENV_EXAMPLE[name]}, (name, defaults)
+
+
+def test_mlflow_server_reads_its_database_from_the_environment():
     mlflow = SERVICES["mlflow"]
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
-    cmd = command_of("mlflow")
-    assert cmd[:2] == ["mlflow", "server"]
-    assert cmd[cmd.index("--backend-store-uri") + 1].startswith(
-        "postgresql+psycopg://tunetrack:pw-from-env@postgres:5432/")
-    assert cmd[cmd.index("--artifacts-destination") + 1] == "/mlartifacts"
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
-    assert "mlflow:5000" in cmd[cmd.index("--allowed-hosts") + 1]  # workers' Host header
+    server = container("mlflow")
+    assert "--backend-store-uri" not in server.command
+    params = check_mlflow_server(server, db_host="postgres", port=5000)
+    hosts = params["allowed_hosts"].split(",")
+    assert "mlflow:5000" in hosts  # the workers' Host header
+    assert f"127.0.0.1:{ENV_EXAMPLE['MLFLOW_PORT']}" in hosts  # the browser's, via .env
     volume, target = mlflow["volumes"][0].split(":")[:2]
     assert target == "/mlartifacts" and volume in COMPOSE["volumes"]
-    assert mlflow["ports"] == ["127.0.0.1:5000:5000"]
-    assert "healthcheck" in mlflow
+    assert "/health" in " ".join(mlflow["healthcheck"]["test"])
 
 
-def test_mlflow_server_command_parses_with_mlflow_cli():
-    from mlflow.cli import cli
-
-    cmd = command_of("mlflow")
-    ctx = cli.make_context("mlflow", cmd[1:], resilient_parsing=False)
-    sub_ctx = cli.get_command(ctx, "server").make_context("server", cmd[2:])
-    assert sub_ctx.params["artifacts_destination"] == "/mlartifacts"
-
-
-def test_optuna_dashboard_reads_the_optuna_database():
+def test_optuna_dashboard_reads_the_workers_database_and_has_a_healthcheck():
     dash = SERVICES["optuna-dashboard"]
     assert dash["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert dash["ports"] == ["127.0.0.1:8080:8080"]
-    cmd = command_of("optuna-dashboard")
+    cmd = container("optuna-dashboard").command
     assert cmd[0] == "optuna-dashboard"
-    assert cmd[1] == "postgresql+psycopg://tunetrack:pw-from-env@postgres:5432/optuna"
-    worker_storage = command_of("worker")[command_of("worker").index("--storage") + 1]
-    assert cmd[1] == worker_storage  # the dashboard shows the study the workers write
+    assert cmd[1] == container("worker").env["TUNETRACK_STORAGE"]  # the workers' study
+    assert "PGPASSWORD" in container("optuna-dashboard").secret_env
+    check = " ".join(dash["healthcheck"]["test"])
+    assert "127.0.0.1:8080/api/studies" in check  # answers only when the database does
 
 
-def test_worker_is_scalable_with_one_gpu_each():
-    worker = SERVICES["worker"]
-    assert worker["build"] == "."
-    assert "container_name" not in worker and "ports" not in worker  # --scale worker=N
-    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert worker["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+def test_image_services_run_under_init_and_the_same_image():
+    for name in ("mlflow", "optuna-dashboard", "worker", "worker-gpu"):
+        svc = SERVICES[name]
+        assert svc["init"] is True, name  # signals reach the process; zombies reaped
+        assert svc["build"] == "." and container(name).image == "tunetrack:latest"
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", text))
+
+
+def test_workers_stop_with_sigint_and_a_grace_period():
+    for name in ("worker", "worker-gpu"):
+        svc = SERVICES[name]
+        assert svc["stop_signal"] == "SIGINT"  # the worker's KeyboardInterrupt path
+        assert _seconds(interpolate(svc["stop_grace_period"])) >= 30
+        assert "container_name" not in svc and "ports" not in svc  # --scale worker=N
+        assert svc["depends_on"]["mlflow"]["condition"] == "service_healthy"
+        assert svc["restart"].startswith("on-failure")  # exit 0 (study done) is final
+
+
+def test_worker_command_parses_and_reads_storage_and_tracking_from_env():
+    params = check_worker(container("worker"), storage_host="postgres",
+                          tracking="http://mlflow:5000")
+    assert params["file"].name == ENV_EXAMPLE["STUDY_FILE"]
+    assert params["device"] is None  # auto: CPU in this service
+
+
+def test_studies_data_and_weights_are_mounted_from_env():
+    mounts = {v.rsplit(":", 2)[1]: v for v in SERVICES["worker"]["volumes"]}
+    for target, var in (("/app/studies", "STUDIES_DIR"), ("/data", "DATA_DIR"),
+                        ("/weights", "WEIGHTS_DIR")):
+        assert mounts[target].startswith(f"${{{var}:-{ENV_EXAMPLE[var]}}}:")
+        assert mounts[target].endswith(":ro")
+    assert (REPO / ENV_EXAMPLE["STUDIES_DIR"] / ENV_EXAMPLE["STUDY_FILE"]).is_file()
+    env = container("worker").env
+    assert env["TUNETRACK_DATA"] == "/data" and env["TORCH_HOME"] == "/weights"
+
+
+def test_gpu_workers_only_with_the_gpu_profile():
+    assert "deploy" not in SERVICES["worker"] and "profiles" not in SERVICES["worker"]
+    gpu = SERVICES["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]  # `docker compose up` on a CPU host never asks
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == 1
-    assert device["capabilities"] == ["gpu"]
-
-
-def test_worker_command_parses_with_the_tunetrack_cli():
-    import typer
-
-    from tunetrack.search.cli import app
-
-    cmd = command_of("worker")
-    assert cmd[:3] == ["tunetrack", "worker", "studies/digits.yaml"]
-    assert (REPO / cmd[2]).is_file()
-    assert cmd[cmd.index("--tracking-uri") + 1] == "http://mlflow:5000"
-    group = typer.main.get_command(app)
-    ctx = group.make_context("tunetrack", cmd[1:])
-    params = group.get_command(ctx, "worker").make_context("worker", cmd[2:]).params
-    assert params["storage"].startswith("postgresql+psycopg://")
-    assert params["tracking_uri"] == "http://mlflow:5000"
+    params = check_worker(container("worker-gpu"), storage_host="postgres",
+                          tracking="http://mlflow:5000")
+    assert params["device"] == "cuda"
 
 
 def test_env_example_has_placeholders_and_env_is_ignored():
-    example = (REPO / ".env.example").read_text()
-    values = dict(line.split("=", 1) for line in example.splitlines()
-                  if line and not line.startswith("#"))
-    assert {"POSTGRES_USER", "POSTGRES_PASSWORD"} <= set(values)
-    assert "replace" in values["POSTGRES_PASSWORD"]  # a placeholder, not a secret
+    assert {"POSTGRES_USER", "POSTGRES_PASSWORD"} <= set(ENV_EXAMPLE)
+    assert "replace" in ENV_EXAMPLE["POSTGRES_PASSWORD"]  # a placeholder, not a secret
     assert ".env" in (REPO / ".gitignore").read_text().splitlines()
     assert not (REPO / ".env").exists() or _git_ignored(".env")
 
@@ -159,24 +224,85 @@ def _git_ignored(path: str) -> bool:
                           check=False).returncode == 0
 
 
-def test_dockerfile_slim_python_postgres_extra_non_root():
+def test_dockerfile_installs_dependencies_before_copying_the_source():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
-    install = re.search(r'pip install "?\.\[([a-z,]+)\]', text)
-    assert install and "postgres" in install.group(1).split(",")
+    lines = text.splitlines()
+
+    def first(pattern: str) -> int:
+        return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+
+    deps = first(r"pip install -r ")
+    assert first(r"^COPY pyproject\.toml") < deps < first(r"^COPY (models|search|tracking)\b")
+    assert "optional-dependencies" in text and "EXTRAS" in text
+    extras = re.search(r"^ARG EXTRAS=([a-z,]+)", text, re.M).group(1).split(",")
+    assert {"postgres", "dashboard"} <= set(extras)  # the services' drivers and dashboard
+    assert re.search(r'pip install --no-deps "\.\[\$EXTRAS\]"', text)
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert "tunetrack" in (REPO / "pyproject.toml").read_text()  # console script for `command`
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert ".env" in ignored and ".venv" in ignored  # no secrets or venv in the image
+    assert {".env", ".venv", "data", "weights"} <= set(ignored)
+
+
+def test_no_dangling_doc_references():
+    for text in (COMPOSE_TEXT, (REPO / "Dockerfile").read_text()):
+        for doc in re.findall(r"docs/[\w.-]+\.md", text):
+            assert (REPO / doc).is_file(), doc
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")
-def test_docker_compose_config_accepts_the_file():
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["cpu", "gpu"])
+def test_docker_compose_config_accepts_the_file(profile):
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
     if probe.returncode != 0:
         pytest.skip("docker compose plugin not installed")
-    result = subprocess.run(["docker", "compose", "config", "--quiet"], cwd=REPO,
+    result = subprocess.run(["docker", "compose", *profile, "config", "--quiet"], cwd=REPO,
                             capture_output=True, text=True, check=False,
-                            env={**os.environ, "POSTGRES_PASSWORD": "pw-from-env"})
+                            env={**os.environ, "POSTGRES_PASSWORD": SECRET})
     assert result.returncode == 0, result.stderr
+
+
+# ---- the worker command, run here against PostgreSQL ---------------------------------------
+
+
+@pytest.mark.postgres
+def test_two_compose_workers_share_one_study_natively(pg_url, tmp_path):  # noqa: F811
+    run_workers_natively([container("worker"), container("worker")], pg_url=pg_url,
+                         folder=tmp_path, name="compose-two")
+
+
+@pytest.mark.postgres
+def test_stop_signal_fails_the_running_trial_and_ends_its_run(pg_url, tmp_path):  # noqa: F811
+    """`docker compose stop` sends the service's stop_signal (SIGINT): the worker must end
+    within the grace period and leave no trial RUNNING and no MLflow run RUNNING."""
+    study = study_file(tmp_path, "compose-stop", n_trials=4, epochs=150, batch_size=16)
+    tracking = mlflow_store(tmp_path, "compose-stop")
+    argv, env = native_worker(container("worker"), storage=pg_url, tracking_uri=tracking,
+                              study=study)
+    with (tmp_path / "worker.log").open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not _running_with_run(pg_url, "compose-stop"):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                (tmp_path / "worker.log").read_text())
+            time.sleep(0.2)
+        os.killpg(proc.pid, getattr(signal, SERVICES["worker"]["stop_signal"]))
+        grace = _seconds(interpolate(SERVICES["worker"]["stop_grace_period"]))
+        rc = proc.wait(grace)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert rc == 130, (tmp_path / "worker.log").read_text()
+    states = {t.state.name for t in load_study("compose-stop", pg_url).trials}
+    assert "RUNNING" not in states and "FAIL" in states
+    assert not [r for r in trial_runs(tracking, "compose-stop") if r.info.status == "RUNNING"]
+
+
+def _running_with_run(storage: str, name: str) -> bool:
+    try:
+        trials = load_study(name, storage).get_trials(deepcopy=False)
+    except KeyError:
+        return False
+    return any(t.state.name == "RUNNING" and t.intermediate_values
+               and "mlflow_run_id" in t.user_attrs for t in trials)

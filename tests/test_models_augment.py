@@ -16,7 +16,7 @@ from tunetrack.models import (
     create,
     load_splits,
 )
-from tunetrack.models.augment import augment_batch, check_augment, mix_batch
+from tunetrack.models.augment import augment_batch, mix_batch
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -278,13 +278,13 @@ def test_mixing_is_reproducible_per_seed():
 ])
 def test_out_of_range_knobs_raise_one_line_naming_the_field(knobs, needle):
     with pytest.raises(TunetrackError, match=needle) as info:
-        check_augment(AugmentConfig(**knobs))
+        AugmentConfig(**knobs).check()
     assert "\n" not in str(info.value)
 
 
 def test_every_bad_knob_is_named_at_once():
     with pytest.raises(TunetrackError, match=r"crop_scale.*; .*mixup_alpha"):
-        check_augment(AugmentConfig(crop_scale=2.0, mixup_alpha=-1.0))
+        AugmentConfig(crop_scale=2.0, mixup_alpha=-1.0).check()
 
 
 # ---------------------------------------------------------------- in the trainer

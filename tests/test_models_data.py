@@ -209,7 +209,7 @@ def test_imagefolder_all_grayscale_stays_one_channel(tmp_path):
 def test_imagefolder_channels_forced(folder):
     gray = _imagefolder(folder, image_size=4, channels=1)
     assert gray.input_shape == (1, 4, 4)
-    with pytest.raises(TunetrackError, match="channels must be 1 or 3, got 2"):
+    with pytest.raises(TunetrackError, match=r"dataset.channels must be 1 .* but got 2"):
         _imagefolder(folder, image_size=4, channels=2)
 
 

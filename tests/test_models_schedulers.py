@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from tunetrack.models import (
-    SCHEDULERS,
     DataConfig,
     ModelConfig,
     TrainConfig,
@@ -39,10 +38,6 @@ def _fit(splits, model: nn.Module | None = None, **train):
 
 def _lrs(result) -> list[float]:
     return [h.lr for h in result.history]
-
-
-def test_schedulers_registry():
-    assert set(SCHEDULERS) == {"none", "step", "exponential", "cosine", "onecycle", "plateau"}
 
 
 def test_none_keeps_lr_constant(splits):

@@ -15,7 +15,6 @@ from tunetrack.models import (
     ModelConfig,
     TrainConfig,
     Trainer,
-    TunetrackError,
     create,
     load_splits,
 )
@@ -326,16 +325,3 @@ def test_validation_uses_every_val_sample(splits):
         logits = model(splits.val.x)
     assert res.history[0].val_loss == pytest.approx(
         F.cross_entropy(logits, splits.val.y).item(), rel=1e-5)
-
-
-# ---------------------------------------------------------------- input checks
-
-
-@pytest.mark.parametrize(("train", "needle"), [
-    ({"batch_size": 0}, "batch_size"),
-    ({"max_epochs": 0}, "max_epochs"),
-    ({"lr": 0.0}, "train.lr must be > 0 but got 0.0"),
-])
-def test_bad_train_numbers_raise(splits, train, needle):
-    with pytest.raises(TunetrackError, match=needle):
-        Trainer(_model(splits), _train_cfg(**train), splits)

@@ -82,6 +82,7 @@ def test_ctrl_c_reaches_every_worker_and_leaves_no_process_behind(tmp_path):
         stop(parent, signal.SIGKILL)
     assert parent.returncode == 130, output
     assert "2 workers in" in output
+    assert "interrupted" not in output and "Traceback" not in output  # the summary says it
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"worker {pid} left"
     assert not _running(tmp_path, "local-sigint")  # interrupted trials end FAIL, not RUNNING

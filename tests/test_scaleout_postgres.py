@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from tunetrack.search.cli import app
 
 from .scaleout_support import (
-    WORKER,
     MlflowServer,
     _admin,
+    check_shared_study,
     finished,
     load_study,
+    mlflow_store,
     pg_url,  # noqa: F401  (fixture)
     start_worker,
     stop,
@@ -36,71 +34,10 @@ from .scaleout_support import (
 )
 
 pytestmark = pytest.mark.postgres
-REPO = Path(__file__).resolve().parents[1]
 STATE = optuna.trial.TrialState
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-
-
-def _mlflow_store(folder: Path, experiment: str) -> str:
-    """A local SQLite MLflow store with the experiment made (as `run --workers` does), so
-    parallel workers do not race to create MLflow's schema."""
-    from tunetrack.tracking.client import client_for, get_or_create_experiment
-
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    get_or_create_experiment(client_for(uri), experiment, uri)
-    return uri
-
-
-def _compose_worker_command(storage: str, tracking_uri: str, study: Path) -> list[str]:
-    """docker-compose.yml's worker command with this host's storage, tracker and study."""
-    command = list(yaml.safe_load((REPO / "docker-compose.yml").read_text())
-                   ["services"]["worker"]["command"])
-    assert command[:2] == ["tunetrack", "worker"]
-    command[command.index("--storage") + 1] = storage
-    command[command.index("--tracking-uri") + 1] = tracking_uri
-    command[2] = str(study)
-    return [*WORKER, *command[2:]]
-
-
-def _check_shared_study(study: optuna.Study, total: int, workers: int, tracking_uri: str,
-                        experiment: str) -> None:
-    """The budget held across workers and each trial has exactly one, ended, MLflow run."""
-    done = finished(study)
-    # MaxTrialsCallback + SharedTrialBudget: the budget is met; the only possible extra
-    # trials are ones started in the same instant by other workers (in practice: none)
-    assert total <= len(done) <= total + workers - 1, [t.state for t in study.trials]
-    assert len({t.number for t in done}) == len(done)
-    params = [tuple(sorted(t.params.items())) for t in done]
-    assert len(set(params)) == len(params), "two workers sampled the same trial"
-    assert not study.get_trials(states=(STATE.RUNNING, STATE.WAITING))
-    runs = trial_runs(tracking_uri, experiment)
-    by_trial: dict[int, list] = {}
-    for run in runs:
-        by_trial.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
-    assert sorted(by_trial) == sorted(t.number for t in study.trials)
-    for trial in study.trials:
-        (run,) = by_trial[trial.number]  # exactly one run per trial
-        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert run.data.tags["optuna.state"] == trial.state.name
-        assert run.info.status == RUN_STATUS[trial.state.name]
 
 
 # ---- several workers, one study -------------------------------------------------------------
-
-
-def test_two_workers_one_of_them_the_compose_command(pg_url, tmp_path):  # noqa: F811
-    study = study_file(tmp_path, "pg-two", n_trials=6)
-    tracking = _mlflow_store(tmp_path, "pg-two")
-    compose = subprocess.Popen(
-        _compose_worker_command(pg_url, tracking, study), cwd=tmp_path,
-        stdout=(tmp_path / "compose-worker.log").open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    other = start_worker(study, pg_url, "--tracking-uri", tracking, cwd=tmp_path)
-    codes = wait_all([compose, other], timeout_s=240)
-    logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
-    assert codes == [0, 0], logs
-    assert "database is locked" not in logs
-    _check_shared_study(load_study("pg-two", pg_url), 6, 2, tracking, "pg-two")
 
 
 @pytest.mark.slow
@@ -114,7 +51,7 @@ def test_four_workers_24_trials_on_a_real_mlflow_server(pg_url, tmp_path):  # no
         codes = wait_all(workers, timeout_s=900)
         logs = "".join(p.read_text() for p in tmp_path.glob("w*.log"))
         assert codes == [0, 0, 0, 0], logs
-        _check_shared_study(load_study("pg-four", pg_url), 24, 4, server.uri, "pg-four")
+        check_shared_study(load_study("pg-four", pg_url), 24, 4, server.uri, "pg-four")
     finally:
         server.stop()
 
@@ -138,7 +75,7 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(pg_url, tmp_
     # heartbeat, 3 s grace
     study_path = study_file(tmp_path, "pg-kill", n_trials=4, epochs=150, batch_size=16,
                             sampler="random")
-    tracking = _mlflow_store(tmp_path, "pg-kill")
+    tracking = mlflow_store(tmp_path, "pg-kill")
     fast_heartbeat = ("--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "1")
     victim = start_worker(study_path, pg_url, "--tracking-uri", tracking, *fast_heartbeat,
                           cwd=tmp_path, log_name="victim")

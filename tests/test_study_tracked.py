@@ -8,6 +8,8 @@ registry: promote twice (second refuses), and `predict` against the champion ali
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import optuna
@@ -77,6 +79,11 @@ def test_one_parent_and_one_child_per_trial(tracked_study):
         for metric in EPOCH_METRICS:
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == list(range(trial.user_attrs["epochs_run"]))
+        # what the trial cost, complete and pruned alike (tests/test_cost.py: the meter)
+        cost = {k: v for k, v in run.data.metrics.items() if k.startswith("cost_")}
+        assert set(cost) == {"cost_wall_seconds", "cost_device_seconds", "cost_cpu_seconds",
+                             "cost_peak_memory_mb"}
+        assert cost == {k: trial.user_attrs[k] for k in cost}
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert "trials.csv" in parent_files
 
@@ -107,12 +114,13 @@ def test_promote_twice_then_predict(tracked_study):
     folder, uri, storage, _ = tracked_study
     first = runner.invoke(app, ["promote", "tracked", "--storage", storage, "--tracking-uri", uri])
     assert first.exit_code == 0, first.output
-    assert first.stdout.startswith("promoted: ")
+    assert first.stdout.splitlines()[-1].startswith("promoted: ")  # after the evidence
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("tiny-digits", "champion").version
     assert str(version) == "1"
     second = runner.invoke(app, ["promote", "tracked", "--storage", storage, "--tracking-uri", uri])
-    assert second.exit_code == 0 and second.stdout.startswith("not promoted: ")
+    assert second.exit_code == 0
+    assert second.stdout.splitlines()[-1].startswith("not promoted: ")
     assert str(client.get_model_version_by_alias("tiny-digits", "champion").version) == "1"
     assert len(client.search_model_versions("name='tiny-digits'")) == 1
     images = folder / "images"
@@ -147,3 +155,39 @@ def test_unknown_study_and_missing_model_name_fail_cleanly(tracked_study):
         app, ["predict", "models:/no-such-model@champion", ".", "--tracking-uri", uri]
     )
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
+
+
+def test_predict_json_lists_every_image_with_ranked_probabilities(tracked_study, tmp_path):
+    import json
+
+    _, uri, _, study = tracked_study
+    client = MlflowClient(uri)
+    model_id = next(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get(
+        "tunetrack.model_id") for t in study.trials if t.state.name == "COMPLETE"
+        and client.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("tunetrack.model_id"))
+    digits = load_splits(DataConfig(name="digits")).test
+    for i in range(2):
+        pixels = (digits.x[i, 0].numpy() * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"d{i}.png")
+    result = runner.invoke(app, ["predict", f"models:/{model_id}", str(tmp_path), "--top", "3",
+                                 "--tracking-uri", uri, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)
+    assert [Path(p["image"]).name for p in predictions] == ["d0.png", "d1.png"]
+    for p in predictions:
+        probabilities = [c["probability"] for c in p["predictions"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-6
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_completed_trial_reproduces_bit_exact(tracked_study):
+    """`tunetrack reproduce` rebuilds a trial of a real `tunetrack run` from its MLflow run
+    alone (tests/test_reproduce.py: what breaks it)."""
+    _, uri, _, study = tracked_study
+    trial = next(t for t in study.trials if t.state.name == "COMPLETE")
+    result = runner.invoke(app, ["reproduce", trial.user_attrs["mlflow_run_id"],
+                                 "--tracking-uri", uri, "--no-log"])
+    assert result.exit_code == 0, result.output
+    assert "validation history: bit-exact" in result.stdout
+    assert result.stdout.rstrip().endswith("reproduced")

@@ -78,8 +78,10 @@ def test_promotion_history(uri):
     assert old.tags["tunetrack.replaced_by.champion"] == "2"
     history = {k: json.loads(v) for k, v in client.get_registered_model("digits-clf").tags.items()
                if k.startswith("tunetrack.history.champion.")}
-    assert [h["version"] for _, h in sorted(history.items())] == ["1", "2"]
-    assert sorted(history.items())[1][1]["replaced"] == "1"
+    # the refusal in between is kept too (decisions, not only promotions)
+    assert [(h["decision"], h["version"]) for _, h in sorted(history.items())] == [
+        ("promoted", "1"), ("refused", None), ("promoted", "2")]
+    assert sorted(history.items())[2][1]["replaced"] == "1"
 
     # the best trial by value has no model: the best one with a model is used, and said so
     log_trial(tracker, study, DIGITS, epochs=1, lr=1e-3, value=2.0, log_model=False)

@@ -23,7 +23,7 @@ from .studyfiles import write_study
 
 runner = CliRunner(env={"COLUMNS": "200"})
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate",
-         "intermediate_values", "slice")
+         "intermediate_values", "slice", "contour", "rank", "timeline")
 PICTURES = ("curves.png", "lr.png", "confusion_matrix.png", "per_class_error.png",
             "misclassified.png", "first_layer.png", "feature_maps.png")
 PLOTLY_PLOT_BACKGROUND = (229, 236, 246)  # #E5ECF6: plotly's default plot area, drawn by JS
@@ -58,13 +58,14 @@ def test_report_has_every_section_plot_and_picture(reported):
     best = study.best_trial
     assert f"report: {out.resolve()}" in result.stdout
     assert f"of trial {best.number}" in result.stdout
-    for section in ("summary", "optuna-plots", "top-trials", "best-trial"):
+    for section in ("summary", "optuna-plots", "top-trials", "cost", "best-trial"):
         assert f'<section id="{section}">' in page
     for plot in PLOTS:
         assert f'id="plot-{plot}"' in page
     assert f"Best trial: {best.number}" in page and best.user_attrs["mlflow_run_id"] in page
     assert "Top 3 trials" in page and page.count("<tr>") >= 3
-    images = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', page)
+    best_section = page.split('<section id="best-trial">')[1]  # the cost plot is before it
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', best_section)
     assert [name for _, name in images] == list(PICTURES)  # all of them, in caption order
     for data, name in images:
         picture = Image.open(io.BytesIO(base64.b64decode(data)))

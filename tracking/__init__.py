@@ -41,6 +41,7 @@ _EXPORTS = {
     "NullRun": "trial_run",
     "PromotionResult": "registry",
     "promote": "registry",
+    "promotion_history": "registry",
     "compare_trials": "compare",
     "predict": "prediction",
     "resolve_tracking_uri": "uri",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from .prediction import predict as predict
     from .registry import PromotionResult as PromotionResult
     from .registry import promote as promote
+    from .registry import promotion_history as promotion_history
     from .report import write_report as write_report
     from .study import StudyTracker as StudyTracker
     from .trial_run import NullRun as NullRun

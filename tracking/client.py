@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
 from .uri import sqlite_path, use_wal
 
@@ -62,11 +63,6 @@ def quiet_downloads() -> Iterator[None]:
 
 def error_code(exc: BaseException) -> str:
     return str(getattr(exc, "error_code", ""))
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:

@@ -15,12 +15,21 @@ from tunetrack.models import TunetrackError
 
 from . import tags as T
 
+COST_SHOWN = ("cost_device_seconds", "cost_peak_memory_mb")  # all of them: cost_report
+
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
     from optuna.trial import FrozenTrial
 
 _log = logging.getLogger(__name__)
+_SIGNS = {"MINIMIZE": 1, "MAXIMIZE": -1}
+
+
+def direction_sign(direction: object) -> int:
+    """+1 to minimize, -1 to maximize (an `optuna.study.StudyDirection` or its name):
+    `sign * value` sorts best first and `sign * a < sign * b` means "a is better"."""
+    return _SIGNS[str(getattr(direction, "name", direction)).upper()]
 
 
 def _sort_key(trial: FrozenTrial, signs: list[int]) -> tuple:
@@ -67,12 +76,11 @@ def compare_trials(study: optuna.Study, *, tracking_uri: str | None = None,
     """The `top` trials, best first: number, state, value(s), test_accuracy, epochs,
     duration_s, run_id and the sampled params (one column each)."""
     import pandas as pd
-    from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
     if top < 1:
         raise TunetrackError(f"top must be >= 1 but got {top}")
-    signs = [-1 if d == StudyDirection.MAXIMIZE else 1 for d in study.directions]
+    signs = [direction_sign(d) for d in study.directions]
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: _sort_key(t, signs))[:top]
     missing = [t.user_attrs[T.ATTR_RUN_ID] for t in trials
                if t.state == TrialState.COMPLETE and T.ATTR_RUN_ID in t.user_attrs
@@ -98,6 +106,7 @@ def compare_trials(study: optuna.Study, *, tracking_uri: str | None = None,
             "epochs": epochs if epochs is not None else math.nan,
             "duration_s": duration, "run_id": run_id,
         })
+        row.update({key: trial.user_attrs.get(key, math.nan) for key in COST_SHOWN})
         row.update(trial.params)
         rows.append(row)
     return pd.DataFrame(rows)

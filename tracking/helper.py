@@ -222,6 +222,9 @@ def serve() -> None:
         writer.dispatch(seq, op, kwargs)
     writer.close()
     answers.close()
+    from .uri import checkpoint_wal
+
+    checkpoint_wal()  # mlflow.db whole without its -wal file
     sys.stderr.flush()
     os._exit(0)  # all written: skip tearing down torch, matplotlib and MLflow (~1 s)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import tags as T
+from .compare import direction_sign
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,7 +154,8 @@ def run_fields(trial_number: int, params: dict[str, object], config: TrialConfig
 
 
 def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "MAXIMIZE" else a < b
+    sign = direction_sign(direction)
+    return sign * a < sign * b
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:

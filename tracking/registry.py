@@ -1,16 +1,21 @@
-"""Promote a study's best model in the MLflow registry when it beats the champion on test.
+"""Promote a study's best model in the MLflow registry when the evidence says it beats the
+champion on test.
 
 Aliases only (registry stages are deprecated). The candidate (best completed trial with a
 logged model, ranked by the study's validation objective: test never selects) and the
-current champion (`models:/NAME@alias`) are both evaluated now, on the same test split
-rebuilt from the candidate's `trial.yaml`; both must carry the data fingerprint of that
-split. The alias moves only when `candidate >= champion + min_improvement`; nothing is
-registered otherwise.
+current champion (`models:/NAME@alias`) both predict the same test split now, rebuilt
+from the candidate's `trial.yaml`; both must carry the data fingerprint of that split.
+Their paired per-image outcomes give an exact McNemar p and a paired bootstrap interval of
+the accuracy difference (`promotion_stats`). The alias moves only when the difference is
+>= `min_improvement` AND p < `alpha`; nothing is registered otherwise. Without a
+champion, the first candidate is promoted (there is nothing to compare with).
 
-MLflow keeps no alias history, so each promotion is recorded as registered-model tag
-`tunetrack.history.<alias>.<NNNN>` (JSON: when, which version replaced which, both
-accuracies) and as version tags `tunetrack.promoted.<alias>` / `tunetrack.demoted.<alias>`.
-A registered model belongs to the study that created it (tag `tunetrack.study`).
+MLflow keeps no alias history, so every decision (promoted, or refused after a
+comparison) is kept as registered-model tag `tunetrack.history.<alias>.<NNNN>` (JSON: when,
+the decision and why, the versions, n, both accuracies, the difference and its interval,
+b, c, p, alpha, min_improvement; `promotion_history` reads them back), and promotions as
+version tags `tunetrack.promoted.<alias>` / `tunetrack.demoted.<alias>`. A registered
+model belongs to the study that created it (tag `tunetrack.study`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tunetrack.models import TunetrackError
 
 from . import tags as T
+from .promotion_stats import PairedEvidence, paired_evidence
 
 if TYPE_CHECKING:
     import optuna
@@ -39,6 +47,11 @@ if TYPE_CHECKING:
     from tunetrack.models import Splits
 
 
+DEFAULT_ALPHA = 0.05
+HISTORY_PREFIX = "tunetrack.history."
+_HISTORY_KEY = re.compile(r"tunetrack\.history\.(.+)\.(\d{4,})")
+
+
 @dataclass
 class PromotionResult:
     promoted: bool
@@ -46,13 +59,16 @@ class PromotionResult:
     candidate_accuracy: float
     champion_accuracy: float | None  # None when there was no champion yet
     message: str
+    evidence: PairedEvidence | None = None  # None when nothing was compared
+    decision: dict[str, Any] | None = None  # the history entry (None: nothing to record)
+    dry_run: bool = False
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _validate(model_name: str, alias: str, min_improvement: float) -> None:
+def _validate(model_name: str, alias: str, min_improvement: float, alpha: float) -> None:
     if not model_name or not model_name.strip() or "/" in model_name:
         raise TunetrackError(f"model name must be non-empty without '/', got {model_name!r}")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias or ""):
@@ -61,18 +77,21 @@ def _validate(model_name: str, alias: str, min_improvement: float) -> None:
         raise TunetrackError(f"alias {alias!r} is reserved by MLflow; choose another")
     if not math.isfinite(min_improvement) or min_improvement < 0:
         raise TunetrackError(f"min_improvement must be >= 0 but got {min_improvement}")
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise TunetrackError(f"alpha must be in (0, 1) but got {alpha}")
 
 
 def _ranked(study: optuna.Study) -> tuple[list[FrozenTrial], str]:
     """Completed trials, best validation objective first (multi-objective: the Pareto
     front ordered by the first objective)."""
-    from optuna.study import StudyDirection
     from optuna.trial import TrialState
+
+    from .compare import direction_sign
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise TunetrackError(f"study {study.study_name!r} has no completed trial to promote")
-    sign = -1 if study.directions[0] == StudyDirection.MAXIMIZE else 1
+    sign = direction_sign(study.directions[0])
     if len(study.directions) == 1:
         return sorted(complete, key=lambda t: (sign * t.values[0], t.number)), ""
     front = sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
@@ -154,24 +173,62 @@ def _splits_of(client: MlflowClient, run: Run) -> Splits:
     return load_splits(TrialConfig.from_dict(raw).data)
 
 
-def _test_accuracy(model_uri: str, client: MlflowClient, splits: Splits) -> float:
-    """Accuracy computed like `Trainer.evaluate` (correct / n in Python floats)."""
+def _test_correct(model_uri: str, client: MlflowClient, splits: Splits) -> np.ndarray:
+    """Per test image, whether the model classifies it correctly: argmax of fp32 logits,
+    the rule `Trainer.evaluate` uses, so the mean is the recorded test accuracy."""
     from .model_io import load_pytorch_model, predict_logits
 
     model, _ = load_pytorch_model(model_uri, client)
     logits = predict_logits(model, splits.test.x.cpu().float())
-    correct = int((logits.argmax(1) == splits.test.y.cpu()).sum()) if len(logits) else 0
-    return correct / max(len(splits.test), 1)
+    if not len(logits):
+        return np.zeros(0, dtype=bool)
+    return (logits.argmax(1) == splits.test.y.cpu()).numpy()
+
+
+def _accuracy(correct: np.ndarray) -> float:
+    return int(correct.sum()) / max(len(correct), 1)  # as Trainer.evaluate: correct / n
+
+
+def _judge(evidence: PairedEvidence, min_improvement: float, alpha: float
+           ) -> tuple[bool, str]:
+    """Both gates: a large enough gain AND one unlikely under "equally good"."""
+    b, c, p = evidence.champion_only, evidence.candidate_only, evidence.p_value
+    if b + c == 0:
+        return False, "the models agree on every test image: no evidence either way"
+    if evidence.difference < min_improvement:
+        return False, (f"difference {evidence.difference:+.4f} < min_improvement "
+                       f"{min_improvement:g}")
+    if p >= alpha:
+        return False, (f"not significant: McNemar p = {p:.3g} >= alpha {alpha:g} (only "
+                       f"{b + c} images decide: {c} for the candidate, {b} for the champion)")
+    return True, (f"difference {evidence.difference:+.4f} >= min_improvement "
+                  f"{min_improvement:g} and McNemar p = {p:.3g} < alpha {alpha:g}")
+
+
+def _evidence_entry(evidence: PairedEvidence) -> dict[str, Any]:
+    numbers = evidence.as_dict()
+    return {"n": numbers["n"],
+            "candidate_test_accuracy": numbers["candidate_accuracy"],
+            "champion_test_accuracy": numbers["champion_accuracy"],
+            "difference": numbers["difference"],
+            "ci95": [numbers["ci_low"], numbers["ci_high"]],
+            "b_champion_only": numbers["champion_only"],
+            "c_candidate_only": numbers["candidate_only"],
+            "p_value": evidence.p_value}
 
 
 def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
-            min_improvement: float = 0.0, tracking_uri: str | None = None) -> PromotionResult:
-    """Register the best trial's model and point `alias` at it if it beats the champion."""
+            min_improvement: float = 0.0, alpha: float = DEFAULT_ALPHA,
+            dry_run: bool = False, tracking_uri: str | None = None) -> PromotionResult:
+    """Register the best trial's model and point `alias` at it when the evidence says it
+    beats the champion: test accuracy gain >= `min_improvement` and exact McNemar p <
+    `alpha`. Every decision (promoted or refused after a comparison) goes into the
+    history; `dry_run` decides and changes nothing."""
     from .client import client_for
     from .helper import HELPER
     from .uri import check_reachable, resolve_tracking_uri
 
-    _validate(model_name, alias, min_improvement)
+    _validate(model_name, alias, min_improvement, alpha)
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     client = client_for(uri)
@@ -193,53 +250,149 @@ def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
         raise TunetrackError(
             f"the data of trial #{trial.number} changed since it was trained (fingerprint "
             f"{trained_on} then, {splits.fingerprint} now); cannot evaluate it fairly")
-    candidate_acc = _test_accuracy(f"models:/{model_id}", client, splits)
+    candidate_correct = _test_correct(f"models:/{model_id}", client, splits)
+    candidate_acc = _accuracy(candidate_correct)
+    entry: dict[str, Any] = {
+        "at": _now(), "alias": alias, "study": study.study_name, "trial": trial.number,
+        "run_id": run.info.run_id, "n": len(candidate_correct),
+        "candidate_test_accuracy": round(candidate_acc, 6), "alpha": alpha,
+        "min_improvement": min_improvement,
+        "champion_version": str(champion.version) if champion is not None else None}
+    stamp = "dry run: " if dry_run else ""
 
-    def refuse(message: str, champion_acc: float | None, version: str | None = None):
-        return PromotionResult(False, version, candidate_acc, champion_acc, message + note)
+    def refuse(reason: str, champion_acc: float | None, evidence: PairedEvidence | None = None,
+               record: bool = True) -> PromotionResult:
+        decision = {**entry, "decision": "refused", "version": None, "reason": reason}
+        if record and not dry_run:
+            _record(client, model_name, alias, decision)
+        return PromotionResult(False, None, candidate_acc, champion_acc,
+                               f"{stamp}not promoted: {reason}{note}", evidence,
+                               decision if record else None, dry_run)
 
-    champion_acc = None
-    if champion is not None:
-        champion_model = champion.tags.get(T.MODEL_ID) or getattr(champion, "model_id", None)
-        if champion_model == model_id:
-            return refuse(f"trial #{trial.number} is already {model_name}@{alias} (version "
-                          f"{champion.version}); nothing to do", candidate_acc,
-                          str(champion.version))
-        champion_fp = champion.tags.get(T.DATA_FINGERPRINT)
-        if champion_fp != splits.fingerprint:
-            return refuse(f"not promoted: champion {model_name}@{alias} (version "
-                          f"{champion.version}) was trained on other data (fingerprint "
-                          f"{champion_fp}, candidate {splits.fingerprint}); their test "
-                          f"accuracies are not comparable", None)
-        try:
-            champion_acc = _test_accuracy(f"models:/{model_name}@{alias}", client, splits)
-        except TunetrackError as exc:
-            raise TunetrackError(f"current champion {model_name}@{alias} (version "
-                                 f"{champion.version}) cannot be evaluated: {exc}; delete "
-                                 f"that alias to start over") from None
-        if candidate_acc < champion_acc + min_improvement:
-            return refuse(
-                f"not promoted: trial #{trial.number} test accuracy {candidate_acc:.4f} < "
-                f"champion version {champion.version} {champion_acc:.4f} + min_improvement "
-                f"{min_improvement:g}", champion_acc)
+    if champion is None:
+        reason = f"first champion: {model_name}@{alias} does not exist yet, nothing to compare"
+        decision = {**entry, "decision": "promoted", "replaced": None, "reason": reason}
+        if dry_run:
+            return PromotionResult(False, None, candidate_acc, None,
+                                   f"dry run: would promote trial #{trial.number} ({reason})"
+                                   f"{note}", None, decision, True)
+        version = _register(client, model_name=model_name, alias=alias, study=study,
+                            trial=trial, run=run, model_id=model_id,
+                            fingerprint=splits.fingerprint, candidate_acc=candidate_acc,
+                            champion=None, registered=registered, decision=decision)
+        return PromotionResult(True, version, candidate_acc, None,
+                               f"promoted trial #{trial.number} as {model_name} version "
+                               f"{version} @{alias}: test accuracy {candidate_acc:.4f}, "
+                               f"{reason}{note}", None, decision)
 
+    champion_model = champion.tags.get(T.MODEL_ID) or getattr(champion, "model_id", None)
+    if champion_model == model_id:
+        result = refuse(f"trial #{trial.number} is already {model_name}@{alias} (version "
+                        f"{champion.version}); nothing to do", candidate_acc, record=False)
+        result.version = str(champion.version)
+        return result
+    champion_fp = champion.tags.get(T.DATA_FINGERPRINT)
+    if champion_fp != splits.fingerprint:
+        return refuse(f"champion {model_name}@{alias} (version {champion.version}) was "
+                      f"trained on other data (fingerprint {champion_fp}, candidate "
+                      f"{splits.fingerprint}); their test accuracies are not comparable", None)
+    try:
+        champion_correct = _test_correct(f"models:/{model_name}@{alias}", client, splits)
+    except TunetrackError as exc:
+        raise TunetrackError(f"current champion {model_name}@{alias} (version "
+                             f"{champion.version}) cannot be evaluated: {exc}; delete "
+                             f"that alias to start over") from None
+    champion_acc = _accuracy(champion_correct)
+    evidence = paired_evidence(champion_correct, candidate_correct)
+    entry.update(_evidence_entry(evidence))
+    wins, reason = _judge(evidence, min_improvement, alpha)
+    if not wins:
+        return refuse(reason, champion_acc, evidence)
+    decision = {**entry, "decision": "promoted", "replaced": str(champion.version),
+                "reason": reason}
+    if dry_run:
+        return PromotionResult(False, None, candidate_acc, champion_acc,
+                               f"dry run: would promote trial #{trial.number} over version "
+                               f"{champion.version}: {reason}{note}", evidence, decision, True)
     version = _register(client, model_name=model_name, alias=alias, study=study, trial=trial,
                         run=run, model_id=model_id, fingerprint=splits.fingerprint,
                         candidate_acc=candidate_acc, champion=champion,
-                        champion_acc=champion_acc, registered=registered,
-                        min_improvement=min_improvement)
-    was = (f"replacing version {champion.version} ({champion_acc:.4f})" if champion
-           else "first champion")
+                        registered=registered, decision=decision)
     return PromotionResult(True, version, candidate_acc, champion_acc,
                            f"promoted trial #{trial.number} as {model_name} version {version} "
-                           f"@{alias}: test accuracy {candidate_acc:.4f}, {was}{note}")
+                           f"@{alias}, replacing version {champion.version}: {reason}{note}",
+                           evidence, decision)
+
+
+def evidence_lines(result: PromotionResult) -> list[str]:
+    """What `tunetrack promote` prints before its decision: the numbers behind it."""
+    decision = result.decision or {}
+    n = decision.get("n")
+    lines = []
+    if n is not None:
+        lines.append(f"test images: n = {n}")
+    lines.append(f"candidate (trial #{decision.get('trial', '?')}) test accuracy "
+                 f"{result.candidate_accuracy:.4f}")
+    if result.champion_accuracy is not None:
+        lines.append(f"champion (version {decision.get('champion_version', '?')}) test "
+                     f"accuracy {result.champion_accuracy:.4f}")
+    ev = result.evidence
+    if ev is not None:
+        lines.append(f"difference {ev.difference:+.4f}, 95% paired bootstrap CI "
+                     f"[{ev.ci_low:+.4f}, {ev.ci_high:+.4f}]")
+        lines.append(f"discordant images: b = {ev.champion_only} (only the champion right), "
+                     f"c = {ev.candidate_only} (only the candidate right); exact McNemar "
+                     f"p = {ev.p_value:.4g} (alpha {decision.get('alpha')}, min_improvement "
+                     f"{decision.get('min_improvement')})")
+    return lines
+
+
+def _record(client: MlflowClient, model_name: str, alias: str, entry: dict[str, Any]) -> None:
+    """Append `entry` to the registered model's history: tag
+    `tunetrack.history.<alias>.<NNNN>` (MLflow keeps no alias history of its own)."""
+    prefix = f"{HISTORY_PREFIX}{alias}."
+    tags = client.get_registered_model(model_name).tags
+    seq = 1 + sum(key.startswith(prefix) for key in tags)
+    client.set_registered_model_tag(model_name, f"{prefix}{seq:04d}",
+                                    T.clip(json.dumps(entry)))
+
+
+def promotion_history(model_name: str, *, alias: str | None = None,
+                      tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded decision of `model_name` (all aliases, or one), oldest first.
+
+    Entries written before promotion became statistical lack `decision` (they were all
+    promotions) and the evidence numbers; they are returned as they are, marked promoted.
+    """
+    from .client import client_for
+    from .uri import check_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    registered = _registered(client_for(uri), model_name)
+    if registered is None:
+        raise TunetrackError(f"no registered model {model_name!r} in {uri}; promote a study "
+                             f"first (tunetrack promote STUDY)")
+    rows = []
+    for key, value in registered.tags.items():
+        match = _HISTORY_KEY.fullmatch(key)
+        if match is None or (alias is not None and match[1] != alias):
+            continue
+        try:
+            entry = json.loads(value)
+        except ValueError:
+            entry = {"reason": f"unreadable history entry: {value[:80]}"}
+        entry.setdefault("alias", match[1])
+        entry.setdefault("decision", "promoted")
+        entry["seq"] = int(match[2])
+        rows.append(entry)
+    return sorted(rows, key=lambda e: (str(e.get("at", "")), e["seq"], e["alias"]))
 
 
 def _register(client: MlflowClient, *, model_name: str, alias: str, study: optuna.Study,
               trial: FrozenTrial, run: Run, model_id: str, fingerprint: str,
               candidate_acc: float, champion: ModelVersion | None,
-              champion_acc: float | None, registered: RegisteredModel | None,
-              min_improvement: float) -> str:
+              registered: RegisteredModel | None, decision: dict[str, Any]) -> str:
     """Create the version, move the alias, write the history; undo all of it on error."""
     from mlflow.exceptions import MlflowException
 
@@ -252,13 +405,11 @@ def _register(client: MlflowClient, *, model_name: str, alias: str, study: optun
                                                description=f"best models of study "
                                                            f"{study.study_name}")
                 created_model = model_name
-                registered = client.get_registered_model(model_name)
             except MlflowException as exc:
                 if str(getattr(exc, "error_code", "")) != "RESOURCE_ALREADY_EXISTS":
                     raise
-                registered = client.get_registered_model(model_name)  # lost a race
-                _check_owner(registered, study.study_name)
-        when = _now()
+                _check_owner(client.get_registered_model(model_name), study.study_name)
+        when = decision["at"]
         val = run.data.metrics.get("best_val_accuracy")
         version_tags: dict[str, Any] = {
             T.STUDY: study.study_name, T.TRIAL: trial.number, T.MODEL_ID: model_id,
@@ -266,6 +417,8 @@ def _register(client: MlflowClient, *, model_name: str, alias: str, study: optun
             T.DATA_FINGERPRINT: fingerprint, f"tunetrack.promoted.{alias}": when,
             f"tunetrack.promoted_over.{alias}": champion.version if champion else "none",
         }
+        if decision.get("p_value") is not None:
+            version_tags[f"tunetrack.promotion_p.{alias}"] = f"{decision['p_value']:.6g}"
         if val is not None:
             version_tags["val_accuracy"] = f"{val:.6f}"
         # source = the artifact location, not "models:/<id>": for that form MLflow's SQL
@@ -283,16 +436,8 @@ def _register(client: MlflowClient, *, model_name: str, alias: str, study: optun
                                          f"tunetrack.demoted.{alias}", when)
             client.set_model_version_tag(model_name, champion.version,
                                          f"tunetrack.replaced_by.{alias}", str(mv.version))
-        prefix = f"tunetrack.history.{alias}."
-        seq = 1 + sum(key.startswith(prefix) for key in registered.tags)
-        client.set_registered_model_tag(model_name, f"{prefix}{seq:04d}", json.dumps({
-            "at": when, "version": str(mv.version),
-            "replaced": str(champion.version) if champion else None,
-            "study": study.study_name, "trial": trial.number,
-            "candidate_test_accuracy": round(candidate_acc, 6),
-            "champion_test_accuracy": None if champion_acc is None else round(champion_acc, 6),
-            "min_improvement": min_improvement,
-            "reason": "first champion" if champion is None else "beat champion on test"}))
+        decision["version"] = str(mv.version)
+        _record(client, model_name, alias, decision)
         return str(mv.version)
     except BaseException:
         _rollback(client, model_name, alias, champion, created_version, alias_moved,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
 from . import tags as T
 
@@ -183,7 +184,7 @@ def _plot_divs(study: optuna.Study, summary: ReportSummary) -> list[str]:
                                      default_height="480px",
                                      config={"displaylogo": False, "responsive": True})
             except Exception as exc:  # e.g. importances of a constant parameter
-                summary.skipped[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                summary.skipped[name] = f"{type(exc).__name__}: {first_line(exc)}"
                 _log.info("report plot %s skipped: %s", name, summary.skipped[name])
                 continue
         summary.plots.append(name)
@@ -232,7 +233,7 @@ def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, by
     """(artifact path, PNG bytes) of the run, or ([], why not)."""
     from mlflow.exceptions import MlflowException
 
-    from .client import client_for, first_line, quiet_downloads
+    from .client import client_for, quiet_downloads
     from .uri import check_reachable, redact, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -295,11 +296,13 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
     import plotly
     from plotly.offline import get_plotlyjs
 
+    from .cost_report import cost_section_html
+
     summary = ReportSummary()
     best = _best_trial(study)
     divs = _plot_divs(study, summary)
     sections = [_summary_section(study, best), _plots_section(divs, summary),
-                _trials_section(study, tracking_uri, top),
+                _trials_section(study, tracking_uri, top), cost_section_html(study),
                 _best_section(study, best, tracking_uri, summary)]
     # plotly.js once, inline, only when there is a plot (the divs call Plotly.newPlot)
     script = (f'<script type="text/javascript">/* plotly.js {plotly.__version__} */'
@@ -315,7 +318,8 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
 <header><h1>Study {_e(study.study_name)}</h1>
 <p>tunetrack report, {_e(stamp)}; Optuna {_e(_optuna.__version__)}</p></header>
 <nav><a href="#summary">Summary</a><a href="#optuna-plots">Search</a>
-<a href="#top-trials">Top trials</a><a href="#best-trial">Best trial</a></nav>
+<a href="#top-trials">Top trials</a><a href="#cost">Cost</a>
+<a href="#best-trial">Best trial</a></nav>
 <main>
 {"".join(sections)}
 </main></body></html>

@@ -103,8 +103,10 @@ class StudyTracker:
         return self._parent_id
 
     def trial_run(self, trial: optuna.Trial, params: dict[str, object], config: TrialConfig,
-                  *, device: str, data_fingerprint: str) -> TrialRun | NullRun:
-        """The trial's run: created by the helper while the trial trains."""
+                  *, device: str, data_fingerprint: str, tags: dict[str, str] | None = None
+                  ) -> TrialRun | NullRun:
+        """The trial's run: created by the helper while the trial trains. `tags`: more
+        tags for the run (e.g. a fused member's group)."""
         from .record import run_fields
 
         if self._parent is None and self._parent_id is None:
@@ -112,11 +114,13 @@ class StudyTracker:
         if not HELPER.usable:
             return NullRun()
         self.parent_run_id_of(trial.study)
-        values, tags, trial_yaml = run_fields(
+        values, run_tags, trial_yaml = run_fields(
             trial.number, params, config, study_name=self.study_name, device=device,
             data_fingerprint=data_fingerprint)
-        return TrialRun(trial, study=self._key, params=values, tags=tags,
-                        trial_yaml=trial_yaml, log_models=self.log_models,
+        return TrialRun(trial, study=self._key, params=values,
+                        tags={**run_tags, **(tags or {})}, trial_yaml=trial_yaml,
+                        log_models=self.log_models,
+                        data=config.data,  # its splits as dataset inputs (datasets.py)
                         system_metrics_s=SYSTEM_METRICS_INTERVAL_S if self.system_metrics
                         else None)
 

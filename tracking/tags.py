@@ -92,5 +92,8 @@ def _runtime_tags() -> dict[str, str]:
 
 
 def runtime_tags() -> dict[str, str]:
-    """torch/CUDA versions, user and git commit: computed once per process and folder."""
-    return {**_runtime_tags(), **git_tags()}
+    """torch/CUDA versions, user and git commit (computed once per process and folder),
+    package versions, CPU/GPU and torch threads (`provenance`, for `tunetrack reproduce`)."""
+    from .provenance import environment_tags
+
+    return {**_runtime_tags(), **environment_tags(), **git_tags()}

@@ -36,6 +36,9 @@ class NullRun:
     def on_epoch_end(self, result: EpochResult) -> bool:
         return False
 
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Nothing to record."""
+
     def completed(self, **_: Any) -> None:
         """Nothing to record."""
 
@@ -50,13 +53,14 @@ class TrialRun(NullRun):
 
     def __init__(self, trial: optuna.Trial, *, study: str, params: dict[str, str],
                  tags: dict[str, str], trial_yaml: str, log_models: str,
-                 system_metrics_s: float | None):
+                 system_metrics_s: float | None, data: Any = None):
         self._trial = trial
         self._key = next(_keys)
         self._log_models = log_models
         self._created = HELPER.send(
             "create_run", want_result=True, run=self._key, study=study, number=trial.number,
-            params=params, tags=tags, trial_yaml=trial_yaml, system_metrics_s=system_metrics_s)
+            params=params, tags=tags, trial_yaml=trial_yaml, system_metrics_s=system_metrics_s,
+            data=data)
         self._run_id: str | None = None
         self._resolved = self._linked = False
         self._rows: list[tuple[str, float, int, int]] = []  # epoch metrics not yet sent
@@ -106,6 +110,12 @@ class TrialRun(NullRun):
             self._send_metrics()
         self._link(0.0)
         return False
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Queue metrics known once, not per epoch (e.g. the trial's `cost_*`), at `step`."""
+        stamp = int(time.time() * 1000)
+        self._rows += [(key, float(value), stamp, step) for key, value in metrics.items()]
+        self._send_metrics()
 
     def completed(self, *, values: float | list[float], model: Any, splits: Splits,
                   test_eval: Evaluation, fit: FitResult) -> None:

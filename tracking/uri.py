@@ -12,17 +12,23 @@ for minutes, so reachability is probed with plain `urllib` (and SQLAlchemy for d
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
 DEFAULT_DB_FILE = "mlflow.db"
 _DB_SCHEMES = ("postgresql", "mysql", "mssql")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -66,6 +72,22 @@ def use_wal(db: Path) -> None:
     if not _WAL_FILES:
         sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _wal_pragmas)
     _WAL_FILES.add(str(db.resolve()))
+
+
+def checkpoint_wal() -> None:
+    """Fold the WAL of every SQLite file opened here in WAL mode back into the file.
+
+    For processes that leave with `os._exit` (the `tunetrack` command, the tracking
+    helper): without the interpreter's teardown no last connection closes, the `-wal`
+    file stays beside the database, and a copy of the `.db` file alone would miss the
+    study. Best effort: a file another process is using is checkpointed by its last user.
+    """
+    import sqlite3
+
+    for path in sorted(_WAL_FILES):
+        with (contextlib.suppress(sqlite3.Error),
+              contextlib.closing(sqlite3.connect(path, timeout=5)) as connection):
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _wal_pragmas(connection, _record) -> None:
@@ -161,13 +183,14 @@ def _check_sqlite(uri: str) -> None:
             raise TunetrackError(f"tracking URI {uri}: {path} is a folder, not a database file")
         try:
             with path.open("rb") as handle:
-                head = handle.read(len(_SQLITE_MAGIC))
+                head = handle.read(len(SQLITE_MAGIC))
         except OSError as exc:
             raise TunetrackError(f"tracking URI {uri}: cannot read {path} ({exc})") from None
-        if head and head != _SQLITE_MAGIC:
+        if head and head != SQLITE_MAGIC:
             raise TunetrackError(f"tracking URI {uri}: {path} is not an SQLite database")
         if not os.access(path, os.W_OK):
             raise TunetrackError(f"tracking URI {uri}: {path} is not writable")
+        check_mlflow_store(uri)
         return
     _check_folder(path.parent, uri)
 
@@ -191,12 +214,214 @@ def _check_database(uri: str, timeout: float) -> None:
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=(
             sqlalchemy.pool.NullPool))
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            tables = frozenset(sqlalchemy.inspect(connection).get_table_names())
+            revision = None
+            if "alembic_version" in tables:
+                revision = connection.execute(sqlalchemy.text(
+                    "SELECT version_num FROM alembic_version")).scalar()
     except ModuleNotFoundError as exc:
         raise TunetrackError(f"tracking URI {redact(uri)} needs the database driver "
-                             f"{exc.name!r}; pip install 'tunetrack[postgres]'") from None
+                             f"{exc.name!r}; pip install -e '.[postgres]'") from None
     except Exception as exc:  # driver errors have no common base class
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunetrackError(f"cannot connect to tracking database {redact(uri)}: "
-                             f"{first}") from None
+                             f"{first_line(exc)}") from None
+    if store_kind(tables) == "optuna":  # other programs' tables may share a server database
+        raise TunetrackError(f"tracking URI {redact(uri)}: the database is a tunetrack/Optuna "
+                             f"study storage, not an MLflow store")
+    if store_kind(tables) == "mlflow":
+        _check_schema(tables, revision, f"the database {redact(uri)}", uri)
+
+
+# ---- what a local SQLite file holds: refuse the wrong store, never log into a broken one --
+
+_MLFLOW_MARKERS = frozenset({"experiments", "runs", "registered_models", "model_versions"})
+_MLFLOW_CORE = frozenset({"experiments", "runs", "metrics", "params", "tags", "alembic_version",
+                          "registered_models", "model_versions"})
+_OPTUNA_MARKERS = frozenset({"studies", "version_info"})
+
+
+def sqlite_tables(path: Path) -> tuple[frozenset[str], str | None] | None:
+    """(table names, alembic revision) of the SQLite file `path`, read without writing a
+    byte (an empty file has no tables); None when the file is not an SQLite database."""
+    import sqlite3
+
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_MAGIC))
+    if not head:
+        return frozenset(), None
+    if head != SQLITE_MAGIC:
+        return None
+    connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = frozenset(row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"))
+        revision = None
+        if "alembic_version" in tables:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+    except sqlite3.DatabaseError as exc:
+        raise TunetrackError(f"{shown_path(path)} is not a readable SQLite database "
+                             f"({exc})") from None
+    finally:
+        connection.close()
+    return tables, revision
+
+
+def store_kind(tables: frozenset[str]) -> str:
+    """`empty`, `optuna` (a study storage), `mlflow` (a tracking store) or `other`."""
+    if not tables:
+        return "empty"
+    if tables & _OPTUNA_MARKERS and "trials" in tables:
+        return "optuna"
+    if tables & _MLFLOW_MARKERS:
+        return "mlflow"
+    return "other"
+
+
+def shown_path(path: Path) -> str:
+    """`./mlflow.db` for a file under the working directory, else the absolute path."""
+    try:
+        return "./" + path.absolute().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def other_kind(path: Path, tables: frozenset[str]) -> str:
+    """How to name what an SQLite file of the wrong kind holds, for error messages."""
+    kind = store_kind(tables)
+    if kind == "optuna":
+        return f"{shown_path(path)} is a tunetrack/Optuna study storage"
+    if kind == "mlflow":
+        return f"{shown_path(path)} is an MLflow tracking store"
+    listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    return f"{shown_path(path)} is an SQLite database of something else (tables {listed})"
+
+
+@functools.lru_cache(maxsize=1)
+def mlflow_schema_head() -> str | None:
+    """The schema revision this MLflow creates, read from its migration scripts' text
+    (alembic's own loader imports all of them: seconds); None when MLflow is missing."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    versions = Path(spec.submodule_search_locations[0]) / "store" / "db_migrations" / "versions"
+    revisions, parents = set(), set()
+    for script in versions.glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        revisions.update(re.findall(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.M))
+        parents.update(re.findall(r"['\"](\w+)['\"]", "".join(
+            re.findall(r"^down_revision\s*=\s*(.+)$", text, re.M))))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def check_mlflow_store(uri: str, *, must_exist: bool = False) -> None:
+    """Raise `TunetrackError` (one line) unless the local SQLite store at `uri` is usable.
+
+    Refused: a file that is not SQLite, an Optuna study storage or another program's
+    database (MLflow would add its tables to it), and a half-created MLflow store (tables
+    missing, or a schema revision other than this MLflow's: a migration that was
+    interrupted, e.g. by a full disk; MLflow would fail on every call while the study
+    trains on untracked). With `must_exist` (read-only commands) a missing or empty file
+    is refused too, instead of being created. Servers and other schemes check their own
+    schema; nothing is checked for them here.
+    """
+    path = sqlite_path(uri)
+    if path is None or (path.exists() and path.is_dir()):
+        return
+    read = sqlite_tables(path) if path.exists() else (frozenset(), None)
+    if read is None:
+        raise TunetrackError(f"tracking URI {uri}: {path} is not an SQLite database")
+    tables, revision = read
+    kind = store_kind(tables)
+    if kind == "empty":
+        if must_exist:
+            raise TunetrackError(f"no MLflow store at {shown_path(path)}; run `tunetrack run "
+                                 f"FILE` first, or pass --tracking-uri / set "
+                                 f"MLFLOW_TRACKING_URI to the store the study logged to")
+        return
+    if kind != "mlflow":
+        raise TunetrackError(f"tracking URI {uri}: {other_kind(path, tables)}, not an MLflow "
+                             f"store; point --tracking-uri at the MLflow store (default "
+                             f"sqlite:///mlflow.db)")
+    _check_schema(tables, revision, shown_path(path), uri)
+
+
+def _check_schema(tables: frozenset[str], revision: str | None, where: str, uri: str) -> None:
+    """Refuse an MLflow store whose core tables or schema revision are not this MLflow's."""
+    head, missing = mlflow_schema_head(), sorted(_MLFLOW_CORE - tables)
+    if missing or (head is not None and revision != head):
+        found = f"tables {', '.join(missing)} missing" if missing else (
+            f"schema revision {revision}, this MLflow needs {head}")
+        raise TunetrackError(
+            f"{where} is a half-created MLflow store ({found}): delete it or "
+            f"point --tracking-uri elsewhere (a complete store of an older MLflow: "
+            f"mlflow db upgrade {redact(uri)})")
+
+
+def ensure_local_store(uri: str) -> None:
+    """Create the local SQLite MLflow store at `uri` if it is not there yet, exactly once.
+
+    Processes starting together must not both run MLflow's migrations on one new file (one
+    dies with an alembic error), and a creation cut short must not leave a half-migrated
+    store behind. So the store is migrated in a temporary file beside it and renamed into
+    place (atomic), under an exclusive lock file `.<db>.lock`: whoever comes second finds the
+    finished store. An existing store is checked (`check_mlflow_store`), never migrated.
+    Other schemes: nothing to do (a server migrates its own database).
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    check_mlflow_store(uri)
+    if path.exists() and path.stat().st_size:
+        return
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        check_mlflow_store(uri)
+        if path.exists() and path.stat().st_size:
+            return  # another process created it while we waited
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        try:
+            _migrate(tmp, default_artifacts=path.parent / "mlruns")
+            os.replace(tmp, path)
+        finally:
+            for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+
+
+def _migrate(db: Path, *, default_artifacts: Path) -> None:
+    """MLflow's own schema set-up (tables, migrations, the Default experiment) in `db`,
+    then every connection closed so the file is complete on its own (no -wal file)."""
+    import logging
+    import sqlite3
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.unlink(missing_ok=True)
+    chatty = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow ..."
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        store = SqlAlchemyStore(sqlite_uri(db), default_artifacts.absolute().as_uri())
+    finally:
+        chatty.setLevel(level)
+    store.engine.dispose()
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock held while the block runs (`fcntl.flock` on
+    `path`; released by the kernel if the process dies). No-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no local multi-process creation race handled there
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

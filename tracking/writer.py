@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
 from . import tags as T
-from .uri import check_reachable, sqlite_path
+from .uri import check_reachable, file_lock, sqlite_path
 
 _log = logging.getLogger(__name__)
 MAX_METRICS, MAX_PARAMS = 1000, 100  # MLflow's log_batch limits
@@ -71,7 +72,7 @@ def short_reason(exc: BaseException) -> str:
     if any(hint in text for hint in _CONNECTION_HINTS):
         endpoint = text.split("API request to ", 1)[-1].split(" failed", 1)[0]
         return f"cannot connect ({endpoint})" if endpoint != text else "cannot connect"
-    line = text.splitlines()[0] if text else type(exc).__name__
+    line = first_line(exc)
     return line if len(line) <= 200 else line[:197] + "..."
 
 
@@ -293,10 +294,14 @@ class Writer:
         return keep
 
     def create_run(self, run: int, study: str, number: int, params: dict[str, str],
-                   tags: dict[str, str], trial_yaml: str, system_metrics_s: float | None
-                   ) -> str:
-        """The trial's child run with its params and `trial.yaml`; returns the run id."""
+                   tags: dict[str, str], trial_yaml: str, system_metrics_s: float | None,
+                   data: Any = None) -> str:
+        """The trial's child run with its params, `trial.yaml` and, given `data` (the
+        trial's `DataConfig`), its splits as dataset inputs (`datasets.py`); returns the
+        run id."""
         from mlflow.entities import Param
+
+        from .datasets import dataset_inputs
 
         state = self._studies[study]
         me = self._runs[run] = _Run(state, number, broken=True)  # until written
@@ -311,6 +316,9 @@ class Writer:
         for start in range(0, len(items), MAX_PARAMS):
             client.log_batch(me.run_id, params=items[start:start + MAX_PARAMS],
                              synchronous=True)
+        if data is not None:
+            client.log_inputs(me.run_id, datasets=dataset_inputs(
+                data, tags.get(T.DATA_FINGERPRINT, "")))
         with tempfile.TemporaryDirectory(prefix="tunetrack-trial-") as tmp:
             (Path(tmp) / "trial.yaml").write_text(trial_yaml)
             self._upload(me, Path(tmp))
@@ -399,7 +407,7 @@ class Writer:
         unless trials of the study still run (other workers): the last one to finish
         leaves the final picture. Runs left RUNNING by dead workers are ended first.
         `drawn()` gives the files, drawn since the message arrived (`draw_study_aside`)."""
-        from .study_artifacts import log_study_summary
+        from .study_artifacts import log_study_summary, study_copy
 
         folder, skipped = drawn() if drawn is not None else (None, {})
         state = self._studies.get(study)
@@ -410,8 +418,20 @@ class Writer:
         self._answering(state.uri)
         client = _client(state.uri)
         end_orphans(client, state.experiment_id, state.parent_run_id, trials)
+        _report_into(study_copy(state.name, trials, directions), folder, state.uri)
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
                           folder, skipped)
+
+
+def _report_into(study: Any, folder: Path, tracking_uri: str) -> None:
+    """`report.html` (what `tunetrack report` writes) into `folder`, for the parent run;
+    a report that cannot be made is logged and left out, never fails the study."""
+    from .report import write_report
+
+    try:
+        write_report(study, folder / "report.html", tracking_uri=tracking_uri)
+    except Exception as exc:
+        _log.warning("report.html not logged to the parent run: %s", first_line(exc))
 
 
 def end_run(client: Any, run_id: str, state: str, reason: str) -> None:
@@ -450,25 +470,18 @@ def _parent_lock(uri: str, experiment: str, study_name: str) -> Iterator[None]:
     """Serialise find-or-create of the parent between processes of a local SQLite store
     (a lock file beside the artifacts); remote stores rely on `_create_parent`'s re-check.
     The helper handles one message at a time, so threads need no lock."""
-    import os
-
     db = sqlite_path(uri)
-    if db is None or os.name == "nt":
+    if db is None:
         yield
         return
-    import fcntl
     import hashlib
 
     name = hashlib.blake2b(repr((uri, experiment, study_name)).encode(),
                            digest_size=6).hexdigest()
     path = db.parent / "mlruns" / f".parent-{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(path):
+        yield
 
 
 def _malloc_trim() -> Callable[[int], object]:

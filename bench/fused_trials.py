@@ -1,0 +1,155 @@
+"""Fused trials (`search.fuse: K`) vs the same trials one after another, side by side.
+
+Rows (one JSON line each, the ratio last):
+
+- `throughput mlp-digits`: 8 width-64 MLPs (2 hidden layers, batch 64, Adam, each its own
+  lr and seed) trained as one fused group vs the same 8 by the ordinary `Trainer` one after
+  another; trial-epochs per second, fused / sequential (target >= 4x on CPU).
+- `throughput cnn-3x32x32`: the same with 8 CIFAR-shaped CNNs on synthetic 3x32x32 data
+  (target >= 8x on a GPU); on CUDA it also prints the fused side's TFLOP/s.
+- `study digits`: `studies/digits.yaml` with 32 trials, `fuse: 8` vs `fuse: 1`, tracking
+  off, in-memory storage; wall time of the trials, fused / unfused (target <= 0.5x on 2
+  CPU cores), and the best value of each (target: within 0.01).
+
+Both sides of a throughput row run in this process, warm, alternating over `repeats`
+(this VM's speed drifts within a minute); the ratio is the median of the per-repeat
+ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
+Run: python -m bench.fused_trials [throughput|study]   (default: both)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tunetrack.models import DataConfig, ModelConfig, TrainConfig, Trainer, create, load_splits
+from tunetrack.models.device import resolve_device
+from tunetrack.models.fused_train import FusedTrainer, Member
+
+K = 8
+STUDY = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
+
+
+def _members(model: ModelConfig, train: TrainConfig) -> list[Member]:
+    """K trials that differ in lr, seed and init, as a study's group would."""
+    inits = ["default", "xavier_uniform", "kaiming_normal", "orthogonal"]
+    return [Member(replace(model, init=inits[i % 4]),
+                   replace(train, lr=train.lr * (0.5 + 0.25 * i), seed=i)) for i in range(K)]
+
+
+def _sequential(members: list[Member], splits, device) -> float:
+    start = time.perf_counter()
+    for m in members:
+        model = create(m.model, splits.input_shape, splits.n_classes, splits.mean, splits.std,
+                       seed=m.train.seed)
+        Trainer(model, m.train, splits, device=device).fit()
+    return time.perf_counter() - start
+
+
+def _fused(members: list[Member], splits, device) -> float:
+    start = time.perf_counter()
+    FusedTrainer(members, splits, device=device).fit()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _flops_per_sample(cfg: ModelConfig, splits, device) -> float:
+    """Training FLOPs (forward + backward) of one member per sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create(cfg, splits.input_shape, splits.n_classes).to(device)
+    x = torch.zeros(8, *splits.input_shape, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 8
+
+
+def throughput(name: str, data: DataConfig, model: ModelConfig, train: TrainConfig,
+               repeats: int) -> dict:
+    device = resolve_device("auto")
+    splits = load_splits(data)
+    members = _members(model, replace(train, device=str(device)))
+    warm = [replace(m, train=replace(m.train, max_epochs=1)) for m in members[:2]]
+    _fused(warm, splits, device)  # imports, kernels and allocator warm on both sides
+    _sequential(warm[:1], splits, device)
+    ratios, fused_s, seq_s = [], [], []
+    for i in range(repeats):  # alternate which side goes first
+        order = (_fused, _sequential) if i % 2 == 0 else (_sequential, _fused)
+        times = {fn: fn(members, splits, device) for fn in order}
+        fused_s.append(times[_fused])
+        seq_s.append(times[_sequential])
+        ratios.append(times[_sequential] / times[_fused])
+    trial_epochs = K * train.max_epochs
+    out = {
+        "bench": "fused_trials", "row": f"throughput {name}", "device": str(device),
+        "threads": torch.get_num_threads(), "k": K, "epochs": train.max_epochs,
+        "repeats": repeats,
+        "fused_trial_epochs_per_s": round(trial_epochs / statistics.median(fused_s), 2),
+        "sequential_trial_epochs_per_s": round(trial_epochs / statistics.median(seq_s), 2),
+    }
+    if device.type == "cuda":
+        flops = _flops_per_sample(model, splits, device) * K * len(splits.train)
+        out |= {"gpu": torch.cuda.get_device_name(device),
+                "fused_tflops": round(flops * train.max_epochs
+                                      / statistics.median(fused_s) / 1e12, 2)}
+    out["ratio"] = round(statistics.median(ratios), 2)
+    return out
+
+
+def study(n_trials: int = 32) -> dict:
+    """The digits study at fuse 8 and fuse 1: wall time of the trials and best values."""
+    import optuna
+
+    from tunetrack.search import config as study_config
+    from tunetrack.search.runner import run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out: dict = {"bench": "fused_trials", "row": "study digits", "trials": n_trials,
+                 "threads": torch.get_num_threads()}
+    for k in (K, 1):
+        spec = study_config.load_study_file(STUDY)
+        spec.tracking.enabled = False
+        spec.search.fuse = k
+        start = time.perf_counter()
+        result = run_study(spec, n_trials=n_trials,
+                           storage=optuna.storages.InMemoryStorage())
+        out[f"fuse{k}_seconds"] = round(time.perf_counter() - start, 1)
+        out[f"fuse{k}_best"] = round(result.best_value, 4)
+        out[f"fuse{k}_trials"] = len(result.trials)
+        out[f"fuse{k}_epochs"] = sum(t.user_attrs.get("epochs_run", 0) for t in result.trials)
+        out[f"fuse{k}_pruned"] = sum(t.state.name == "PRUNED" for t in result.trials)
+    out["best_gap"] = round(out[f"fuse{K}_best"] - out["fuse1_best"], 4)
+    out["ratio"] = round(out[f"fuse{K}_seconds"] / out["fuse1_seconds"], 3)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("TUNETRACK_BENCH_THREADS", "1")))
+    rows = sys.argv[1:] or ["throughput", "study"]
+    gpu = resolve_device("auto").type == "cuda"
+    if "throughput" in rows:
+        mlp = TrainConfig(max_epochs=5, batch_size=64, optimizer="adam", lr=2e-3)
+        print(json.dumps(throughput("mlp-digits", DataConfig(name="digits"),
+                                    ModelConfig(family="mlp", depth=2, width=64), mlp,
+                                    repeats=3)), flush=True)
+        n = 20000 if gpu else 2048
+        cnn = TrainConfig(max_epochs=2, batch_size=128, optimizer="adam", lr=2e-3)
+        print(json.dumps(throughput(
+            "cnn-3x32x32",
+            DataConfig(name="synthetic", n_samples=n, n_classes=10, shape=(3, 32, 32)),
+            ModelConfig(family="cnn", depth=3, width=16, batch_norm=True), cnn,
+            repeats=3 if gpu else 1)), flush=True)
+    if "study" in rows:
+        print(json.dumps(study()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

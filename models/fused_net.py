@@ -1,0 +1,325 @@
+"""K networks of one architecture as one batched network (fused trials).
+
+Small classifiers leave a device idle: each step is dominated by per-operation overhead, so
+K members of one architecture run as one set of larger operations instead of K sets of
+small ones. Layers map as follows (members along a leading K dimension):
+
+- Linear: one `torch.baddbmm` over weights stacked to [K, out, in];
+- Conv2d: one `F.conv2d` with `groups = K` on activations laid out [N, K*C, H, W] (the
+  first convolution, whose input all members share, is one plain convolution with K*C
+  output channels);
+- BatchNorm: one batch-norm over K*C channels, which keeps per-member statistics for free;
+- Dropout: each member's own rate and its own generator (see below);
+- activations and pooling: shared, they act per channel.
+
+Exactness comes first: every member is built by `nets.create` with its own config and seed,
+exactly as an unfused trial would be, and its parameters are copied into the stack, so
+initialisation needs no re-implementation. A member's dropout masks come from a generator
+seeded with its own `train.seed`, drawn with the same calls and shapes as `nn.Dropout` draws
+them from the global generator in the unfused trainer, so a member sees the masks it would
+see alone (on CPU; CUDA's fused dropout kernel draws differently). `extract(k)` returns an
+ordinary `Classifier` (the class `nets.create` returns) holding member k's weights.
+
+All parameters of all members live in one flat [K, P] tensor (`flat`); each layer's
+parameter is an `nn.Parameter` aliasing its slice, and its `.grad` aliases the matching slice
+of `flat_grad`. Backward therefore writes every gradient into one tensor, and the fused
+optimizer (`fused_optim`) updates all members with a handful of [K, P] operations whose
+per-member hyperparameters are [K, 1] tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .errors import TunetrackError
+from .fused_fields import FUSABLE_FAMILIES, SHARED_MODEL_FIELDS
+from .nets import Classifier, create
+
+_PARAM_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+_SHARED_LAYERS = (nn.ReLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.SiLU, nn.Sigmoid,
+                  nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+
+# Each parameter is a strided slice of `flat`, and its gradient the same slice of `flat_grad`
+# on purpose (see the module docstring); autograd's once-per-process note that such a layout
+# "may impair performance" is about other layouts and says nothing useful here.
+warnings.filterwarnings("ignore", message=".*gradient layout contract.*")
+
+# Activation layouts between layers: the raw input all members share, per-member channels
+# side by side ([N, K*C, H, W]), or per-member vectors ([K, N, F]).
+SHARED, IMAGE, VECTOR = "shared", "image", "vector"
+
+
+def param_layers(model: Classifier) -> list[nn.Module]:
+    """Linear/Conv/BatchNorm layers of a member, input side first: what gets stacked."""
+    return [m for m in model.body.modules() if isinstance(m, _PARAM_LAYERS)]
+
+
+def check_fusable(cfg: ModelConfig) -> None:
+    if cfg.family not in FUSABLE_FAMILIES:
+        raise TunetrackError(f"model.family must be one of {', '.join(FUSABLE_FAMILIES)} to "
+                             f"fuse trials but got {cfg.family!r}")
+
+
+def shared_differences(configs: Sequence[ModelConfig]) -> list[str]:
+    """Shared fields on which the configs disagree, as `model.FIELD` names."""
+    return [f"model.{name}" for name in SHARED_MODEL_FIELDS
+            if len({repr(getattr(c, name)) for c in configs}) > 1]
+
+
+@dataclass
+class _Slice:
+    """Where one parameter of layer `layer` lives in each member's row of `flat`."""
+
+    layer: int  # index into param_layers()
+    name: str  # "weight" | "bias"
+    shape: tuple[int, ...]
+    start: int
+
+    @property
+    def stop(self) -> int:
+        return self.start + _numel(self.shape)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class FusedNet(nn.Module):
+    """K members of one architecture; `forward(x)` returns logits [K, N, n_classes].
+
+    Build it with `FusedNet.create`. It is created on its device and must not be moved with
+    `.to()` (the parameters alias `flat`): make a new one instead.
+    """
+
+    def __init__(self, members: Sequence[Classifier], dropouts: Sequence[float],
+                 seeds: Sequence[int], probe: Classifier, device: torch.device):
+        super().__init__()
+        if not members:
+            raise TunetrackError("a fused group needs at least one member")
+        self.device = device
+        self.templates: list[Classifier] = list(members)  # plain list: not our parameters
+        self.normalize = copy.deepcopy(members[0].normalize).to(device)
+        self._probe_layers = param_layers(probe)
+        self.slices: list[_Slice] = []
+        offset = 0
+        for j, layer in enumerate(self._probe_layers):
+            for name in ("weight", "bias"):
+                p = getattr(layer, name, None)
+                if p is not None:
+                    self.slices.append(_Slice(j, name, tuple(p.shape), offset))
+                    offset += p.numel()
+        self.row_size = offset
+        # which elements of a row are weight matrices/kernels (L1 applies to those only)
+        self.l1_mask = torch.zeros(offset, dtype=torch.bool, device=device)
+        for s in self.slices:
+            if len(s.shape) > 1:
+                self.l1_mask[s.start:s.stop] = True
+        self.ops = [self._op(layer) for layer in probe.body]
+        self._rates = list(map(float, dropouts))
+        self._gens: list[torch.Generator] = [self._generator(s) for s in seeds]
+        self._allocate(len(members))
+        for k, member in enumerate(members):
+            self._load_member(k, member)
+
+    @classmethod
+    def create(cls, configs: Sequence[ModelConfig], seeds: Sequence[int],
+               input_shape: Sequence[int], n_classes: int, mean: Sequence[float] | None,
+               std: Sequence[float] | None, device: torch.device) -> FusedNet:
+        """Each member as `nets.create(cfg, ..., seed)` would build it, stacked."""
+        for cfg in configs:
+            check_fusable(cfg)
+        differ = shared_differences(configs)
+        if differ:
+            raise TunetrackError(f"members of a fused group must share {', '.join(differ)}")
+        members = [create(cfg, input_shape, n_classes, mean, std, seed=seed)
+                   for cfg, seed in zip(configs, seeds, strict=True)]
+        # a member with dropout has Dropout layers where one without has none: the probe
+        # (any rate > 0) gives every position, and a member's rate 0 skips it there
+        probe = create(replace(configs[0], dropout=0.5, init="default"), input_shape,
+                       n_classes, mean, std, seed=0)
+        return cls(members, [c.dropout for c in configs], seeds, probe, device)
+
+    # ---- storage --------------------------------------------------------------------
+
+    @property
+    def k(self) -> int:
+        return self.flat.shape[0]
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def _allocate(self, k: int, flat: torch.Tensor | None = None,
+                  buffers: dict[str, torch.Tensor] | None = None) -> None:
+        """(Re)create `flat`, `flat_grad`, the aliasing parameters and the BN buffers."""
+        self.flat = (flat if flat is not None else
+                     torch.zeros(k, self.row_size, device=self.device)).contiguous()
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.params: dict[tuple[int, str], nn.Parameter] = {}
+        for s in self.slices:
+            view = self.flat[:, s.start:s.stop].view(k, *s.shape)
+            param = nn.Parameter(view)
+            param.grad = self.flat_grad[:, s.start:s.stop].view(k, *s.shape)
+            self.params[(s.layer, s.name)] = param
+        self.bn: dict[int, dict[str, torch.Tensor]] = {}
+        for j, layer in enumerate(self._probe_layers):
+            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                self.bn[j] = {name: (buffers[f"{j}.{name}"] if buffers else torch.zeros(
+                    k, *getattr(layer, name).shape, dtype=getattr(layer, name).dtype,
+                    device=self.device)).contiguous()
+                    for name in ("running_mean", "running_var", "num_batches_tracked")}
+
+    def fused_parameters(self) -> list[nn.Parameter]:
+        return list(self.params.values())
+
+    def _load_member(self, k: int, member: Classifier) -> None:
+        layers = param_layers(member)
+        with torch.no_grad():
+            for s in self.slices:
+                source = getattr(layers[s.layer], s.name)
+                if tuple(source.shape) != s.shape:
+                    raise TunetrackError(f"member {k} does not fit the fused group: layer "
+                                         f"{s.layer} {s.name} has shape {tuple(source.shape)},"
+                                         f" the group {s.shape}")
+                self.flat[k, s.start:s.stop] = source.detach().reshape(-1).to(self.device)
+            for j, buffers in self.bn.items():
+                for name, stacked in buffers.items():
+                    stacked[k] = getattr(layers[j], name).detach().to(self.device)
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """A copy of member k's parameters and BN buffers (what `extract` needs)."""
+        state = {"flat": self.flat[k].detach().clone()}
+        for j, buffers in self.bn.items():
+            for name, stacked in buffers.items():
+                state[f"{j}.{name}"] = stacked[k].clone()
+        return state
+
+    def extract(self, k: int, state: dict[str, torch.Tensor] | None = None) -> Classifier:
+        """Member k (or a `member_state` of it) as an ordinary `Classifier` on our device."""
+        state = state or self.member_state(k)
+        model = copy.deepcopy(self.templates[k]).to(self.device)
+        layers = param_layers(model)
+        with torch.no_grad():
+            for s in self.slices:
+                getattr(layers[s.layer], s.name).copy_(
+                    state["flat"][s.start:s.stop].view(s.shape))
+            for j in self.bn:
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    getattr(layers[j], name).copy_(state[f"{j}.{name}"])
+        return model
+
+    def replace_member(self, k: int, member: Classifier, dropout: float, seed: int) -> None:
+        """Put a new member (same architecture) into slot k: a refilled slot."""
+        self._load_member(k, member)
+        self.templates[k] = member
+        self._rates[k] = float(dropout)
+        self._gens[k] = self._generator(seed)
+
+    def keep(self, slots: Sequence[int]) -> None:
+        """Shrink the group to `slots` (in that order)."""
+        index = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
+        buffers = {f"{j}.{name}": stacked.index_select(0, index)
+                   for j, b in self.bn.items() for name, stacked in b.items()}
+        flat = self.flat.detach().index_select(0, index)
+        self.templates = [self.templates[i] for i in slots]
+        self._rates = [self._rates[i] for i in slots]
+        self._gens = [self._gens[i] for i in slots]
+        self._allocate(len(slots), flat, buffers)
+
+    # ---- forward --------------------------------------------------------------------
+
+    def _op(self, layer: nn.Module):
+        index = {id(m): j for j, m in enumerate(self._probe_layers)}
+        if isinstance(layer, nn.Flatten):
+            return self._flatten
+        if isinstance(layer, nn.Linear):
+            return lambda h, lay, j=index[id(layer)]: self._linear(j, h, lay)
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1:
+                raise TunetrackError("grouped convolutions cannot be fused (yet)")
+            return lambda h, lay, j=index[id(layer)], c=layer: self._conv(j, c, h, lay)
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return lambda h, lay, j=index[id(layer)], b=layer: self._batch_norm(j, b, h, lay)
+        if isinstance(layer, (nn.Dropout, nn.Dropout2d)):
+            return lambda h, lay, f=isinstance(layer, nn.Dropout2d): self._dropout(h, lay, f)
+        if isinstance(layer, _SHARED_LAYERS):
+            shared = copy.deepcopy(layer).to(self.device)
+            return lambda h, lay: (shared(h), lay)
+        raise TunetrackError(f"layer {type(layer).__name__} cannot be fused")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, layout = self.normalize(x), SHARED
+        for op in self.ops:
+            h, layout = op(h, layout)
+        if layout != VECTOR:
+            raise TunetrackError("a fused network must end in a Linear layer")
+        return h
+
+    def _flatten(self, h: torch.Tensor, layout: str):
+        if layout == IMAGE:  # [N, K*C, H, W] -> [K, N, C*H*W], each member's (C, H, W) order
+            return h.reshape(h.shape[0], self.k, -1).transpose(0, 1), VECTOR
+        return h.flatten(1), layout
+
+    def _linear(self, j: int, h: torch.Tensor, layout: str):
+        w = self.params[(j, "weight")].transpose(1, 2)  # [K, in, out]
+        bias = self.params.get((j, "bias"))
+        if layout == SHARED:
+            h = h.expand(self.k, *h.shape)
+        if bias is None:
+            return torch.bmm(h, w), VECTOR
+        return torch.baddbmm(bias.unsqueeze(1), h, w), VECTOR
+
+    def _conv(self, j: int, conv: nn.Conv2d, h: torch.Tensor, layout: str):
+        w = self.params[(j, "weight")]
+        w = w.reshape(-1, *w.shape[2:])  # [K*Cout, Cin, kh, kw]
+        bias = self.params.get((j, "bias"))
+        bias = None if bias is None else bias.reshape(-1)
+        groups = 1 if layout == SHARED else self.k  # a shared input feeds every member
+        out = F.conv2d(h, w, bias, conv.stride, conv.padding, conv.dilation, groups)
+        return out, IMAGE
+
+    def _batch_norm(self, j: int, bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor,
+                    layout: str):
+        buffers = self.bn[j]
+        if self.training:
+            buffers["num_batches_tracked"].add_(1)
+        weight, bias = (self.params[(j, n)].reshape(-1) for n in ("weight", "bias"))
+        args = (buffers["running_mean"].view(-1), buffers["running_var"].view(-1), weight,
+                bias, self.training, bn.momentum, bn.eps)
+        if layout == IMAGE:
+            return F.batch_norm(h, *args), IMAGE
+        k, n, c = h.shape  # [K, N, C] -> [N, K*C] and back
+        out = F.batch_norm(h.transpose(0, 1).reshape(n, k * c), *args)
+        return out.view(n, k, c).transpose(0, 1), VECTOR
+
+    def _dropout(self, h: torch.Tensor, layout: str, feature: bool):
+        """Member k's mask: `noise.bernoulli_(1 - p).div_(1 - p)` from its own generator,
+        on a tensor of the shape `nn.Dropout`/`nn.Dropout2d` would draw for it alone."""
+        if not self.training or not any(self._rates):
+            return h, layout
+        k = self.k
+        if layout == IMAGE:
+            n, kc = h.shape[:2]
+            c = kc // k
+            shape = (n, c, 1, 1) if feature else (n, c, *h.shape[2:])
+            noise = torch.ones(n, k, *shape[1:], device=h.device, dtype=h.dtype)
+            for i, (p, gen) in enumerate(zip(self._rates, self._gens, strict=True)):
+                if p > 0:
+                    draw = torch.empty(shape, device=h.device, dtype=h.dtype)
+                    noise[:, i] = draw.bernoulli_(1 - p, generator=gen).div_(1 - p)
+            return h * noise.view(n, kc, *shape[2:]), layout
+        noise = torch.ones(h.shape, device=h.device, dtype=h.dtype)  # rows contiguous
+        for i, (p, gen) in enumerate(zip(self._rates, self._gens, strict=True)):
+            if p > 0:
+                noise[i].bernoulli_(1 - p, generator=gen).div_(1 - p)
+        return h * noise, layout

@@ -1,0 +1,330 @@
+"""Train a group of K trials (members) as one `FusedNet`, each with its own life cycle.
+
+Per member, everything the unfused `Trainer` does happens as it would alone: epoch results
+(`EpochResult`) to its own callbacks, its own early stopping (patience restarting after an
+LR cut), a non-finite loss stopping it alone, its best epoch's weights restored, its own LR
+schedule and hyperparameters (`fused_optim`). When a member is done the caller gets it as
+an ordinary `Classifier` (`MemberResult.model`) and may hand in the next member for the
+freed slot (`refill`); without one, the group shrinks.
+
+What the members share (`fused_fields`): the architecture and the data stream. All
+members see the same batches in the same order and the same augmentation draws, from
+generators seeded with the *group's* seed (the first member's `train.seed`), exactly as an
+unfused trial with that seed would see them. A member's own seed sets its initial weights
+and its dropout masks. A member that joins a running group (a refilled slot) starts at its
+own epoch 0 on the group's stream where it is then.
+
+This module knows nothing of Optuna: the search side passes callbacks and a refill function.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .augment import augment_batch, mix_batch
+from .batches import ResidentBatches, StreamingBatches, count_train_batches
+from .choices import MONITORS
+from .config import ModelConfig, TrainConfig
+from .data import Split, Splits
+from .device import resolve_device
+from .errors import TunetrackError, unknown
+from .fused_fields import SHARED_TRAIN_FIELDS
+from .fused_net import FusedNet, shared_differences
+from .fused_optim import FusedOptimizer, MemberSchedule
+from .nets import Classifier, create
+from .train import (
+    CPU_EVAL_BATCH,
+    LR_DROP_RESTARTS_PATIENCE,
+    EpochCallback,
+    EpochResult,
+    FitResult,
+    _autocast_dtype,
+)
+
+
+@dataclass
+class Member:
+    """One trial of a group: its configs, its epoch callbacks and the caller's handle."""
+
+    model: ModelConfig
+    train: TrainConfig
+    callbacks: Sequence[EpochCallback] = ()
+    key: Any = None  # whatever the caller needs to recognise it (search: the Optuna trial)
+
+
+@dataclass
+class MemberResult:
+    member: Member
+    fit: FitResult
+    model: Classifier  # the member's best-epoch weights, an ordinary network
+
+
+def group_differences(members: Sequence[Member]) -> list[str]:
+    """Fields the members must share but do not (`model.width`, `train.batch_size`, ...)."""
+    train = [f"train.{name}" for name in SHARED_TRAIN_FIELDS
+             if len({repr(getattr(m.train, name)) for m in members}) > 1]
+    return shared_differences([m.model for m in members]) + train
+
+
+def member_losses(logits: torch.Tensor, y: torch.Tensor,
+                  smoothing: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy per member ([K]) of logits [K, N, C], with per-member label smoothing
+    [K] written as `F.cross_entropy(label_smoothing=e)` computes it:
+    (1 - e) * NLL + e / C * mean(-sum_c log p)."""
+    logp = logits.float().log_softmax(-1)
+    k, n, c = logp.shape
+    nll = -logp.gather(2, y.view(1, n, 1).expand(k, n, 1)).squeeze(2).mean(1)
+    if smoothing is None:
+        return nll
+    uniform = -logp.sum(2).mean(1)
+    return (1 - smoothing) * nll + uniform * (smoothing / c)
+
+
+def _check(member: Member) -> None:
+    """What the unfused `Trainer` refuses, refused here too."""
+    monitor = member.train.early_stopping.monitor
+    if monitor not in MONITORS:
+        raise unknown("early_stopping.monitor", monitor, MONITORS)
+    member.train.check()
+
+
+class _Slot:
+    """One member's bookkeeping: the per-epoch part of `Trainer.fit`."""
+
+    def __init__(self, member: Member, schedule: MemberSchedule):
+        self.member, self.schedule = member, schedule
+        self.fit = FitResult()
+        self.best_value: float | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.since_best = 0
+        self.lr = schedule.lr
+        self.done = False
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.member.train
+
+    def begin_epoch(self) -> None:
+        self.lr = self.schedule.lr
+        history = self.fit.history
+        if history and self.lr <= history[-1].lr * LR_DROP_RESTARTS_PATIENCE:
+            self.since_best = 0  # a scheduled LR drop starts a new phase (as Trainer)
+
+    def _improved(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        es = self.cfg.early_stopping
+        if es.monitor == "val_loss":
+            return value < self.best_value - es.min_delta
+        return value > self.best_value + es.min_delta
+
+    def observe(self, res: EpochResult, state: Callable[[], dict]) -> None:
+        """Record the epoch; non-finite losses end the member, improvements keep weights."""
+        import math
+
+        self.fit.history.append(res)
+        if not all(math.isfinite(v) for v in (res.train_loss, res.val_loss)):
+            self.fit.stop_reason, self.done = "non_finite", True
+            self.fit.message = (f"non-finite loss at epoch {res.epoch} (train_loss="
+                                f"{res.train_loss}, val_loss={res.val_loss}); lr={res.lr:g} "
+                                f"is probably too high")
+            return
+        monitored = getattr(res, self.cfg.early_stopping.monitor)
+        if self._improved(monitored):
+            self.best_value, self.since_best, self.fit.best_epoch = monitored, 0, res.epoch
+            self.best_state = state()
+        else:
+            self.since_best += 1
+
+    def decide(self, res: EpochResult) -> None:
+        """Callbacks, then patience, then the epoch budget (the unfused order)."""
+        stop = False
+        for callback in self.member.callbacks:
+            stop = bool(callback.on_epoch_end(res)) or stop
+        patience = self.cfg.early_stopping.patience
+        if stop:
+            self.fit.stop_reason, self.done = "callback", True
+        elif patience is not None and self.since_best >= patience:
+            self.fit.stop_reason, self.done = "early_stopping", True
+            self.fit.message = (f"no {self.cfg.early_stopping.monitor} improvement > "
+                                f"{self.cfg.early_stopping.min_delta:g} for {patience} epochs")
+        elif len(self.fit.history) >= self.cfg.max_epochs:
+            self.done = True  # stop_reason stays "max_epochs"
+
+
+class FusedTrainer:
+    """Trains `members` (same architecture and data stream, see `SHARED_*`) as one net.
+
+    `refill()` is asked for the next member each time one finishes (None: the group
+    shrinks); `on_done(result)` gets each finished member at once, before its slot is
+    refilled. `fit()` returns every member's result in finishing order.
+    """
+
+    def __init__(self, members: Sequence[Member], splits: Splits, *,
+                 device: torch.device | None = None,
+                 refill: Callable[[], Member | None] | None = None,
+                 on_done: Callable[[MemberResult], None] | None = None):
+        if not members:
+            raise TunetrackError("a fused group needs at least one member")
+        differ = group_differences(members)
+        if differ:
+            raise TunetrackError(f"members of a fused group must share {', '.join(differ)}")
+        for member in members:
+            _check(member)
+        cfg = members[0].train
+        self.cfg, self.splits = cfg, splits
+        self.device = device or resolve_device(cfg.device)
+        self.refill, self.on_done = refill, on_done
+        self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
+        self.net = FusedNet.create([m.model for m in members],
+                                   [m.train.seed for m in members], splits.input_shape,
+                                   splits.n_classes, splits.mean, splits.std, self.device)
+        self.channels_last = members[0].model.family != "mlp" and splits.train.x.dim() == 4
+        self.train_data = self._batches(splits.train)
+        self.val_data = self._batches(splits.val)
+        self.eval_batch_size = (cfg.eval_batch_size if self.device.type != "cpu"
+                                else min(cfg.eval_batch_size, CPU_EVAL_BATCH))
+        # bf16 autocast on CUDA; fp16 would need a GradScaler aware of per-member steps
+        amp = _autocast_dtype(self.device, cfg.amp)
+        self.amp_dtype = amp if amp == torch.bfloat16 else None
+        self.slots = [_Slot(m, MemberSchedule(m.train, self.steps_per_epoch)) for m in members]
+        self.optimizer = FusedOptimizer(self.net.flat, self.net.flat_grad, self.net.l1_mask,
+                                        [s.schedule for s in self.slots])
+        self._smoothing()
+        # the group's data stream: what an unfused trial seeded like the first member sees
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+
+    def _batches(self, split: Split) -> ResidentBatches | StreamingBatches:
+        stream = self.cfg.stream
+        if stream is None:
+            stream = split.x.numel() * 4 > 1024**3  # > 1 GiB stays on the host (as Trainer)
+        if stream:
+            workers = 2 if self.device.type == "cuda" else 0
+            return StreamingBatches(split, self.device, workers, self.channels_last)
+        return ResidentBatches(split, self.device, self.channels_last)
+
+    def _smoothing(self) -> None:
+        values = [s.cfg.label_smoothing for s in self.slots]
+        self.smoothing = (torch.tensor(values, device=self.device) if any(values) else None)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    # ---- one epoch ----------------------------------------------------------------------
+
+    def _train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        cfg, net, k = self.cfg, self.net, self.net.k
+        net.train()
+        loss_sum = torch.zeros(k, device=self.device)
+        correct = torch.zeros(k, device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in self.train_data.iterate(cfg.batch_size, self.gen):
+            x = augment_batch(x, cfg.augment, self.aug_gen)
+            mix = mix_batch(x, y, cfg.augment, self.aug_gen)
+            with self._autocast():
+                logits = net(x if mix is None else mix.x)
+            if mix is None:
+                losses = member_losses(logits, y, self.smoothing)
+            else:  # lam * CE(y_a) + (1 - lam) * CE(y_b), per member
+                losses = (mix.lam * member_losses(logits, mix.y_a, self.smoothing)
+                          + (1 - mix.lam) * member_losses(logits, mix.y_b, self.smoothing))
+            net.flat_grad.zero_()
+            losses.sum().backward()  # member k's gradient is its own loss's gradient
+            self.optimizer.step()
+            self.optimizer.after_batch()
+            loss_sum += losses.detach() * len(y)
+            target = y if mix is None else mix.dominant_labels()
+            correct += (logits.argmax(-1) == target).sum(1)
+            seen += len(y)
+        return loss_sum, correct, seen
+
+    @torch.inference_mode()
+    def _validate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        net, k = self.net, self.net.k
+        net.eval()
+        loss_sum = torch.zeros(k, device=self.device)
+        correct = torch.zeros(k, device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in self.val_data.iterate(self.eval_batch_size):
+            with self._autocast():
+                logits = net(x).float()
+            loss_sum += member_losses(logits, y, None) * len(y)
+            correct += (logits.argmax(-1) == y).sum(1)
+            seen += len(y)
+        return loss_sum, correct, seen
+
+    # ---- the group's life ---------------------------------------------------------------
+
+    def fit(self) -> list[MemberResult]:
+        results: list[MemberResult] = []
+        while self.slots:
+            start = time.perf_counter()
+            for slot in self.slots:
+                slot.begin_epoch()
+            loss_sum, correct, seen = self._train_epoch()
+            val_loss, val_correct, seen_val = self._validate()
+            # the one host sync of the epoch
+            stats = torch.stack([loss_sum, correct.float(), val_loss, val_correct.float()])
+            train_loss, train_acc, v_loss, v_acc = stats.tolist()
+            seconds = (time.perf_counter() - start) / len(self.slots)  # each member's share
+            epoch_results = []
+            for k, slot in enumerate(self.slots):
+                res = EpochResult(
+                    epoch=len(slot.fit.history), train_loss=train_loss[k] / max(seen, 1),
+                    train_accuracy=train_acc[k] / max(seen, 1),
+                    val_loss=v_loss[k] / max(seen_val, 1),
+                    val_accuracy=v_acc[k] / max(seen_val, 1), lr=slot.lr,
+                    epoch_seconds=seconds)
+                slot.observe(res, lambda k=k: self.net.member_state(k))
+                epoch_results.append(res)
+            self.optimizer.after_epoch([r.val_loss for r in epoch_results])
+            for slot, res in zip(self.slots, epoch_results, strict=True):
+                if not slot.done:
+                    slot.decide(res)
+            self._retire([k for k, slot in enumerate(self.slots) if slot.done], results)
+        return results
+
+    def _retire(self, finished: list[int], results: list[MemberResult]) -> None:
+        """Hand finished members out, refill their slots or shrink the group."""
+        if not finished:
+            return
+        dropped = []
+        for k in finished:
+            slot = self.slots[k]
+            model = self.net.extract(k, slot.best_state)
+            result = MemberResult(slot.member, slot.fit, model)
+            results.append(result)
+            if self.on_done is not None:
+                self.on_done(result)
+            member = self.refill() if self.refill is not None else None
+            if member is None:
+                dropped.append(k)
+            else:
+                self._place(k, member)
+        if dropped:
+            keep = [k for k in range(len(self.slots)) if k not in dropped]
+            self.slots = [self.slots[k] for k in keep]
+            if keep:
+                self.net.keep(keep)
+                self.optimizer.keep(keep, self.net.flat, self.net.flat_grad, self.net.l1_mask)
+        self._smoothing()
+
+    def _place(self, k: int, member: Member) -> None:
+        _check(member)
+        differ = group_differences([self.slots[k].member, member])
+        if differ:
+            raise TunetrackError(f"a refill must share {', '.join(differ)} with its group")
+        splits = self.splits
+        model = create(member.model, splits.input_shape, splits.n_classes, splits.mean,
+                       splits.std, seed=member.train.seed)
+        self.net.replace_member(k, model, member.model.dropout, member.train.seed)
+        schedule = MemberSchedule(member.train, self.steps_per_epoch)
+        self.optimizer.replace(k, schedule)
+        self.slots[k] = _Slot(member, schedule)

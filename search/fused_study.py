@@ -1,0 +1,376 @@
+"""Run a study's trials K at a time as fused groups (`search.fuse: K`).
+
+How a group forms, through Optuna itself so every sampler keeps working:
+
+1. `study.optimize` asks a trial as usual: the group's *leader*. It samples its full
+   parameter set; the shared part (`fused_groups.shared_values`: architecture, batch size,
+   augmentation, epochs) becomes the group's.
+2. Each further member is `study.enqueue_trial(shared values)` + `study.ask()`: an ordinary
+   trial whose shared parameters are fixed and whose recipe (optimizer, lr, weight decay,
+   momentum, init, dropout, L1, label smoothing, scheduler and its knobs, seed, ...) the
+   sampler draws.
+   While a model-based sampler (TPE, GP) is still in its random start-up
+   (`search.n_startup_trials`), trials train unfused, one architecture each.
+3. The members train as one `FusedTrainer`. Each reports every epoch to its own Optuna
+   trial and is pruned or early-stopped on its own; a finished member is told to Optuna at
+   once (and the study's callbacks run for it), and its slot is refilled with a new member
+   of the same group while the trial budget lasts and the group has taken fewer than
+   `GROUP_SPAN * K` trials; otherwise the group shrinks.
+
+Each member gets exactly what an unfused trial gets (`Objective`): an MLflow child run with
+per-epoch metrics, and, when it completes, its test evaluation, figures, report and model
+(its own slice as an ordinary network), plus the group's name (`GROUP_TAG`, user attr
+`GROUP_ATTR`). The leader is told by `optimize` when its group ends.
+
+On CUDA an out-of-memory error halves K, logs it, and trains the group's unfinished
+members again in halves (`_train`); the smaller K holds for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from tunetrack.models import Trainer, count_parameters
+from tunetrack.models.cost import CostMeter
+from tunetrack.models.fused_fields import FUSABLE_FAMILIES
+from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
+
+from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
+from .objective import Objective, PruningCallback
+from .trial_budget import FINISHED, SharedTrialBudget
+
+_log = logging.getLogger(__name__)
+# a group admits at most this many times K trials (K at the start, the rest as refills of
+# finished slots): refills keep the device busy, the cap makes the sampler choose a new
+# architecture (the shared part) at least every GROUP_SPAN * K trials
+GROUP_SPAN = 4
+# samplers whose first `search.n_startup_trials` finished trials are random draws
+MODEL_BASED = ("tpe", "gp")
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+@dataclass
+class _Outcome:
+    state: str = "FAIL"  # COMPLETE | PRUNED | FAIL
+    values: list[float] | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Trial:
+    """One member as the search side sees it: Optuna trial, MLflow run, pruning callback."""
+
+    trial: optuna.Trial
+    sampled: dict[str, Any]
+    run: Any
+    pruning: PruningCallback | None
+    leader: bool  # told by `optimize` when the group ends; the others by us as they finish
+    meter: CostMeter
+    heartbeat: Any = None
+    closed: bool = False
+    outcome: _Outcome = field(default_factory=_Outcome)
+
+
+class MemberTracking:
+    """The tracking calls an unfused trial makes, for one fused member: a small adapter so
+    the fused path follows `Objective` and can be re-pointed when the tracking API moves."""
+
+    def __init__(self, objective: Objective):
+        self.tracker = objective.tracker
+        self.splits, self.device = objective.splits, objective.device
+
+    def start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str) -> Any:
+        """The member's own run, tagged with its group (`GROUP_TAG`) when it is created."""
+        from tunetrack.tracking.trial_run import NullRun
+
+        if self.tracker is None:
+            return NullRun()
+        return self.tracker.trial_run(trial, sampled, cfg, device=str(self.device),
+                                      data_fingerprint=self.splits.fingerprint,
+                                      tags={GROUP_TAG: group})
+
+    def completed(self, run: Any, evaluator: Trainer, test: Any, fit: Any,
+                  values: list[float]) -> None:
+        value = values[0] if len(values) == 1 else values
+        run.completed(values=value, model=evaluator.model, splits=self.splits, test_eval=test,
+                      fit=fit)
+
+    def end(self, run: Any, outcome: _Outcome, cost: dict[str, float]) -> None:
+        run.log_metrics(cost)
+        run.end(outcome.state, outcome.reason)  # the writing goes on in the tracking helper
+
+
+class FusedStudy:
+    """`study.optimize` driver for fused groups: one `optimize` step = one group."""
+
+    def __init__(self, objective: Objective, k: int, *,
+                 run_trial: Callable[[optuna.Trial], Any] | None = None,
+                 mark_owner: Callable[[optuna.Trial], Any] | None = None):
+        self.objective = objective
+        # an unfused trial through the runner's wrapper; `mark_owner(trial)` notes which
+        # process runs a trial (runner._owned), for the members the wrapper never sees
+        self.run_trial = run_trial or objective
+        self.mark_owner = mark_owner or (lambda trial: None)
+        self.space, self.splits, self.device = objective.space, objective.splits, objective.device
+        self.tracking = MemberTracking(objective)
+        self.k = k
+        self.remaining = 0
+        self.deadline: float | None = None
+        self.callbacks: list[TrialCallback] = []
+        self.admitted = 0  # trials the current group has taken
+
+    # ---- the optimize loop --------------------------------------------------------------
+
+    def optimize(self, study: optuna.Study, *, n_trials: int, timeout: float | None,
+                 catch: tuple[type[Exception], ...], callbacks: Sequence[TrialCallback]) -> None:
+        self.remaining = n_trials
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.callbacks = list(callbacks)
+
+        def budget(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+            if self.remaining <= 0:
+                study.stop()
+
+        study.optimize(self, n_trials=None, timeout=timeout, catch=catch,
+                       callbacks=[*self.callbacks, budget])
+
+    def _starting(self, study: optuna.Study) -> bool:
+        """Is the sampler still in its random start-up? Those trials train unfused: a group
+        would fix one random architecture for K of them, while unfused they show the
+        sampler K architectures to learn from (digits study: best 0.9667 fused from the
+        first trial vs 0.9889 with an unfused start-up, see docs/fused_trials.md)."""
+        search = self.objective.spec.search
+        if search.sampler not in MODEL_BASED:
+            return False
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return len(study.get_trials(deepcopy=False, states=states)) < search.n_startup_trials
+
+    def _more(self, study: optuna.Study) -> bool:
+        """May this process start another trial? (its budget, the study's budget shared by
+        workers, the timeout, `study.stop()`)"""
+        if self.remaining <= 0 or getattr(study, "_stop_flag", False):
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        totals = [c.total for c in self.callbacks if isinstance(c, SharedTrialBudget)]
+        if totals:  # a worker: the trials other workers finished or run count too
+            states = (*FINISHED, optuna.trial.TrialState.RUNNING,
+                      optuna.trial.TrialState.WAITING)
+            return len(study.get_trials(deepcopy=False, states=states)) < min(totals)
+        return True
+
+    def __call__(self, leader: optuna.Trial) -> float | tuple[float, ...]:
+        """One group, led by `leader` (whose outcome `optimize` records on return)."""
+        self.remaining -= 1
+        study = leader.study
+        sampled = self.space.sample(leader)
+        cfg = self.space.resolve(sampled, device=str(self.device))
+        if self.k == 1 or cfg.model.family not in FUSABLE_FAMILIES or self._starting(study):
+            return self.run_trial(leader)  # re-sampling returns the values already drawn
+        self.mark_owner(leader)
+        group = f"g{leader.number}"
+        shared = shared_values(sampled)
+        first = self._start(leader, sampled, cfg, group, leader=True)
+        members = [first]
+        self.admitted = 1
+        while len(members) < self.k and self._more(study):
+            member = self._ask(study, shared, group)
+            if member is not None:
+                members.append(member)
+        self._train(study, members, shared, group)
+        outcome = first.key.outcome
+        if outcome.state == "COMPLETE":
+            values = outcome.values or []
+            return values[0] if len(values) == 1 else tuple(values)
+        if outcome.state == "PRUNED":
+            raise optuna.TrialPruned(outcome.reason)
+        raise torch.cuda.OutOfMemoryError(outcome.reason)  # the one failure not raised yet
+
+    # ---- members ------------------------------------------------------------------------
+
+    def _ask(self, study: optuna.Study, shared: dict, group: str) -> Member | None:
+        """A new member: enqueue the group's shared values, ask, let the sampler fill in."""
+        study.enqueue_trial(shared, user_attrs={GROUP_ATTR: group}, skip_if_exists=False)
+        trial = study.ask()
+        self.mark_owner(trial)
+        self.remaining -= 1
+        self.admitted += 1
+        sampled = self.space.sample(trial)
+        cfg = self.space.resolve(sampled, device=str(self.device))
+        if trial.user_attrs.get(GROUP_ATTR) != group or shared_values(sampled) != shared:
+            # another worker's queued trial (or ours was taken): train it alone, now
+            self._tell(study, trial, *self._alone(trial))
+            return None
+        return self._start(trial, sampled, cfg, group, leader=False)
+
+    def _alone(self, trial: optuna.Trial) -> tuple[str, list[float] | None]:
+        try:
+            value = self.objective(trial)  # its owner is noted already (`_ask`)
+        except optuna.TrialPruned:
+            return "PRUNED", None
+        except Exception as exc:  # recorded as the trial's reason by the objective
+            _log.warning("trial %s failed: %s", trial.number, exc)
+            return "FAIL", None
+        return "COMPLETE", list(value) if isinstance(value, tuple) else [value]
+
+    def _start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str, *,
+               leader: bool) -> Member:
+        trial.set_user_attr(GROUP_ATTR, group)
+        run = self.tracking.start(trial, sampled, cfg, group)
+        pruning = None
+        if not self.objective.spec.search.multi_objective:  # Optuna prunes single-objective
+            pruning = PruningCallback(trial, self.objective.objectives[0].metric)
+        entry = _Trial(trial, sampled, run, pruning, leader, CostMeter(self.device).start())
+        if not leader:  # the leader's heartbeat is optimize's; a member's is ours
+            entry.heartbeat = _heartbeat(trial)
+        callbacks = [c for c in (run, pruning) if c is not None]
+        return Member(cfg.model, cfg.train, callbacks, key=entry)
+
+    def _refill(self, study: optuna.Study, shared: dict, group: str) -> Member | None:
+        while self._more(study) and self.admitted < GROUP_SPAN * self.k:
+            member = self._ask(study, shared, group)
+            if member is not None:
+                return member
+        return None
+
+    def _train(self, study: optuna.Study, members: list[Member], shared: dict,
+               group: str) -> None:
+        """Train the group; on CUDA out of memory halve K and train the rest in halves."""
+        trainer = None
+        try:
+            trainer = FusedTrainer(members, self.splits, device=self.device,
+                                   refill=lambda: self._refill(study, shared, group),
+                                   on_done=lambda result: self._finish(study, result, group))
+            trainer.fit()
+        except torch.cuda.OutOfMemoryError:
+            pending = [s.member for s in trainer.slots] if trainer is not None else members
+            if len(pending) <= 1:  # as an unfused trial: FAIL, and the study goes on
+                self._fail(study, pending, group, "CUDA out of memory (one trial alone)")
+                return
+            self.k = max(1, len(pending) // 2)
+            _log.warning("CUDA out of memory training %d fused trials at once; K is now %d "
+                         "for the rest of this run, and the group's %d unfinished trials "
+                         "train again in groups of %d", len(pending), self.k, len(pending),
+                         self.k)
+            del trainer
+            torch.cuda.empty_cache()
+            for start in range(0, len(pending), self.k):
+                self._train(study, pending[start:start + self.k], shared, group)
+        except BaseException as exc:
+            pending = [s.member for s in trainer.slots] if trainer is not None else members
+            self._fail(study, pending, group, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _finish(self, study: optuna.Study, result: MemberResult, group: str) -> None:
+        """What `Objective` does after `fit`, for one member; then tell Optuna."""
+        entry: _Trial = result.member.key
+        trial, fit, outcome = entry.trial, result.fit, entry.outcome
+        # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
+        entry.meter.device_seconds += sum(r.epoch_seconds for r in fit.history)
+        trial.set_user_attr("epochs_run", fit.epochs_run)
+        trial.set_user_attr("stop_reason", fit.stop_reason)
+        if fit.stop_reason == "non_finite":
+            outcome.state, outcome.reason = "PRUNED", fit.message
+        elif entry.pruning is not None and entry.pruning.pruned_at is not None:
+            metric = self.objective.objectives[0].metric
+            outcome.state = "PRUNED"
+            outcome.reason = (f"pruned by {type(study.pruner).__name__} at epoch "
+                              f"{entry.pruning.pruned_at} "
+                              f"({metric}={getattr(fit.history[-1], metric):.4f})")
+        else:  # an error here fails this member and the group's others (`_train`)
+            self._complete(entry, result)
+        if outcome.state != "COMPLETE":
+            trial.set_user_attr("reason", outcome.reason)
+        self._end(entry)
+
+    def _complete(self, entry: _Trial, result: MemberResult) -> None:
+        """The member's test evaluation, values and report, as for an unfused trial."""
+        member, splits = result.member, self.splits
+        evaluator = Trainer(result.model, member.train, splits, device=self.device)
+        with entry.meter.on_device():
+            test = evaluator.evaluate(splits.test)
+        values = self.objective._values(result.fit, evaluator, entry.meter)
+        trial = entry.trial
+        trial.set_user_attr("best_epoch", result.fit.best_epoch)
+        trial.set_user_attr("test_accuracy", test.accuracy)
+        trial.set_user_attr("param_count", count_parameters(result.model))
+        self.tracking.completed(entry.run, evaluator, test, result.fit, values)
+        entry.outcome.state, entry.outcome.values = "COMPLETE", values
+
+    def _fail(self, study: optuna.Study, members: Sequence[Member], group: str,
+              reason: str) -> None:
+        for member in members:
+            entry: _Trial = member.key
+            if entry.closed:
+                continue
+            entry.outcome.state, entry.outcome.reason = "FAIL", reason
+            entry.trial.set_user_attr("reason", reason)
+            self._end(entry)
+
+    def _end(self, entry: _Trial) -> None:
+        """The trial's cost (as `Objective` records it), its run ended, Optuna told."""
+        cost = entry.meter.stop().metrics()
+        for key, value in cost.items():
+            entry.trial.set_user_attr(key, value)
+        self.tracking.end(entry.run, entry.outcome, cost)
+        self._close(entry)
+
+    def _close(self, entry: _Trial) -> None:
+        """Tell Optuna (the leader is told by `optimize`) and run the study's callbacks."""
+        entry.closed = True
+        if entry.heartbeat is not None:
+            entry.heartbeat.__exit__(None, None, None)
+        if not entry.leader:
+            outcome = entry.outcome
+            self._tell(entry.trial.study, entry.trial, outcome.state, outcome.values)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, state: str,
+              values: list[float] | None) -> None:
+        frozen = study.tell(trial, values if state == "COMPLETE" else None,
+                            state=optuna.trial.TrialState[state])
+        for callback in self.callbacks:
+            # a SharedTrialBudget may wait for the running trials, and the group's leader
+            # runs until the group ends: it runs once, for the leader, when `optimize` has
+            # told it (it counts the whole study, so once per group is enough)
+            if not isinstance(callback, SharedTrialBudget):
+                callback(study, frozen)
+
+
+def _heartbeat(trial: optuna.Trial) -> Any:
+    """Optuna's heartbeat thread for a trial `optimize` did not ask (RDB storages)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    thread = get_heartbeat_thread(trial._trial_id, trial.study._storage)
+    thread.__enter__()
+    return thread
+
+
+def optimize_fused(study: optuna.Study, objective: Objective,
+                   run_trial: Callable[[optuna.Trial], Any], *, n_trials: int,
+                   timeout: float | None, catch: tuple[type[Exception], ...],
+                   callbacks: Sequence[TrialCallback],
+                   mark_owner: Callable[[optuna.Trial], Any] | None = None) -> None:
+    """`study.optimize` with `search.fuse` groups (runner.run_study calls this when K > 1).
+
+    `run_trial`: how the runner runs one trial unfused (`objective` wrapped); `mark_owner`:
+    what that wrapper notes on a trial before running it, for the members it never sees."""
+    spec = objective.spec
+    families = objective.space.options("model.family")
+    for note in fuse_notes(spec, families):
+        _log.warning("note: %s", note)
+    k = effective_fuse(spec)
+    if k == 1:
+        study.optimize(run_trial, n_trials=n_trials, timeout=timeout, catch=catch,
+                       callbacks=callbacks)
+        return
+    fused = FusedStudy(objective, k, run_trial=run_trial, mark_owner=mark_owner)
+    fused.optimize(study, n_trials=n_trials, timeout=timeout, catch=catch, callbacks=callbacks)

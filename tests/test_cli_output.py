@@ -1,0 +1,190 @@
+"""The CLI for scripts and terminals: --version, shell completion, -v/-q, --format
+table|json|csv, and the progress bars (on for a terminal or notebook, off in logs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from rich.console import Console
+from typer.testing import CliRunner
+
+from tunetrack.search.cli import app
+from tunetrack.search.progress import StudyProgress
+
+from .studyfiles import write_study
+
+runner = CliRunner(env={"COLUMNS": "200"})
+CLI = [sys.executable, "-m", "tunetrack.search.cli"]
+
+
+@pytest.fixture
+def storage(tmp_path, monkeypatch):
+    """A SQLite storage with study `made`: three complete trials, one pruned, one failed,
+    written through Optuna's API (no training)."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "TUNETRACK_STORAGE", "TUNETRACK_LOG_LEVEL"):
+        monkeypatch.delenv(var, raising=False)
+    url = f"sqlite:///{tmp_path}/t.db"
+    study = optuna.create_study(study_name="made", storage=url, direction="maximize")
+    dists = {"train.lr": FloatDistribution(1e-4, 1e-1, log=True),
+             "model.depth": IntDistribution(1, 3)}
+    for i, value in enumerate([0.91, 0.95, 0.93]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.lr": 0.01 * (i + 1), "model.depth": i + 1}, distributions=dists,
+            value=value, user_attrs={"test_accuracy": value - 0.01, "epochs_run": 5 + i}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"train.lr": 0.05, "model.depth": 1}, distributions=dists,
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 0.5},
+        user_attrs={"reason": "pruned by MedianPruner at epoch 0", "epochs_run": 1}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"train.lr": 0.07, "model.depth": 2}, distributions=dists,
+        state=optuna.trial.TrialState.FAIL, user_attrs={"reason": "ValueError: boom"}))
+    return url
+
+
+def test_version_names_tunetrack_and_its_libraries():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == (
+        f"tunetrack {version('tunetrack')} (optuna {version('optuna')}, "
+        f"mlflow {version('mlflow')}, torch {version('torch')})")
+
+
+def test_shell_completion_completes_commands_and_options():
+    shown = subprocess.run([*CLI, "--show-completion", "bash"], capture_output=True,
+                           text=True, check=False, timeout=60)
+    assert shown.returncode == 0 and "_TUNETRACK_COMPLETE" in shown.stdout
+    env = {**os.environ, "_TUNETRACK_COMPLETE": "complete_bash", "COMP_WORDS": "tunetrack st",
+           "COMP_CWORD": "1"}
+    completed = subprocess.run(CLI, env=env, capture_output=True, text=True, check=False,
+                               timeout=60)
+    assert completed.stdout.split() == ["status", "studies"]
+    env.update(COMP_WORDS="tunetrack status x --fo", COMP_CWORD="3")
+    completed = subprocess.run(CLI, env=env, capture_output=True, text=True, check=False,
+                               timeout=60)
+    assert completed.stdout.split() == ["--format"]
+
+
+def test_json_of_status_best_studies_and_compare_parses(storage):
+    status = json.loads(runner.invoke(app, ["status", "made", "--storage", storage,
+                                            "--format", "json"]).stdout)
+    assert [t["number"] for t in status] == [0, 1, 2, 3, 4]
+    assert [t["state"] for t in status] == ["COMPLETE"] * 3 + ["PRUNED", "FAIL"]
+    assert status[1]["value"] == 0.95 and status[1]["test_accuracy"] == pytest.approx(0.94)
+    assert status[1]["params"] == {"train.lr": 0.02, "model.depth": 2}
+    assert status[4]["value"] is None and status[4]["reason"] == "ValueError: boom"
+    best = json.loads(runner.invoke(app, ["best", "made", "--storage", storage, "-f",
+                                          "json"]).stdout)
+    assert best == [{"number": 1, "value": 0.95, "test_accuracy": pytest.approx(0.94),
+                     "params": {"train.lr": 0.02, "model.depth": 2}}]
+    studies = json.loads(runner.invoke(app, ["studies", "--storage", storage, "-f",
+                                             "json"]).stdout)
+    assert [(s["name"], s["trials"], s["best_values"], s["directions"]) for s in studies] == [
+        ("made", 5, [0.95], ["maximize"])]
+    result = runner.invoke(app, ["compare", "made", "--storage", storage, "--top", "2",
+                                 "--format", "json", "--tracking-uri", "sqlite:///m.db"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)
+    assert [(t["number"], t["value"]) for t in top] == [(1, 0.95), (2, 0.93)]
+
+
+def test_csv_has_a_header_and_one_row_per_trial(storage):
+    result = runner.invoke(app, ["status", "made", "--storage", storage, "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 5
+    assert rows[0]["params.train.lr"] == "0.01" and rows[0]["state"] == "COMPLETE"
+    assert rows[4]["reason"] == "ValueError: boom" and rows[4]["value"] == ""
+
+
+def test_table_is_the_default_and_a_bad_format_is_refused(storage):
+    table = runner.invoke(app, ["status", "made", "--storage", storage])
+    assert "study made" in table.stdout and "ValueError: boom" in table.stdout
+    bad = runner.invoke(app, ["status", "made", "--storage", storage, "--format", "xml"])
+    assert bad.exit_code == 2 and "'xml' is not one of" in bad.output
+
+
+def test_verbose_shows_tunetrack_info_and_quiet_hides_it(storage, tmp_path):
+    """`worker` on a journal storage logs (at INFO) that killed trials are not retried."""
+    file = write_study(tmp_path, "made")
+    journal = f"journal:{tmp_path}/made.journal"
+    study = optuna.create_study(study_name="made", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(f"{tmp_path}/made.journal")),
+        direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    args = ["worker", str(file), "--storage", journal, "--trials-total", "1", "--no-tracking"]
+    info = "storage has no heartbeats"
+    quiet = runner.invoke(app, args)
+    assert quiet.exit_code == 0 and info not in quiet.stderr
+    verbose = runner.invoke(app, ["-v", *args])
+    assert verbose.exit_code == 0 and info in verbose.stderr
+    assert "INFO tunetrack.search.shared_study" in verbose.stderr
+    assert info not in runner.invoke(app, ["-q", *args]).stderr
+
+
+# ---- progress bars -------------------------------------------------------------------------
+
+
+def _console(terminal: bool) -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=terminal, force_jupyter=False, width=150), out
+
+
+def test_run_study_draws_trial_and_epoch_bars_for_a_terminal(tmp_path, monkeypatch):
+    from tunetrack.search import run_study
+
+    monkeypatch.chdir(tmp_path)
+    console, out = _console(terminal=True)
+    bar = StudyProgress("tiny", 2, console=console)
+    assert bar.enabled
+    epochs: dict[str, list[int]] = {}  # what each trial's bar was set to, frame rate aside
+    update = bar.progress.update
+
+    def record(task, **kwargs):
+        name = bar.progress._tasks[task].description.strip()
+        if "completed" in kwargs and name.startswith("trial"):
+            epochs.setdefault(name, []).append(kwargs["completed"])
+        update(task, **kwargs)
+
+    monkeypatch.setattr(bar.progress, "update", record)
+    run_study(write_study(tmp_path, n_trials=2, max_epochs=3), progress=bar,
+              storage=f"sqlite:///{tmp_path}/s.db")
+    assert epochs == {"trial 0": [1, 2, 3], "trial 1": [1, 2, 3]}
+    assert not [t for t in bar.progress.tasks if t.description.strip().startswith("trial")]
+    text = out.getvalue()
+    assert "2/2" in text and "best 0." in text  # the study bar's last frame
+
+
+def test_bars_are_off_when_nobody_watches(tmp_path, monkeypatch):
+    from tunetrack.search import run_study
+
+    monkeypatch.chdir(tmp_path)
+    console, out = _console(terminal=False)
+    bar = StudyProgress("tiny", 1, console=console)
+    assert not bar.enabled
+    run_study(write_study(tmp_path, n_trials=1), progress=bar, storage=f"sqlite:///{tmp_path}/s.db")
+    assert out.getvalue() == ""
+
+
+def test_shared_bar_counts_every_workers_trials(storage):
+    """`worker` and `run --workers` count the study's finished trials, not their own."""
+    console, _ = _console(terminal=True)
+    bar = StudyProgress("made", 6, shared=True, console=console)
+    study = optuna.load_study(study_name="made", storage=storage)
+    bar.poll(lambda: study, every_s=0.0)
+    task = bar.progress.tasks[0]
+    assert task.completed == 4  # 3 complete + 1 pruned; failed trials do not count
+    assert "1 pruned" in task.fields["detail"] and "best 0.9500 (#1)" in task.fields["detail"]
+
+    def not_yet():
+        raise KeyError("made")
+
+    bar.poll(not_yet, every_s=0.0)  # a study no worker has created yet: no error

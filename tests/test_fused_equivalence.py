@@ -1,0 +1,229 @@
+"""Fused trials are exact: a member trained in a group of K = 4 matches the same trial
+trained alone by the ordinary `Trainer` on the same batch order (CPU, float tolerance),
+and no member's hyperparameters reach another member."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tunetrack.models import (
+    Classifier,
+    DataConfig,
+    EarlyStoppingConfig,
+    ModelConfig,
+    TrainConfig,
+    Trainer,
+    create,
+    load_splits,
+)
+from tunetrack.models.fused_train import FusedTrainer, Member
+
+CPU = torch.device("cpu")
+TOL = dict(rel=1e-4, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    # 96 samples -> 66 train / 15 val / 15 test, 4 classes of 1x8x8
+    return load_splits(DataConfig(name="synthetic", n_samples=96, n_classes=4))
+
+
+def _members(family: str, optimizer: str, scheduler: str, batch_norm: bool = True
+             ) -> list[Member]:
+    """Four members that differ in everything a member may differ in."""
+    model = ModelConfig(family=family, depth=2, width=8 if family == "cnn" else 16,
+                        batch_norm=batch_norm)
+    train = TrainConfig(device="cpu", batch_size=16, max_epochs=4, optimizer=optimizer,
+                        scheduler=scheduler, step_size=1)
+    recipes = [  # init, dropout | lr, weight decay, momentum, nesterov, l1, smoothing, seed, knob
+        ("default", 0.0, 1e-2, 0.0, 0.9, False, 0.0, 0.0, 0, 0.5),
+        ("xavier_uniform", 0.3, 3e-3, 1e-3, 0.8, True, 1e-4, 0.1, 1, 0.3),
+        ("kaiming_normal", 0.1, 2e-2, 0.0, 0.5, False, 0.0, 0.0, 2, 0.9),
+        ("orthogonal", 0.0, 5e-3, 1e-2, 0.0, False, 1e-3, 0.2, 3, 0.7),
+    ]
+    scale = 0.1 if optimizer == "rmsprop" else 1.0  # steps of ~lr per weight whatever the grad
+    return [Member(replace(model, init=init, dropout=dropout),
+                   replace(train, lr=lr * scale, weight_decay=wd, momentum=m,
+                           nesterov=nesterov, l1=l1, label_smoothing=ls, seed=seed,
+                           step_gamma=knob, exp_gamma=knob, plateau_factor=knob,
+                           onecycle_pct_start=knob / 2))
+            for init, dropout, lr, wd, m, nesterov, l1, ls, seed, knob in recipes]
+
+
+def _solo(member: Member, splits, group_seed: int, callbacks=()):
+    """The member alone, by the ordinary trainer, on the group's batch order."""
+    model = create(member.model, splits.input_shape, splits.n_classes, splits.mean, splits.std,
+                   seed=member.train.seed)
+    trainer = Trainer(model, member.train, splits, device=CPU, callbacks=callbacks)
+    trainer.gen = torch.Generator().manual_seed(group_seed)  # the group's data stream
+    trainer.aug_gen = torch.Generator().manual_seed(group_seed + 1)
+    return trainer.fit(), trainer.model
+
+
+def _assert_same_history(fused, solo) -> None:
+    assert len(fused.history) == len(solo.history)
+    assert fused.stop_reason == solo.stop_reason and fused.best_epoch == solo.best_epoch
+    for f, s in zip(fused.history, solo.history, strict=True):
+        assert f.epoch == s.epoch
+        assert f.lr == pytest.approx(s.lr, rel=1e-12)
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            assert getattr(f, key) == pytest.approx(getattr(s, key), **TOL), (key, f.epoch)
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-4) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.allclose(sa[key].float(), sb[key].float(), atol=atol), key
+
+
+def _fit(members, splits, **kwargs):
+    results = FusedTrainer(members, splits, device=CPU, **kwargs).fit()
+    return {r.member.train.seed: r for r in results}
+
+
+CASES = [("mlp", "adam", "none"), ("mlp", "sgd", "step"), ("mlp", "rmsprop", "plateau"),
+         ("cnn", "adamw", "onecycle"), ("cnn", "sgd", "cosine"), ("mlp", "adamw", "exponential")]
+
+
+def test_members_may_differ_in_optimizer_and_schedule(splits):
+    kinds = [("sgd", "onecycle"), ("adam", "step"), ("rmsprop", "cosine"), ("adamw", "plateau")]
+    members = [replace(m, train=replace(m.train, optimizer=o, scheduler=sched,
+                                        lr=m.train.lr * (0.1 if o == "rmsprop" else 1)))
+               for m, (o, sched) in zip(_members("cnn", "adam", "none"), kinds, strict=True)]
+    fused = _fit(members, splits)
+    for member in members:
+        fit, model = _solo(member, splits, group_seed=0)
+        _assert_same_history(fused[member.train.seed].fit, fit)
+        _assert_same_weights(fused[member.train.seed].model, model)
+
+
+@pytest.mark.parametrize(("family", "optimizer", "scheduler"), CASES)
+def test_member_matches_solo_training(splits, family, optimizer, scheduler):
+    members = _members(family, optimizer, scheduler)
+    fused = _fit(members, splits)
+    for member in members:
+        fit, model = _solo(member, splits, group_seed=members[0].train.seed)
+        got = fused[member.train.seed]
+        _assert_same_history(got.fit, fit)
+        assert type(got.model) is Classifier  # what nets.create returns
+        _assert_same_weights(got.model, model)
+
+
+def test_augmentation_and_mixup_are_shared_and_exact(splits):
+    augment = dict(crop_padding=1, rotation=10.0, mixup_alpha=0.4)
+    members = _members("cnn", "adam", "none")
+    members = [replace(m, train=replace(m.train, augment=replace(m.train.augment, **augment)))
+               for m in members]
+    fused = _fit(members, splits)
+    for member in members:
+        _assert_same_history(fused[member.train.seed].fit, _solo(member, splits, 0)[0])
+
+
+def test_hyperparameters_do_not_leak_between_slots(splits):
+    """Slot 0 gets an absurd lr, dropout 0.9, L1 and smoothing; the others are unchanged."""
+    members = _members("mlp", "sgd", "none")
+    calm = _fit(members, splits)
+    wild = replace(members[0], model=replace(members[0].model, dropout=0.9),
+                   train=replace(members[0].train, lr=5.0, l1=0.5, label_smoothing=0.5,
+                                 weight_decay=0.5, momentum=0.99))
+    poisoned = _fit([wild, *members[1:]], splits)
+    assert poisoned[0].fit.history[-1].train_loss != pytest.approx(
+        calm[0].fit.history[-1].train_loss, rel=1e-2)  # slot 0 really trained differently
+    for member in members[1:]:
+        seed = member.train.seed
+        _assert_same_history(poisoned[seed].fit, calm[seed].fit)
+        _assert_same_history(poisoned[seed].fit, _solo(member, splits, 0)[0])
+        _assert_same_weights(poisoned[seed].model, calm[seed].model, atol=1e-6)
+
+
+def test_a_diverging_member_stops_alone(splits):
+    members = _members("mlp", "sgd", "none", batch_norm=False)
+    members[2] = replace(members[2], train=replace(members[2].train, lr=1e6, momentum=0.0))
+    fused = _fit(members, splits)
+    assert fused[2].fit.stop_reason == "non_finite" and "lr=1e+06" in fused[2].fit.message
+    for member in (members[0], members[1], members[3]):
+        _assert_same_history(fused[member.train.seed].fit, _solo(member, splits, 0)[0])
+
+
+class StopAt:
+    def __init__(self, epoch: int):
+        self.epoch, self.seen = epoch, []
+
+    def on_epoch_end(self, result) -> bool:
+        self.seen.append(result.epoch)
+        return result.epoch >= self.epoch
+
+
+def test_per_member_stop_early_stopping_and_best_weights(splits):
+    """One member stopped by its callback (as a pruner would), one by patience; the group
+    shrinks and the others train on exactly as alone."""
+    members = _members("mlp", "adam", "none")
+    pruned = StopAt(1)
+    members[0] = replace(members[0], callbacks=[pruned],
+                         train=replace(members[0].train, max_epochs=6))
+    patient = EarlyStoppingConfig(patience=1, min_delta=10.0)  # never improves enough
+    members[1] = replace(members[1], train=replace(members[1].train, early_stopping=patient,
+                                                   max_epochs=6))
+    members[2] = replace(members[2], train=replace(members[2].train, max_epochs=6))
+    members[3] = replace(members[3], train=replace(members[3].train, max_epochs=6))
+    order = []
+    results = FusedTrainer(members, splits, device=CPU,
+                           on_done=lambda r: order.append(r.member.train.seed)).fit()
+    fused = {r.member.train.seed: r for r in results}
+    assert pruned.seen == [0, 1] and fused[0].fit.stop_reason == "callback"
+    assert fused[1].fit.stop_reason == "early_stopping" and fused[1].fit.epochs_run == 2
+    assert sorted(order[:2]) == [0, 1]  # handed out as they finished, before the rest
+    for member in members:
+        fit, model = _solo(member, splits, 0, [StopAt(1)] if member is members[0] else [])
+        _assert_same_history(fused[member.train.seed].fit, fit)
+        _assert_same_weights(fused[member.train.seed].model, model)  # best epoch restored
+
+
+def test_finished_slots_are_refilled(splits):
+    members = _members("mlp", "adam", "none")
+    for i in (0, 1):  # two members stop early (as pruned trials do), at epochs 0 and 1
+        members[i] = replace(members[i], callbacks=[StopAt(i)])
+    queue = [replace(m, train=replace(m.train, seed=10 + i))
+             for i, m in enumerate(_members("mlp", "adam", "none")[:3])]
+    widths = []
+    trainer = FusedTrainer(members, splits, device=CPU,
+                           refill=lambda: queue.pop(0) if queue else None,
+                           on_done=lambda r: widths.append(trainer.net.k))
+    results = trainer.fit()
+    assert [r.member.train.seed for r in results[:2]] == [0, 1]
+    assert sorted(r.member.train.seed for r in results) == [0, 1, 2, 3, 10, 11, 12]
+    assert widths[:4] == [4, 4, 4, 4]  # slots were refilled, not dropped, while trials waited
+    for r in results[2:]:
+        assert r.fit.epochs_run == 4 and r.fit.stop_reason == "max_epochs"
+        assert r.fit.history[-1].train_loss < r.fit.history[0].train_loss  # it learned
+    for member in members[2:]:  # refills did not disturb the members already there
+        _assert_same_history(next(r for r in results if r.member is member).fit,
+                             _solo(member, splits, 0)[0])
+
+
+def test_extracted_member_predicts_what_the_group_predicts(splits):
+    members = _members("cnn", "adam", "none")
+    trainer = FusedTrainer(members, splits, device=CPU)
+    trainer.net.eval()
+    with torch.no_grad():
+        fused = trainer.net(splits.val.x)
+        for k in range(len(members)):
+            alone = trainer.net.extract(k).eval()(splits.val.x)
+            assert torch.allclose(alone, fused[k], atol=1e-5)
+
+
+def test_members_must_share_the_graph_and_the_data_stream(splits):
+    from tunetrack.models import TunetrackError
+
+    members = _members("mlp", "adam", "none")
+    members[1] = replace(members[1], model=replace(members[1].model, width=32),
+                         train=replace(members[1].train, batch_size=8))
+    with pytest.raises(TunetrackError, match=r"model\.width, train\.batch_size"):
+        FusedTrainer(members, splits, device=CPU)
+    resnet = [replace(m, model=replace(m.model, family="resnet")) for m in members[2:]]
+    with pytest.raises(TunetrackError, match=r"model\.family must be one of mlp, cnn"):
+        FusedTrainer(resnet, splits, device=CPU)

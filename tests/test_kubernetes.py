@@ -1,0 +1,270 @@
+"""deploy/kubernetes (kustomize), checked without a cluster.
+
+The manifests are parsed with `yaml.safe_load_all`; the containers' commands and
+environments go through the same checks as docker-compose.yml's (tests/deploy_support.py):
+parsed by the real CLIs, no password in argv, and the worker Job's command run natively
+against the local PostgreSQL. `kubectl kustomize` renders the base and the gpu component
+where kubectl is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .deploy_support import (
+    Container,
+    check_mlflow_server,
+    check_no_secret_in_argv,
+    check_worker,
+    native_worker,
+    run_workers_natively,
+)
+from .scaleout_support import (
+    PYTHON,
+    MlflowServer,
+    _admin,
+    check_shared_study,
+    load_study,
+    pg_url,  # noqa: F401  (fixture)
+    study_file,
+    wait_all,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "deploy" / "kubernetes"
+KUSTOMIZATION = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+SECRET_NAME = "tunetrack-postgres"
+INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def _load(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+MANIFESTS = [doc for name in KUSTOMIZATION["resources"] for doc in _load(BASE / name)]
+
+
+def resource(kind: str, name: str, manifests: list[dict] = MANIFESTS) -> dict:
+    (found,) = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
+    return found
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def container(workload: dict, index: int = 0) -> Container:
+    """The workload's container, env split into literals and secret references."""
+    spec = pod_spec(workload)["containers"][index]
+    env, secret = {}, set()
+    for item in spec.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == (SECRET_NAME, "password"), item
+            secret.add(item["name"])
+    return Container(name=spec["name"], image=spec["image"], command=list(spec.get("command", [])),
+                     env=env, secret_env=secret,
+                     ports=[p["containerPort"] for p in spec.get("ports", [])])
+
+
+def test_kustomization_lists_every_manifest_and_sets_the_namespace():
+    files = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(KUSTOMIZATION["resources"]) == files
+    assert KUSTOMIZATION["namespace"] == resource("Namespace", "tunetrack")["metadata"]["name"]
+    (image,) = KUSTOMIZATION["images"]
+    assert image["name"] == "tunetrack"  # one place to point at the pushed image
+    images = {container(m).image for m in MANIFESTS if m["kind"] in ("Deployment", "Job")}
+    assert images == {"tunetrack"}
+
+
+def test_no_secret_values_are_committed():
+    assert not [m for m in MANIFESTS if m["kind"] == "Secret"]
+    assert "secretGenerator" not in KUSTOMIZATION  # `kubectl create secret` (docs)
+    for m in MANIFESTS:
+        if m["kind"] in ("Deployment", "StatefulSet", "Job"):
+            check_no_secret_in_argv(container(m))
+
+
+def test_postgres_statefulset_service_and_init_script():
+    pg = resource("StatefulSet", "postgres")
+    c = container(pg)
+    assert c.image == "postgres:15" and c.ports == [5432]
+    assert c.secret_env == {"POSTGRES_PASSWORD"}
+    assert c.env["POSTGRES_DB"] == "optuna" and c.env["MLFLOW_DB"] == "mlflow"
+    assert c.env["PGDATA"].startswith("/var/lib/postgresql/data/")  # not the volume root
+    mounts = {m["name"]: m["mountPath"] for m in pod_spec(pg)["containers"][0]["volumeMounts"]}
+    assert mounts["data"] == "/var/lib/postgresql/data"
+    assert pg["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert mounts["init"] == "/docker-entrypoint-initdb.d"
+    (generated,) = KUSTOMIZATION["configMapGenerator"]
+    init_volume = next(v for v in pod_spec(pg)["volumes"] if v["name"] == "init")
+    assert init_volume["configMap"]["name"] == generated["name"]
+    # the very script docker-compose.yml mounts: one copy for both deployments
+    (script,) = generated["files"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    (init_mount,) = [v for v in compose["services"]["postgres"]["volumes"] if "initdb" in v]
+    assert (BASE / script).resolve().parent == (REPO / init_mount.split(":")[0]).resolve()
+    _service_reaches(resource("Service", "postgres"), pg, 5432)
+
+
+def _service_reaches(service: dict, workload: dict, port: int) -> None:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["port"] == port and svc_port["targetPort"] in container(workload).ports
+
+
+def test_mlflow_server_reads_its_database_from_the_environment():
+    mlflow = resource("Deployment", "mlflow")
+    c = container(mlflow)
+    assert "--backend-store-uri" not in c.command
+    params = check_mlflow_server(c, db_host="postgres", port=5000)
+    assert "mlflow:5000" in params["allowed_hosts"].split(",")  # the workers' Host header
+    probe = pod_spec(mlflow)["containers"][0]["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/health", 5000)
+    volume = next(v for v in pod_spec(mlflow)["volumes"] if v["name"] == "artifacts")
+    resource("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    _service_reaches(resource("Service", "mlflow"), mlflow, 5000)
+
+
+def test_workers_are_an_indexed_job_sharing_one_study():
+    job = resource("Job", "tunetrack-workers")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] >= 2
+    assert pod_spec(job)["restartPolicy"] == "Never"
+    assert pod_spec(job)["terminationGracePeriodSeconds"] >= 30
+    c = container(job)
+    params = check_worker(c, storage_host="postgres", tracking="http://mlflow:5000")
+    assert params["device"] is None  # CPU unless the gpu component is added
+    index = next(e for e in pod_spec(job)["containers"][0]["env"]
+                 if e["name"] == "TUNETRACK_WORKER_INDEX")
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == INDEX_ANNOTATION  # distinct seeds
+    requests = pod_spec(job)["containers"][0]["resources"]["requests"]
+    assert c.env["OMP_NUM_THREADS"] == str(requests["cpu"])
+    (wait,) = pod_spec(job)["initContainers"]
+    code = wait["command"][-1]
+    compile(code, "wait-for-mlflow", "exec")  # valid Python
+    assert "http://mlflow:5000/health" in code and wait["image"] == "tunetrack"
+    studies = next(v for v in pod_spec(job)["volumes"] if v["name"] == "studies")
+    assert studies["configMap"]["optional"] is True  # the image's studies/ without it
+
+
+def _json_patch_add(doc: dict, ops: list[dict]) -> dict:
+    """RFC 6902 `add` operations (the only kind the gpu component uses)."""
+    for op in ops:
+        assert op["op"] == "add", op
+        *parents, last = [p.replace("~1", "/").replace("~0", "~")
+                          for p in op["path"].lstrip("/").split("/")]
+        node = doc
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        if isinstance(node, list):
+            node.append(op["value"]) if last == "-" else node.insert(int(last), op["value"])
+        else:
+            node[last] = op["value"]
+    return doc
+
+
+def test_gpu_component_requests_one_gpu_per_worker():
+    component = yaml.safe_load((BASE / "components" / "gpu" / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    (patch,) = component["patches"]
+    assert patch["target"] == {"kind": "Job", "name": "tunetrack-workers"}
+    job = _json_patch_add(yaml.safe_load(yaml.safe_dump(resource("Job", "tunetrack-workers"))),
+                          yaml.safe_load(patch["patch"]))
+    limits = pod_spec(job)["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    params = check_worker(container(job), storage_host="postgres", tracking="http://mlflow:5000")
+    assert params["device"] == "cuda"
+
+
+# ---- kubectl kustomize, where kubectl is installed --------------------------------------
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("no kubectl")
+    result = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_kubectl_kustomize_renders_the_base():
+    rendered = _kustomize(BASE)
+    namespaced = [d for d in rendered if d["kind"] != "Namespace"]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"tunetrack"}
+    (init,) = [d for d in rendered if d["kind"] == "ConfigMap"]
+    assert "CREATE DATABASE" in next(iter(init["data"].values()))
+    pg = resource("StatefulSet", "postgres", rendered)
+    volume = next(v for v in pod_spec(pg)["volumes"] if v["name"] == "init")
+    assert volume["configMap"]["name"] == init["metadata"]["name"]  # the hashed name
+    assert container(resource("Job", "tunetrack-workers", rendered)).image == "tunetrack:latest"
+
+
+def test_kubectl_kustomize_renders_the_gpu_component(tmp_path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(BASE, overlay)],
+        "components": [os.path.relpath(BASE / "components" / "gpu", overlay)],
+    }))
+    job = resource("Job", "tunetrack-workers", _kustomize(overlay))
+    assert pod_spec(job)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container(job).command[-2:] == ["--device", "cuda"]
+
+
+# ---- the Job's workers (and the MLflow server), run here against PostgreSQL ---------------
+
+
+@pytest.mark.postgres
+def test_two_job_workers_share_one_study_natively(pg_url, tmp_path):  # noqa: F811
+    job = container(resource("Job", "tunetrack-workers"))
+    run_workers_natively([job, job], pg_url=pg_url, folder=tmp_path, name="k8s-two",
+                         indexed=True)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_manifest_mlflow_server_on_postgres_serves_the_job_workers(pg_url, tmp_path):  # noqa: F811
+    """The Deployment's `mlflow server` command with its environment (backend store from
+    MLFLOW_BACKEND_STORE_URI) on a PostgreSQL database, the Job's workers logging to it."""
+    mlflow_db = f"{pg_url}_mlflow"  # a second database, as the init script makes
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{mlflow_db.rsplit("/", 1)[1]}"')
+    manifest = container(resource("Deployment", "mlflow"))
+    server = MlflowServer(tmp_path)
+    argv = [a.replace("/mlartifacts", str(tmp_path / "mlartifacts")) for a in manifest.command]
+    for flag, value in (("--host", "127.0.0.1"), ("--port", server.port), ("--workers", 1),
+                        ("--allowed-hosts", f"127.0.0.1:{server.port}")):
+        argv[argv.index(flag) + 1] = str(value)
+    server.argv = [PYTHON, "-m", *argv]
+    server.env = {**os.environ, **manifest.env, "MLFLOW_BACKEND_STORE_URI": mlflow_db,
+                  "PGPASSWORD": "unused-with-trust-auth"}
+    job = container(resource("Job", "tunetrack-workers"))
+    try:
+        server.start()
+        study = study_file(tmp_path, "k8s-server", n_trials=4)
+        procs = []
+        for i in range(2):
+            argv, env = native_worker(job, storage=pg_url, tracking_uri=server.uri, study=study,
+                                      index=i)
+            procs.append(subprocess.Popen(argv, env=env, cwd=tmp_path,
+                                          stdout=(tmp_path / f"w{i}.log").open("wb"),
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        assert wait_all(procs, timeout_s=600) == [0, 0]
+        check_shared_study(load_study("k8s-server", pg_url), 4, 2, server.uri, "k8s-server")
+    finally:
+        server.stop()
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{mlflow_db.rsplit("/", 1)[1]}" WITH (FORCE)')
