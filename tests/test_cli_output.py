@@ -60,8 +60,10 @@ def test_version_names_tunetrack_and_its_libraries():
 
 
 def test_shell_completion_completes_commands_and_options():
-    shown = subprocess.run([*CLI, "--show-completion", "bash"], capture_output=True,
-                           text=True, check=False, timeout=60)
+    # typer detects the calling shell (shellingham): run under bash, whatever shell runs
+    # pytest (CI's make uses sh, which typer does not support); a second command keeps bash
+    shown = subprocess.run(["bash", "-c", '"$@" --show-completion; exit $?', "bash", *CLI],
+                           capture_output=True, text=True, check=False, timeout=60)
     assert shown.returncode == 0 and "_TUNETRACK_COMPLETE" in shown.stdout
     env = {**os.environ, "_TUNETRACK_COMPLETE": "complete_bash", "COMP_WORDS": "tunetrack st",
            "COMP_CWORD": "1"}

@@ -73,11 +73,13 @@ def _assert_same_history(fused, solo) -> None:
             assert getattr(f, key) == pytest.approx(getattr(s, key), **TOL), (key, f.epoch)
 
 
-def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-4) -> None:
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, tol: float = 1e-4) -> None:
+    """Float tolerance relative to the value too: BatchNorm running variances reach ~5, where
+    a summation-order difference (torch 2.4's CPU kernels: 1.9422 vs 1.9424) exceeds 1e-4."""
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for key in sa:
-        assert torch.allclose(sa[key].float(), sb[key].float(), atol=atol), key
+        assert torch.allclose(sa[key].float(), sb[key].float(), atol=tol, rtol=tol), key
 
 
 def _fit(members, splits, **kwargs):
@@ -137,7 +139,7 @@ def test_hyperparameters_do_not_leak_between_slots(splits):
         seed = member.train.seed
         _assert_same_history(poisoned[seed].fit, calm[seed].fit)
         _assert_same_history(poisoned[seed].fit, _solo(member, splits, 0)[0])
-        _assert_same_weights(poisoned[seed].model, calm[seed].model, atol=1e-6)
+        _assert_same_weights(poisoned[seed].model, calm[seed].model, tol=1e-6)
 
 
 def test_a_diverging_member_stops_alone(splits):
