@@ -28,6 +28,8 @@ from .space import SearchSpace
 if TYPE_CHECKING:
     from tunetrack.tracking import NullRun, StudyTracker, TrialRun
 
+INTERRUPTED = "interrupted (SIGINT)"  # the `reason` of a trial stopped by Ctrl-C
+
 
 class PruningCallback:
     """Reports the study metric to Optuna after each epoch and asks the pruner."""
@@ -77,11 +79,15 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         from tunetrack.tracking.trial_run import NullRun
 
-        sampled = self.space.sample(trial)
-        cfg = self.space.resolve(sampled, device=str(self.device))
-        run = NullRun() if self.tracker is None else self.tracker.trial_run(
-            trial, sampled, cfg, device=str(self.device),
-            data_fingerprint=self.splits.fingerprint)
+        try:  # Ctrl-C while sampling or creating the run: the FAIL trial still says why
+            sampled = self.space.sample(trial)
+            cfg = self.space.resolve(sampled, device=str(self.device))
+            run = NullRun() if self.tracker is None else self.tracker.trial_run(
+                trial, sampled, cfg, device=str(self.device),
+                data_fingerprint=self.splits.fingerprint)
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", INTERRUPTED)
+            raise
         state, reason = "FAIL", ""
         meter = CostMeter(self.device).start()
         try:
@@ -94,7 +100,7 @@ class Objective:
             reason = f"CUDA out of memory: {first_line(exc)}"
             raise
         except KeyboardInterrupt:
-            reason = "interrupted (SIGINT)"
+            reason = INTERRUPTED
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
