@@ -275,7 +275,7 @@ def test_two_compose_workers_share_one_study_natively(pg_url, tmp_path):  # noqa
 def test_stop_signal_fails_the_running_trial_and_ends_its_run(pg_url, tmp_path):  # noqa: F811
     """`docker compose stop` sends the service's stop_signal (SIGINT): the worker must end
     within the grace period and leave no trial RUNNING and no MLflow run RUNNING."""
-    study = study_file(tmp_path, "compose-stop", n_trials=4, epochs=150, batch_size=16)
+    study = study_file(tmp_path, "compose-stop", n_trials=20, epochs=300, batch_size=16)
     tracking = mlflow_store(tmp_path, "compose-stop")
     argv, env = native_worker(container("worker"), storage=pg_url, tracking_uri=tracking,
                               study=study)
