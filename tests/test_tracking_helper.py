@@ -293,33 +293,3 @@ def test_ctrl_c_leaves_no_mlflow_run_running(tmp_path):
     assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert [r.data.tags[T.OPTUNA_TRIAL] for r in failed] == [str(trials[-1].number)]
-
-
-def test_study_plots_are_drawn_in_a_fork_while_another_thread_draws(monkeypatch):
-    """The helper forks while its slow lane may be drawing a trial's figure (holding
-    matplotlib's render lock): the copy must not wait for a lock nobody will release."""
-    from matplotlib.figure import Figure
-
-    from tunetrack.tracking import study_artifacts
-
-    held, release = threading.Event(), threading.Event()
-
-    def draw_forever() -> None:
-        with Figure._render_lock:
-            held.set()
-            release.wait(120)
-
-    threading.Thread(target=draw_forever, daemon=True).start()
-    held.wait(10)
-    study = optuna.create_study()
-    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1),
-                   n_trials=5)
-    monkeypatch.setattr(study_artifacts, "CHILD_TIMEOUT_S", 40.0)
-    start = time.monotonic()
-    try:
-        folder, skipped = study_artifacts.draw_study_aside("s", study.trials, ["MINIMIZE"])()
-    finally:
-        release.set()
-    assert time.monotonic() - start < 40  # drawn by the fork, not after its timeout
-    assert {"slice.png", "slice.html", "trials.csv"} <= set(os.listdir(folder))
-    assert "slice" not in skipped

@@ -230,67 +230,20 @@ def draw_study(name: str, trials: list, directions: list[str], out: Path,
 
 
 def draw_study_aside(name: str, trials: list, directions: list[str]) -> Callable[[], tuple]:
-    """Start drawing the study's files in two forked copies of this process (imports
-    warm, one half of the plots each), so that the drawing uses both cores and overlaps
-    with the last trial's own files; returns `finish()`, which waits and gives (folder,
-    skipped plots). A part whose copy failed, or every part where forking is not
-    possible, is drawn here. The plots take ~2 s in all (bench/figure_costs.py), most of
-    what is left to do when the last trial ends."""
+    """`finish()` draws the study's files into a new folder and gives (folder, skipped
+    plots); the helper's slow lane calls it after the trials' own files. Drawn in this
+    process, not in forked copies: a fork of the multi-threaded helper inherits every lock
+    another thread held at that moment (matplotlib's render lock, logging, a database
+    driver's) and could wait forever (seen: a PostgreSQL study's copies hung at Ctrl-C)."""
     folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
-    pids = {}
-    for part in (0, 1) if hasattr(os, "fork") else ():
-        pids[part] = os.fork()
-        if pids[part] == 0:  # a copy: draw, say what was skipped, leave
-            code = 1
-            try:
-                _fresh_locks()
-                skipped = draw_study(name, trials, directions, folder, part)
-                (folder / f".skipped-{part}.json").write_text(json.dumps(skipped))
-                code = 0
-            finally:
-                os._exit(code)
 
     def finish() -> tuple[Path, dict[str, str]]:
-        skipped: dict[str, str] = {}
-        for part in (0, 1):
-            report = folder / f".skipped-{part}.json"
-            if part in pids and _waited(pids[part], CHILD_TIMEOUT_S) and report.exists():
-                skipped.update(json.loads(report.read_text()))
-                report.unlink()
-            else:
-                skipped.update(draw_study(name, trials, directions, folder, part))
-        return folder, skipped
+        return folder, draw_study(name, trials, directions, folder)
 
     return finish
 
 
-CHILD_TIMEOUT_S = 60.0
 _SKIPPED = ".skipped.json"
-
-
-def _fresh_locks() -> None:
-    """In a forked copy: locks another thread held at the fork (the slow lane drawing a
-    trial's figures holds matplotlib's figure render lock) would be held forever."""
-    import threading
-
-    from matplotlib.figure import Figure
-
-    Figure._render_lock = threading.RLock()
-
-
-def _waited(pid: int, timeout: float) -> bool:
-    """Whether child `pid` exited cleanly within `timeout` (else it is killed)."""
-    import signal
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return False
 
 
 def log_study_summary(client, parent_run_id: str, name: str, trials: list,
