@@ -12,10 +12,9 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,17 +133,14 @@ def _figure_of(axes):
     return first.figure
 
 
-def write_plots(study: optuna.Study, out: Path, only: Collection[str] | None = None
-                ) -> StudySummary:
-    """The plots that apply (those named in `only`, if given) into `out`."""
+def write_plots(study: optuna.Study, out: Path) -> StudySummary:
+    """The plots that apply into `out`."""
     import matplotlib
 
     plt = _pyplot()
     plots, skipped = plot_list(study)
     summary = StudySummary(skipped=skipped)
     for name, (plotly_fn, mpl_fn) in plots.items():
-        if only is not None and name not in only:
-            continue
         with warnings.catch_warnings(), matplotlib.rc_context():  # optuna sets ggplot style
             warnings.simplefilter("ignore")
             try:
@@ -184,20 +180,9 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# the dearest matplotlib twins (bench/figure_costs.py: slice 0.8 s, intermediate values
-# 0.2 s vs 1.1 s for all the rest), drawn by one process while another draws the rest
-FIRST_PART = ("slice", "intermediate_values", "pareto_front")
-
-
-def write_study_artifacts(study: optuna.Study, out: Path, part: int | None = None
-                          ) -> StudySummary:
-    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`: all of
-    them, or `part` 0 (the plots of FIRST_PART) or 1 (everything else)."""
-    if part == 0:
-        return write_plots(study, out, FIRST_PART)
-    plots = plot_list(study)[0]
-    summary = write_plots(study, out, None if part is None else [
-        name for name in plots if name not in FIRST_PART])
+def write_study_artifacts(study: optuna.Study, out: Path) -> StudySummary:
+    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`."""
+    summary = write_plots(study, out)
     trials_frame(study).to_csv(out / "trials.csv", index=False)
     summary.written.append("trials.csv")
     has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -220,30 +205,6 @@ def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
     study = optuna.create_study(study_name=name, directions=[d.lower() for d in directions])
     study.add_trials(trials)
     return study
-
-
-def draw_study(name: str, trials: list, directions: list[str], out: Path,
-               part: int | None = None) -> dict[str, str]:
-    """The study's files (or one part of them) into `out`; returns the plots skipped and
-    why."""
-    return write_study_artifacts(study_copy(name, trials, directions), out, part).skipped
-
-
-def draw_study_aside(name: str, trials: list, directions: list[str]) -> Callable[[], tuple]:
-    """`finish()` draws the study's files into a new folder and gives (folder, skipped
-    plots); the helper's slow lane calls it after the trials' own files. Drawn in this
-    process, not in forked copies: a fork of the multi-threaded helper inherits every lock
-    another thread held at that moment (matplotlib's render lock, logging, a database
-    driver's) and could wait forever (seen: a PostgreSQL study's copies hung at Ctrl-C)."""
-    folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
-
-    def finish() -> tuple[Path, dict[str, str]]:
-        return folder, draw_study(name, trials, directions, folder)
-
-    return finish
-
-
-_SKIPPED = ".skipped.json"
 
 
 def log_study_summary(client, parent_run_id: str, name: str, trials: list,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import shutil
 import tempfile
 import threading
 import time
@@ -133,11 +132,6 @@ class Writer:
             self._lanes[1].put((None, "wait", {"event": caught_up}))
         if op == "completed":
             self._slow_runs.add(run)
-        if op == "finish_study" and kwargs["study"] in self._studies:
-            from .study_artifacts import draw_study_aside  # now, beside the queued work
-
-            kwargs["drawn"] = draw_study_aside(self._studies[kwargs["study"]].name,
-                                               kwargs["trials"], kwargs["directions"])
         self._lanes[slow].put((seq, op, kwargs))
 
     def close(self) -> None:
@@ -401,24 +395,23 @@ class Writer:
         self._answering(me.study.uri)
         end_run(_client(me.study.uri), me.run_id, state, reason)
 
-    def finish_study(self, study: str, trials: list, directions: list[str],
-                     drawn: Callable[[], tuple] | None = None) -> None:
-        """Plots, trials.csv and best params on the parent run, which then ends FINISHED
-        unless trials of the study still run (other workers): the last one to finish
-        leaves the final picture. Runs left RUNNING by dead workers are ended first.
-        `drawn()` gives the files, drawn since the message arrived (`draw_study_aside`)."""
-        from .study_artifacts import log_study_summary, study_copy
+    def finish_study(self, study: str, trials: list, directions: list[str]) -> None:
+        """Plots, trials.csv, best params and report.html on the parent run, which then
+        ends FINISHED unless trials of the study still run (other workers): the last one to
+        finish leaves the final picture. Runs left RUNNING by dead workers are ended first.
+        Drawn here on the slow lane, after the last trial's own files."""
+        from .study_artifacts import log_study_summary, study_copy, write_study_artifacts
 
-        folder, skipped = drawn() if drawn is not None else (None, {})
         state = self._studies.get(study)
-        if state is None or state.parent_run_id is None or folder is None:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if state is None or state.parent_run_id is None:
             return
+        copy = study_copy(state.name, trials, directions)
+        folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
+        skipped = write_study_artifacts(copy, folder).skipped
         self._answering(state.uri)
         client = _client(state.uri)
         end_orphans(client, state.experiment_id, state.parent_run_id, trials)
-        _report_into(study_copy(state.name, trials, directions), folder, state.uri)
+        _report_into(copy, folder, state.uri)
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
                           folder, skipped)
 
