@@ -102,7 +102,8 @@ def study_costs(study: optuna.Study, folder: Path, repeats: int) -> dict[str, fl
     for name, (plotly_fn, mpl_fn) in plots.items():
         costs[f"{name}.html"] = timed(lambda f=plotly_fn, n=name: f(study).write_html(
             folder / f"{n}.html", include_plotlyjs="cdn"), repeats)
-        costs[f"{name}.png"] = timed(lambda f=mpl_fn, n=name: png(f, n), repeats)
+        if mpl_fn is not None:  # contour and rank are HTML only (study_artifacts)
+            costs[f"{name}.png"] = timed(lambda f=mpl_fn, n=name: png(f, n), repeats)
     costs["trials.csv"] = timed(lambda: trials_frame(study).to_csv(folder / "t.csv"), repeats)
     return costs
 

@@ -19,6 +19,7 @@ import functools
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 import time
 
@@ -148,6 +149,14 @@ def main() -> None:
     sys.meta_path.insert(0, _AfterImport())
     returned: list[float] = []
     atexit.register(_report, returned)  # first registered: runs after the helper's drain
+    leave = os._exit
+
+    def report_then_leave(code: int) -> None:  # the CLI leaves with os._exit: no atexit
+        returned.append(_now()[0])
+        _report(returned[:1])
+        leave(code)
+
+    os._exit = report_then_leave
     sys.argv = ["tunetrack", *sys.argv[1:]]
     try:
         cli.main()

@@ -31,7 +31,7 @@ from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .choices import MONITORS
 from .config import ModelConfig, TrainConfig
 from .data import Split, Splits
-from .device import resolve_device
+from .device import flushed_denormals, resolve_device
 from .errors import TunetrackError, unknown
 from .fused_fields import SHARED_TRAIN_FIELDS
 from .fused_net import FusedNet, shared_differences
@@ -263,6 +263,11 @@ class FusedTrainer:
     # ---- the group's life ---------------------------------------------------------------
 
     def fit(self) -> list[MemberResult]:
+        """Train until every member has stopped; each member's result as it stops."""
+        with flushed_denormals(self.device):
+            return self._fit()
+
+    def _fit(self) -> list[MemberResult]:
         results: list[MemberResult] = []
         while self.slots:
             start = time.perf_counter()

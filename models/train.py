@@ -22,7 +22,7 @@ from .augment import augment_batch, mix_batch
 from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .config import TrainConfig
 from .data import Split, Splits
-from .device import resolve_device
+from .device import flushed_denormals, resolve_device
 from .errors import unknown
 
 CPU_EVAL_BATCH = 128
@@ -322,6 +322,12 @@ class Trainer:
         return best is None or MONITORS[stopping.monitor](value, best, stopping.min_delta)
 
     def fit(self) -> FitResult:
+        """Train until `max_epochs`, early stopping or a callback says stop; the best
+        epoch's weights are restored."""
+        with flushed_denormals(self.device):
+            return self._fit()
+
+    def _fit(self) -> FitResult:
         cfg = self.cfg
         result = FitResult()
         best_value: float | None = None

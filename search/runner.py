@@ -160,10 +160,10 @@ def run_study(
     study = create_or_load(spec, space, backend, seed_offset)
     clean_up_dead_trials(study, tracking_uri=tracking_uri, track=spec.tracking.enabled)
     if tracker is not None:
-        from tunetrack.tracking.uri import ensure_local_store
+        from tunetrack.tracking.uri import check_mlflow_store
 
-        ensure_local_store(tracker.tracking_uri)  # once, even when processes start together
-        tracker.start_study(study, wait=False)  # the helper creates the parent run
+        check_mlflow_store(tracker.tracking_uri)  # a wrong file is refused before any trial
+        tracker.start_study(study, wait=False)  # the helper creates the store and parent run
     n_trials = n_trials or spec.search.n_trials
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
     plain = Objective(spec, space, splits, dev, tracker, progress=bar)

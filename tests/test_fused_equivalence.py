@@ -100,7 +100,12 @@ def test_members_may_differ_in_optimizer_and_schedule(splits):
     for member in members:
         fit, model = _solo(member, splits, group_seed=0)
         _assert_same_history(fused[member.train.seed].fit, fit)
-        _assert_same_weights(fused[member.train.seed].model, model)
+        # RMSprop divides by the root of the squared gradients' average: where a gradient
+        # is near zero, a last-bit difference between the grouped and the plain
+        # convolution (one thread, Intel Xeon: 4.6e-4 after 20 steps) becomes part of a
+        # step of ~lr (here 1e-3); a leaked hyperparameter moves the weights far more
+        tol = 2e-3 if member.train.optimizer == "rmsprop" else 1e-4
+        _assert_same_weights(fused[member.train.seed].model, model, tol=tol)
 
 
 @pytest.mark.parametrize(("family", "optimizer", "scheduler"), CASES)

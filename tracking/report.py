@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from .study_artifacts import StudySummary
+
 _log = logging.getLogger(__name__)
 
 PLOT_TITLES = {
@@ -167,11 +169,18 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None) -> str:
     return f'<section id="summary"><h2>Summary</h2>{_kv_table(rows)}</section>'
 
 
-def _plot_divs(study: optuna.Study, summary: ReportSummary) -> list[str]:
-    """Optuna's plotly figures as divs (no plotly.js: the page carries it once)."""
+def _plot_divs(study: optuna.Study, summary: ReportSummary,
+               drawn: StudySummary | None) -> list[str]:
+    """Optuna's plotly figures as divs (no plotly.js: the page carries it once); those of
+    `drawn` (the parent run's plots, just made) are used as they are."""
     from .study_artifacts import plot_list
 
-    plots, skipped = plot_list(study)
+    if drawn is not None:
+        plots = {name: (lambda _study, f=figure: f, None)
+                 for name, figure in drawn.figures.items()}
+        skipped = drawn.skipped
+    else:
+        plots, skipped = plot_list(study)
     summary.skipped.update(skipped)
     divs = []
     for name, (plotly_fn, _) in plots.items():
@@ -289,9 +298,10 @@ def _best_section(study: optuna.Study, best: FrozenTrial | None, tracking_uri: s
     return head + body + "</section>"
 
 
-def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
-                 top: int = 10) -> tuple[str, ReportSummary]:
-    """The report's HTML text and what went into it."""
+def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: int = 10,
+                 drawn: StudySummary | None = None) -> tuple[str, ReportSummary]:
+    """The report's HTML text and what went into it; `drawn`: the study's plots as
+    `study_artifacts.write_plots` just made them (not made again)."""
     import optuna as _optuna
     import plotly
     from plotly.offline import get_plotlyjs
@@ -300,7 +310,7 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
 
     summary = ReportSummary()
     best = _best_trial(study)
-    divs = _plot_divs(study, summary)
+    divs = _plot_divs(study, summary, drawn)
     sections = [_summary_section(study, best), _plots_section(divs, summary),
                 _trials_section(study, tracking_uri, top), cost_section_html(study),
                 _best_section(study, best, tracking_uri, summary)]
@@ -328,14 +338,14 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None,
 
 
 def write_report(study: optuna.Study, out: str | Path, *, tracking_uri: str | None = None,
-                 top: int = 10) -> ReportSummary:
+                 top: int = 10, drawn: StudySummary | None = None) -> ReportSummary:
     """Write the report of `study` to `out` (replaced atomically: a browser never sees half
-    a file) and return what went into it."""
+    a file) and return what went into it (`drawn`: see `build_report`)."""
     out = Path(out)
     if not out.parent.is_dir():
         raise TunetrackError(f"cannot write the report to {out}: folder {out.parent} does "
                              f"not exist")
-    page, summary = build_report(study, tracking_uri=tracking_uri, top=top)
+    page, summary = build_report(study, tracking_uri=tracking_uri, top=top, drawn=drawn)
     partial = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         partial.write_text(page, encoding="utf-8")

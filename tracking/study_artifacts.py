@@ -4,6 +4,7 @@ Each plot is written twice: interactive HTML (plotly, plotly.js from the CDN so 
 ~10 kB instead of ~4 MB) and a static PNG from Optuna's matplotlib twins (kaleido, which
 plotly needs for PNGs, is not a dependency). A plot that does not apply (too few trials,
 multi-objective study, nothing reported) is skipped with its reason, never an error.
+The dearest PNGs can be drawn by a second process meanwhile (`plot_drawer.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -26,13 +29,20 @@ from tunetrack.models.errors import first_line
 
 from . import tags as T
 
+if TYPE_CHECKING:
+    from .plot_drawer import PlotDrawer
+
 _log = logging.getLogger(__name__)
+
+
+IMPORTANCE_SEED = 0  # fANOVA's random forest: the same trials give the same importances
 
 
 @dataclass
 class StudySummary:
     written: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # plot -> reason
+    figures: dict[str, Any] = field(default_factory=dict)  # plot -> its plotly figure
 
 
 def _pyplot():
@@ -54,6 +64,7 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable |
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
+    evaluator = _importance_evaluator()
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = {name for trial in complete for name in trial.params}
     reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
@@ -63,7 +74,8 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable |
     single = {
         "optimization_history": (vis.plot_optimization_history,
                                   vis_mpl.plot_optimization_history),
-        "param_importances": (vis.plot_param_importances, vis_mpl.plot_param_importances),
+        "param_importances": (partial(vis.plot_param_importances, evaluator=evaluator),
+                              partial(vis_mpl.plot_param_importances, evaluator=evaluator)),
         "parallel_coordinate": (vis.plot_parallel_coordinate,
                                 vis_mpl.plot_parallel_coordinate),
         "slice": (vis.plot_slice, vis_mpl.plot_slice),
@@ -79,7 +91,7 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable |
             skipped[name] = "needs at least 2 searched parameters"
         else:
             plots[name] = funcs
-    plots.update(_grid_plots(study, complete, multi, skipped))
+    plots.update(_grid_plots(study, complete, multi, skipped, evaluator))
     if study.get_trials(deepcopy=False):  # when each trial ran, and how it ended
         plots["timeline"] = (vis.plot_timeline, vis_mpl.plot_timeline)
     if reported:
@@ -98,16 +110,34 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable |
 GRID_PARAMS = 3  # contour and rank draw every pair: 3 parameters, 3 x 3 panels
 
 
-def _grid_plots(study: optuna.Study, complete: list, multi: bool,
-                skipped: dict[str, str]) -> dict[str, tuple[Callable, Callable | None]]:
+def _importance_evaluator():
+    """Seeded fANOVA that computes each question once: the contour/rank ranking and both
+    importance plots ask the same one (0.2-0.4 s each for 30 digits trials)."""
+    from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
+
+    class OnceEach(BaseImportanceEvaluator):
+        def __init__(self) -> None:
+            self._fanova = FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+            self._answers: dict[tuple, dict[str, float]] = {}
+
+        def evaluate(self, study, params=None, *, target=None):
+            key = (tuple(params) if params is not None else None, target)
+            if key not in self._answers:
+                self._answers[key] = self._fanova.evaluate(study, params=params,
+                                                           target=target)
+            return dict(self._answers[key])
+
+    return OnceEach()
+
+
+def _grid_plots(study: optuna.Study, complete: list, multi: bool, skipped: dict[str, str],
+                evaluator) -> dict[str, tuple[Callable, Callable | None]]:
     """Contour and rank plots of the GRID_PARAMS most important parameters (single
     objective): how pairs of parameters shape the objective.
 
     HTML only: Optuna's matplotlib twins took 6.1 s (contour) and 3.3 s (rank) for 30
     trials against 0.4 s and 0.5 s for plotly (2026-12-01, 2-vCPU Intel VM), and every
     worker draws the plots again when it finishes."""
-    import functools
-
     import optuna.visualization as vis
 
     names = ("contour", "rank")
@@ -120,44 +150,79 @@ def _grid_plots(study: optuna.Study, complete: list, multi: bool,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ranked = list(optuna.importance.get_param_importances(study))
+            ranked = list(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except Exception:  # too few trials for the importance model: any parameters will do
         ranked = searched
     params = ranked[:GRID_PARAMS]
-    return {name: (functools.partial(getattr(vis, f"plot_{name}"), params=params), None)
+    return {name: (partial(getattr(vis, f"plot_{name}"), params=params), None)
             for name in names}
 
 
-def _figure_of(axes):
-    first = axes if hasattr(axes, "figure") else axes.flat[0]
-    return first.figure
-
-
-def write_plots(study: optuna.Study, out: Path) -> StudySummary:
-    """The plots that apply into `out`."""
-    import matplotlib
+def png_of(mpl_fn: Callable, study: optuna.Study) -> bytes:
+    """The matplotlib twin of a plot as PNG bytes."""
+    import io
 
     plt = _pyplot()
+    axes = mpl_fn(study)
+    fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
+                ) -> StudySummary:
+    """The plots that apply into `out`; `drawer` (another process) draws the PNGs of
+    `plot_drawer.ASIDE` meanwhile. The plotly figures are kept in the summary (the report
+    shows them)."""
+    import matplotlib
+
+    from .plot_drawer import ASIDE
+
     plots, skipped = plot_list(study)
     summary = StudySummary(skipped=skipped)
+    aside = [n for n in ASIDE if n in plots and plots[n][1] is not None]
+    if not (drawer and aside and drawer.submit(aside, study.get_trials(deepcopy=False),
+                                               [d.name for d in study.directions])):
+        drawer, aside = None, []
+    pngs: dict[str, bytes | str] = {}
     for name, (plotly_fn, mpl_fn) in plots.items():
         with warnings.catch_warnings(), matplotlib.rc_context():  # optuna sets ggplot style
             warnings.simplefilter("ignore")
             try:
-                plotly_fn(study).write_html(out / f"{name}.html", include_plotlyjs="cdn")
+                summary.figures[name] = figure = plotly_fn(study)
+                figure.write_html(out / f"{name}.html", include_plotlyjs="cdn")
                 summary.written.append(f"{name}.html")
-                if mpl_fn is None:  # HTML only (see _grid_plots)
-                    continue
-                fig = _figure_of(mpl_fn(study))
-                try:
-                    fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
-                    summary.written.append(f"{name}.png")
-                finally:
-                    plt.close(fig)
+                if mpl_fn is not None and name not in aside:
+                    pngs[name] = png_of(mpl_fn, study)
             except Exception as exc:  # e.g. importances with a constant parameter
-                summary.skipped[name] = f"{type(exc).__name__}: {first_line(exc)}"
-                _log.info("study plot %s skipped: %s", name, summary.skipped[name])
+                pngs[name] = f"{type(exc).__name__}: {first_line(exc)}"
+    if drawer is not None:
+        drawn = drawer.collect() or {}
+        for name in aside:  # what the drawer could not answer is drawn here
+            pngs[name] = drawn[name] if name in drawn else _png_or_why(plots[name][1], study)
+    for name, png in pngs.items():
+        if isinstance(png, str):
+            summary.skipped[name] = png
+            _log.info("study plot %s skipped: %s", name, png)
+        elif name in summary.figures:  # not when its HTML failed
+            (out / f"{name}.png").write_bytes(png)
+            summary.written.append(f"{name}.png")
     return summary
+
+
+def _png_or_why(mpl_fn: Callable, study: optuna.Study) -> bytes | str:
+    import matplotlib
+
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore")
+        try:
+            return png_of(mpl_fn, study)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -180,9 +245,11 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_study_artifacts(study: optuna.Study, out: Path) -> StudySummary:
-    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`."""
-    summary = write_plots(study, out)
+def write_study_artifacts(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
+                          ) -> StudySummary:
+    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`; `drawer`:
+    see `write_plots`."""
+    summary = write_plots(study, out, drawer)
     trials_frame(study).to_csv(out / "trials.csv", index=False)
     summary.written.append("trials.csv")
     has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -199,10 +266,21 @@ def write_study_artifacts(study: optuna.Study, out: Path) -> StudySummary:
     return summary
 
 
+class _ReadOnlyTrials(optuna.storages.InMemoryStorage):
+    """In-memory storage that hands out its trials without copying them: Optuna's plots
+    ask for deep copies ~50 times per study drawing (0.25 s for 30 digits trials), and
+    nothing here changes a trial."""
+
+    def get_all_trials(self, study_id, deepcopy=True, states=None):
+        return super().get_all_trials(study_id, deepcopy=False, states=states)
+
+
 def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
-    """An in-memory study holding `trials` (FrozenTrials sent by the study process)."""
+    """An in-memory study holding `trials` (FrozenTrials sent by the study process), to
+    read and draw, not to run."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
-    study = optuna.create_study(study_name=name, directions=[d.lower() for d in directions])
+    study = optuna.create_study(study_name=name, storage=_ReadOnlyTrials(),
+                                directions=[d.lower() for d in directions])
     study.add_trials(trials)
     return study
 
