@@ -683,6 +683,9 @@ def main() -> None:
     last trial."""
     import os
 
+    from .startup_gc import pause
+
+    pause()  # until the first trial has ended (startup_gc.py)
     try:
         app(prog_name="tunetrack")
         code = 0

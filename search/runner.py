@@ -151,6 +151,7 @@ def run_study(
     from tunetrack.models import load_splits, resolve_device
 
     from .objective import Objective
+    from .startup_gc import resume as resume_gc
 
     dev = resolve_device(device or "auto")
     _set_cpu_threads(dev, threads)
@@ -168,7 +169,8 @@ def run_study(
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
     plain = Objective(spec, space, splits, dev, tracker, progress=bar)
     objective = _owned(plain, study)
-    all_callbacks: list[Any] = ([bar] if bar is not None else []) + list(callbacks)
+    all_callbacks: list[Any] = [lambda *_: resume_gc()] + ([bar] if bar is not None else [])
+    all_callbacks += list(callbacks)
     if max_total_trials is not None:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
@@ -190,6 +192,7 @@ def run_study(
                 callbacks=all_callbacks,
             )
     finally:
+        resume_gc()
         if tracker is not None:
             tracker.finish_study(study)
     return study

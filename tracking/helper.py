@@ -187,8 +187,10 @@ HELPER = Helper()
 
 def serve() -> None:
     """The helper's main loop: read messages until stdin closes, answer each when done."""
+    import gc
     import signal
 
+    gc.disable()  # until warm-up has imported everything (Writer.warm_up; startup_gc.py)
     from .writer import Writer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 _log = logging.getLogger(__name__)
-ASIDE = ("slice", "intermediate_values")  # the dearest PNG twins but one (balanced: bench)
+ASIDE = ("slice", "intermediate_values", "optimization_history", "timeline")
 
 
 class PlotDrawer:
@@ -116,8 +116,10 @@ def warm_up_drawing(plt) -> None:
 def serve() -> None:
     """Import what drawing needs now (the study is still running), then answer requests
     until stdin closes."""
+    import gc
     import signal
 
+    gc.disable()  # while importing (search/startup_gc.py says why)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's, as for the helper
     os.nice(5)
     import matplotlib
@@ -127,7 +129,8 @@ def serve() -> None:
     import optuna.visualization.matplotlib  # noqa: F401 (what each request needs)
 
     warm_up_drawing(plt)
-
+    gc.freeze()  # what is imported stays: the collector need not walk it again
+    gc.enable()
     inbox, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:

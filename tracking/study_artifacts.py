@@ -159,25 +159,32 @@ def _grid_plots(study: optuna.Study, complete: list, multi: bool, skipped: dict[
 
 
 def png_of(mpl_fn: Callable, study: optuna.Study) -> bytes:
-    """The matplotlib twin of a plot as PNG bytes."""
+    """The matplotlib twin of a plot as PNG bytes, without minor ticks: matplotlib builds
+    every tick as objects, and the log axes' minor ticks were a quarter of the parallel
+    coordinates' and a sixth of the slice plot's drawing time (bench/README.md)."""
     import io
 
     plt = _pyplot()
     axes = mpl_fn(study)
     fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
+    for ax in fig.axes:
+        ax.minorticks_off()
     try:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        # zlib level 1: 15 % larger files, 0.08 s less for the slice plot alone
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight",
+                    pil_kwargs={"compress_level": 1})
         return buffer.getvalue()
     finally:
         plt.close(fig)
 
 
-def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
-                ) -> StudySummary:
+def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None, *,
+                meanwhile: Callable[[StudySummary], object] | None = None) -> StudySummary:
     """The plots that apply into `out`; `drawer` (another process) draws the PNGs of
-    `plot_drawer.ASIDE` meanwhile. The plotly figures are kept in the summary (the report
-    shows them)."""
+    `plot_drawer.ASIDE` beside this one. The plotly figures are kept in the summary (the
+    report shows them); `meanwhile(summary)` is called once they are all made, before the
+    drawer's PNGs are waited for."""
     import matplotlib
 
     from .plot_drawer import ASIDE
@@ -200,6 +207,8 @@ def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
                     pngs[name] = png_of(mpl_fn, study)
             except Exception as exc:  # e.g. importances with a constant parameter
                 pngs[name] = f"{type(exc).__name__}: {first_line(exc)}"
+    if meanwhile is not None:
+        meanwhile(summary)
     if drawer is not None:
         drawn = drawer.collect() or {}
         for name in aside:  # what the drawer could not answer is drawn here
@@ -245,11 +254,12 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_study_artifacts(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
+def write_study_artifacts(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None,
+                          *, meanwhile: Callable[[StudySummary], object] | None = None
                           ) -> StudySummary:
-    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`; `drawer`:
-    see `write_plots`."""
-    summary = write_plots(study, out, drawer)
+    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`; `drawer`
+    and `meanwhile`: see `write_plots`."""
+    summary = write_plots(study, out, drawer, meanwhile=meanwhile)
     trials_frame(study).to_csv(out / "trials.csv", index=False)
     summary.written.append("trials.csv")
     has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -21,6 +21,7 @@ store); workers of a remote store that still race each create a parent, look aga
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import tempfile
@@ -231,6 +232,8 @@ class Writer:
         # ~1 MB of kernels per distinct layer shape for good
         torch.backends.mkldnn.enabled = False
         warm_up_drawing(plt)
+        gc.freeze()  # what is imported stays: the collector need not walk it again
+        gc.enable()  # the helper starts with it off (helper.serve)
 
     def signal(self, event: threading.Event) -> None:
         event.set()
@@ -422,11 +425,14 @@ class Writer:
             return
         copy = study_copy(state.name, trials, directions)
         folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
-        drawn = write_study_artifacts(copy, folder, self._drawer)
-        self._answering(state.uri)
         client = _client(state.uri)
-        end_orphans(client, state.experiment_id, state.parent_run_id, trials)
-        _report_into(copy, folder, state.uri, drawn)
+
+        def meanwhile(drawn: Any) -> None:  # while the drawer process still draws
+            self._answering(state.uri)
+            end_orphans(client, state.experiment_id, state.parent_run_id, trials)
+            _report_into(copy, folder, state.uri, drawn)
+
+        drawn = write_study_artifacts(copy, folder, self._drawer, meanwhile=meanwhile)
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
                           folder, drawn.skipped)
 
