@@ -78,3 +78,14 @@ def test_misclassified_grid_of_two_channel_images(tmp_path):
     images = np.random.default_rng(4).random((3, 2, 8, 8), dtype=np.float32)
     figures.draw_misclassified(tmp_path / "mis.png", images, [0] * 3, [1] * 3, ["a", "b"])
     assert (tmp_path / "mis.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_warm_up_files_draws_every_file_of_a_completed_trial(tmp_path):
+    """The helper draws a made-up trial while the first real one trains (record.py)."""
+    from tunetrack.tracking.record import warm_up_files
+
+    warm_up_files(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"confusion_matrix.png", "confusion_matrix.csv", "classification_report.json",
+            "per_class_error.png", "misclassified.png", "curves.png", "lr.png",
+            "first_layer.png", "feature_maps.png", "history.csv"} <= names

@@ -45,6 +45,9 @@ _log = logging.getLogger(__name__)
 MAX_METRICS, MAX_PARAMS = 1000, 100  # MLflow's log_batch limits
 PARENT_SETTLE_S = 0.5  # remote stores: second look for a rival parent run after this
 RETRY_AFTER_S = 5.0  # after a failure, new runs skip the store this long
+# the plot drawer process (plot_drawer.py) starts when this many trials have ended: a
+# study of one or two trials has cheap plots and is better off without its imports
+DRAWER_AFTER_TRIALS = 3
 _SLOW_OPS = ("completed", "finish_study")
 _CONNECTION_HINTS = ("Max retries exceeded", "NewConnectionError", "Connection refused",
                      "Failed to establish a new connection")
@@ -120,7 +123,8 @@ class Writer:
         # the slow lane imports torch and matplotlib once the quick lane has MLflow and
         # the store (the first runs are what the first trials wait for)
         self._quick_ready = threading.Event()
-        self._drawer: PlotDrawer | None = None  # started by warm_up
+        self._drawer: PlotDrawer | None = None  # started by `end` (DRAWER_AFTER_TRIALS)
+        self._ended = 0
         self._dispatched = 0
         self._lanes[0].put((None, "open_store", {}))
         self._lanes[1].put((None, "warm_up", {}))
@@ -215,23 +219,21 @@ class Writer:
         from . import client  # noqa: F401
 
     def warm_up(self) -> None:
-        """Import what the slow lane needs, and draw once, while the first trials train
-        (the first completed trial's files took 0.9 s cold, 0.3 s warm)."""
+        """Import what the slow lane needs, and draw a made-up trial's files once, while
+        the first trials train (`record.warm_up_files`)."""
         self._quick_ready.wait(timeout=60)
-        from .plot_drawer import PlotDrawer, warm_up_drawing
-
-        self._drawer = PlotDrawer.start()  # imports beside this one
-        import matplotlib.pyplot as plt
         import optuna.visualization.matplotlib  # noqa: F401  (the study's plots)
         import torch
 
-        from . import figures, insight, model_io, record  # noqa: F401
+        from . import model_io  # noqa: F401
+        from .record import warm_up_files
 
         torch.set_num_threads(1)
         # a few images per model only (feature maps, the signature): oneDNN would keep
         # ~1 MB of kernels per distinct layer shape for good
         torch.backends.mkldnn.enabled = False
-        warm_up_drawing(plt)
+        with tempfile.TemporaryDirectory(prefix="tunetrack-warm-up-") as tmp:
+            warm_up_files(Path(tmp))
         gc.freeze()  # what is imported stays: the collector need not walk it again
         gc.enable()  # the helper starts with it off (helper.serve)
 
@@ -403,6 +405,11 @@ class Writer:
         """Tag the Optuna state and reason, stop the system metrics, end the run."""
         me = self._runs.pop(run, None)
         self._slow_runs.discard(run)
+        self._ended += 1
+        if self._ended == DRAWER_AFTER_TRIALS:
+            from .plot_drawer import PlotDrawer
+
+            self._drawer = PlotDrawer.start()
         if me is None or me.run_id is None:
             return  # never created; that failure was reported
         if me.monitor is not None:
