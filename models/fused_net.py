@@ -76,16 +76,38 @@ def shared_differences(configs: Sequence[ModelConfig]) -> list[str]:
 
 @dataclass
 class _Slice:
-    """Where one parameter of layer `layer` lives in each member's row of `flat`."""
+    """Where one parameter of layer `layer` lives in each member's row of `flat`.
+
+    A Linear layer's parameters are stored the way `baddbmm` reads them: the weight
+    transposed ([in, out]) and the bias as [1, out]. Taken as views of the member's
+    [out, in] layout, each step's backward copied every weight gradient into a transposed
+    layout: 8 digits MLPs trained a step in 476 us that way, 382 us this way."""
 
     layer: int  # index into param_layers()
     name: str  # "weight" | "bias"
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the member's own parameter shape
     start: int
+    linear: bool = False  # stored as baddbmm reads it (see above)
 
     @property
     def stop(self) -> int:
         return self.start + _numel(self.shape)
+
+    @property
+    def stored(self) -> tuple[int, ...]:
+        """The parameter's shape in `flat` (per member)."""
+        if not self.linear:
+            return self.shape
+        return (self.shape[1], self.shape[0]) if self.name == "weight" else (1, *self.shape)
+
+    def to_stored(self, value: torch.Tensor) -> torch.Tensor:
+        """A member's parameter in the stored layout, flattened."""
+        return (value.t() if self.linear and self.name == "weight" else value).reshape(-1)
+
+    def from_stored(self, row: torch.Tensor) -> torch.Tensor:
+        """This parameter of one member's `flat` row, in the member's own layout."""
+        value = row[self.start:self.stop].view(self.stored)
+        return value.t() if self.linear and self.name == "weight" else value.view(self.shape)
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -117,7 +139,8 @@ class FusedNet(nn.Module):
             for name in ("weight", "bias"):
                 p = getattr(layer, name, None)
                 if p is not None:
-                    self.slices.append(_Slice(j, name, tuple(p.shape), offset))
+                    self.slices.append(_Slice(j, name, tuple(p.shape), offset,
+                                              isinstance(layer, nn.Linear)))
                     offset += p.numel()
         self.row_size = offset
         # which elements of a row are weight matrices/kernels (L1 applies to those only)
@@ -167,9 +190,9 @@ class FusedNet(nn.Module):
         self.flat_grad = torch.zeros_like(self.flat)
         self.params: dict[tuple[int, str], nn.Parameter] = {}
         for s in self.slices:
-            view = self.flat[:, s.start:s.stop].view(k, *s.shape)
+            view = self.flat[:, s.start:s.stop].view(k, *s.stored)
             param = nn.Parameter(view)
-            param.grad = self.flat_grad[:, s.start:s.stop].view(k, *s.shape)
+            param.grad = self.flat_grad[:, s.start:s.stop].view(k, *s.stored)
             self.params[(s.layer, s.name)] = param
         self.bn: dict[int, dict[str, torch.Tensor]] = {}
         for j, layer in enumerate(self._probe_layers):
@@ -191,7 +214,7 @@ class FusedNet(nn.Module):
                     raise TunetrackError(f"member {k} does not fit the fused group: layer "
                                          f"{s.layer} {s.name} has shape {tuple(source.shape)},"
                                          f" the group {s.shape}")
-                self.flat[k, s.start:s.stop] = source.detach().reshape(-1).to(self.device)
+                self.flat[k, s.start:s.stop] = s.to_stored(source.detach()).to(self.device)
             for j, buffers in self.bn.items():
                 for name, stacked in buffers.items():
                     stacked[k] = getattr(layers[j], name).detach().to(self.device)
@@ -204,15 +227,19 @@ class FusedNet(nn.Module):
                 state[f"{j}.{name}"] = stacked[k].clone()
         return state
 
-    def extract(self, k: int, state: dict[str, torch.Tensor] | None = None) -> Classifier:
-        """Member k (or a `member_state` of it) as an ordinary `Classifier` on our device."""
+    def extract(self, k: int, state: dict[str, torch.Tensor] | None = None, *,
+                last: bool = False) -> Classifier:
+        """Member k (or a `member_state` of it) as an ordinary `Classifier` on our device.
+        `last`: member k leaves the group now (its slot is refilled or dropped next), so
+        the network it was built from is handed out instead of a copy (copying a module
+        took 1.5 ms, a tenth of a 5-epoch group of 8 digits MLPs)."""
         state = state or self.member_state(k)
-        model = copy.deepcopy(self.templates[k]).to(self.device)
+        template = self.templates[k]
+        model = (template if last else copy.deepcopy(template)).to(self.device)
         layers = param_layers(model)
         with torch.no_grad():
             for s in self.slices:
-                getattr(layers[s.layer], s.name).copy_(
-                    state["flat"][s.start:s.stop].view(s.shape))
+                getattr(layers[s.layer], s.name).copy_(s.from_stored(state["flat"]))
             for j in self.bn:
                 for name in ("running_mean", "running_var", "num_batches_tracked"):
                     getattr(layers[j], name).copy_(state[f"{j}.{name}"])
@@ -271,13 +298,13 @@ class FusedNet(nn.Module):
         return h.flatten(1), layout
 
     def _linear(self, j: int, h: torch.Tensor, layout: str):
-        w = self.params[(j, "weight")].transpose(1, 2)  # [K, in, out]
+        w = self.params[(j, "weight")]  # [K, in, out], bias [K, 1, out] (see _Slice)
         bias = self.params.get((j, "bias"))
         if layout == SHARED:
             h = h.expand(self.k, *h.shape)
         if bias is None:
             return torch.bmm(h, w), VECTOR
-        return torch.baddbmm(bias.unsqueeze(1), h, w), VECTOR
+        return torch.baddbmm(bias, h, w), VECTOR
 
     def _conv(self, j: int, conv: nn.Conv2d, h: torch.Tensor, layout: str):
         w = self.params[(j, "weight")]
