@@ -104,8 +104,12 @@ def throughput(name: str, data: DataConfig, model: ModelConfig, train: TrainConf
     return out
 
 
-def study(n_trials: int = 32) -> dict:
-    """The digits study at fuse 8 and fuse 1: wall time of the trials and best values."""
+def study(n_trials: int = 32, repeats: int = 2) -> dict:
+    """The digits study at fuse 8 and fuse 1: wall time of the trials and best values.
+
+    Warm first (a 2-trial, 1-epoch study: the first `torch.optim` optimizer of a process
+    imports `torch._dynamo`, ~0.7 s that only the side run first would pay), then the
+    sides alternate (8 1, 1 8, ...) and the medians are compared."""
     import optuna
 
     from tunetrack.search import config as study_config
@@ -113,19 +117,32 @@ def study(n_trials: int = 32) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict = {"bench": "fused_trials", "row": "study digits", "trials": n_trials,
-                 "threads": torch.get_num_threads()}
-    for k in (K, 1):
+                 "threads": torch.get_num_threads(), "repeats": repeats}
+
+    def once(k: int, trials: int, epochs: int | None = None) -> tuple[float, optuna.Study]:
         spec = study_config.load_study_file(STUDY)
         spec.tracking.enabled = False
         spec.search.fuse = k
+        if epochs is not None:
+            spec.train.max_epochs = epochs
         start = time.perf_counter()
-        result = run_study(spec, n_trials=n_trials,
-                           storage=optuna.storages.InMemoryStorage())
-        out[f"fuse{k}_seconds"] = round(time.perf_counter() - start, 1)
-        out[f"fuse{k}_best"] = round(result.best_value, 4)
-        out[f"fuse{k}_trials"] = len(result.trials)
-        out[f"fuse{k}_epochs"] = sum(t.user_attrs.get("epochs_run", 0) for t in result.trials)
-        out[f"fuse{k}_pruned"] = sum(t.state.name == "PRUNED" for t in result.trials)
+        result = run_study(spec, n_trials=trials, storage=optuna.storages.InMemoryStorage())
+        return time.perf_counter() - start, result
+
+    once(1, 2, epochs=1)
+    seconds: dict[int, list[float]] = {K: [], 1: []}
+    for i in range(repeats):
+        for k in (K, 1) if i % 2 == 0 else (1, K):
+            took, result = once(k, n_trials)
+            seconds[k].append(took)
+            out[f"fuse{k}_best"] = round(result.best_value, 4)  # the same every repeat
+            out[f"fuse{k}_trials"] = len(result.trials)
+            out[f"fuse{k}_epochs"] = sum(t.user_attrs.get("epochs_run", 0)
+                                         for t in result.trials)
+            out[f"fuse{k}_pruned"] = sum(t.state.name == "PRUNED" for t in result.trials)
+    for k in (K, 1):
+        out[f"fuse{k}_seconds"] = round(statistics.median(seconds[k]), 2)
+        out[f"fuse{k}_runs_s"] = [round(s, 2) for s in seconds[k]]
     out["best_gap"] = round(out[f"fuse{K}_best"] - out["fuse1_best"], 4)
     out["ratio"] = round(out[f"fuse{K}_seconds"] / out["fuse1_seconds"], 3)
     return out
