@@ -111,3 +111,16 @@ def test_the_report_shows_the_figures_just_drawn(study, tmp_path, monkeypatch) -
     assert sorted(summary.plots) == sorted(drawn.figures)
     for name in drawn.figures:
         assert f'id="plot-{name}"' in page
+
+
+def test_a_stuck_drawer_is_stopped_and_its_plots_drawn_here(study, drawer, tmp_path) -> None:
+    import os
+    import signal
+
+    copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
+    os.kill(drawer._proc.pid, signal.SIGSTOP)  # alive but never answering
+    assert drawer.submit(list(ASIDE), copy.get_trials(deepcopy=False), ["MAXIMIZE"])
+    assert drawer.collect(timeout=0.5) is None
+    assert drawer._proc.wait(timeout=10) != 0  # stopped for good
+    summary = write_plots(copy, tmp_path, drawer)  # a dead drawer: drawn here
+    assert {f"{n}.png" for n in ASIDE} <= set(summary.written)

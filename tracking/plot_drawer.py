@@ -1,12 +1,11 @@
 """A second process that draws the dearest of the study's PNG plots beside the helper.
 
-After a study's last trial, its record waits for the study's plots: Optuna's matplotlib
-twins of the slice, parallel-coordinate and intermediate-value plots are ~60 % of that
-work (`bench.figure_costs`), and the helper cannot draw two plots at once (matplotlib holds
-the GIL). The study process is idle by then, so a core is free: the helper starts this
-process while the study runs (`PlotDrawer.start`, only with two or more cores), it imports
-matplotlib and Optuna's plots then, and at the end it draws `ASIDE` while the helper draws
-the rest, the HTML files and the report.
+After a study's last trial, its record waits for the study's plots, most of which is
+Optuna's matplotlib twins (`bench.figure_costs`), and the helper cannot draw two plots at
+once (matplotlib holds the GIL). The study process is idle by then, so a core is free: the
+helper starts this process once a few trials have ended (`PlotDrawer.start`, only with two
+or more cores), it imports matplotlib and Optuna's plots then, and at the end it draws the
+PNGs of `ASIDE` while the helper draws the rest, the HTML files and the report.
 
 How: `python -m tunetrack.tracking.plot_drawer`, started with `subprocess` like the
 helper; one pickled request `(names, trials, directions)` on stdin, one pickled answer
@@ -24,7 +23,11 @@ import sys
 from typing import Any
 
 _log = logging.getLogger(__name__)
+# the dearest PNG twins, balanced against what the helper draws meanwhile (the
+# parallel coordinates, importances and every plotly figure): each side ~1.1 s for the
+# 30-trial digits study (bench/README.md)
 ASIDE = ("slice", "intermediate_values", "optimization_history", "timeline")
+ANSWER_TIMEOUT_S = 120.0
 
 
 class PlotDrawer:
@@ -58,13 +61,21 @@ class PlotDrawer:
             return False
         return True
 
-    def collect(self) -> dict[str, bytes | str] | None:
+    def collect(self, timeout: float = ANSWER_TIMEOUT_S) -> dict[str, bytes | str] | None:
         """The answer to the last `submit`: name -> PNG bytes, or the reason it failed;
-        None when the drawer died meanwhile."""
+        None when the drawer died meanwhile or has not answered within `timeout` (then it
+        is stopped: a stuck drawer must not hold up the study's record)."""
+        import select
+
         try:
-            return pickle.load(self._proc.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError):
+            ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+            if ready:
+                return pickle.load(self._proc.stdout)
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError):
             return None
+        _log.warning("plot drawer gave no answer in %.0f s; drawing the plots here", timeout)
+        self._proc.kill()
+        return None
 
     def close(self) -> None:
         try:
