@@ -130,9 +130,12 @@ class Helper:
             return
         self.flush()
         self._outbox.put(None)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        # a blocking wait in a thread: `Popen.wait(timeout)` polls, and noticed the exit
+        # up to 50 ms late, at the very end of every study
+        exited = threading.Event()
+        threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True,
+                         name="tunetrack-helper-exit").start()
+        if not exited.wait(timeout=60):
             proc.kill()
 
     # ---- the two threads of the study process's side ----------------------------------

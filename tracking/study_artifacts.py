@@ -159,24 +159,31 @@ def _grid_plots(study: optuna.Study, complete: list, multi: bool, skipped: dict[
 
 
 def png_of(mpl_fn: Callable, study: optuna.Study) -> bytes:
-    """The matplotlib twin of a plot as PNG bytes, without minor ticks: matplotlib builds
-    every tick as objects, and the log axes' minor ticks were a quarter of the parallel
-    coordinates' and a sixth of the slice plot's drawing time (bench/README.md)."""
+    """The matplotlib twin of a plot as PNG bytes, in matplotlib's default style whatever
+    was drawn before (some of Optuna's plots switch the global style to ggplot), and
+    without minor ticks: matplotlib builds every tick as objects, and the log axes' minor
+    ticks were a quarter of the parallel coordinates' and a sixth of the slice plot's
+    drawing time (bench/README.md)."""
     import io
 
+    import matplotlib
+
     plt = _pyplot()
-    axes = mpl_fn(study)
-    fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
-    for ax in fig.axes:
-        ax.minorticks_off()
-    try:
-        buffer = io.BytesIO()
-        # zlib level 1: 15 % larger files, 0.08 s less for the slice plot alone
-        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight",
-                    pil_kwargs={"compress_level": 1})
-        return buffer.getvalue()
-    finally:
-        plt.close(fig)
+    default = {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
+    with warnings.catch_warnings(), matplotlib.rc_context(default):
+        warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
+        axes = mpl_fn(study)
+        fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
+        for ax in fig.axes:
+            ax.minorticks_off()
+        try:
+            buffer = io.BytesIO()
+            # zlib level 1: 15 % larger files, 0.08 s less for the slice plot alone
+            fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight",
+                        pil_kwargs={"compress_level": 1})
+            return buffer.getvalue()
+        finally:
+            plt.close(fig)
 
 
 def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None, *,
@@ -185,8 +192,6 @@ def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
     `plot_drawer.ASIDE` beside this one. The plotly figures are kept in the summary (the
     report shows them); `meanwhile(summary)` is called once they are all made, before the
     drawer's PNGs are waited for."""
-    import matplotlib
-
     from .plot_drawer import ASIDE
 
     plots, skipped = plot_list(study)
@@ -197,8 +202,8 @@ def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
         drawer, aside = None, []
     pngs: dict[str, bytes | str] = {}
     for name, (plotly_fn, mpl_fn) in plots.items():
-        with warnings.catch_warnings(), matplotlib.rc_context():  # optuna sets ggplot style
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
             try:
                 summary.figures[name] = figure = plotly_fn(study)
                 figure.write_html(out / f"{name}.html", include_plotlyjs="cdn")
@@ -212,7 +217,7 @@ def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
     if drawer is not None:
         drawn = drawer.collect() or {}
         for name in aside:  # what the drawer could not answer is drawn here
-            pngs[name] = drawn[name] if name in drawn else _png_or_why(plots[name][1], study)
+            pngs[name] = drawn[name] if name in drawn else png_or_why(plots[name][1], study)
     for name, png in pngs.items():
         if isinstance(png, str):
             summary.skipped[name] = png
@@ -223,15 +228,12 @@ def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
     return summary
 
 
-def _png_or_why(mpl_fn: Callable, study: optuna.Study) -> bytes | str:
-    import matplotlib
-
-    with warnings.catch_warnings(), matplotlib.rc_context():
-        warnings.simplefilter("ignore")
-        try:
-            return png_of(mpl_fn, study)
-        except Exception as exc:
-            return f"{type(exc).__name__}: {first_line(exc)}"
+def png_or_why(mpl_fn: Callable, study: optuna.Study) -> bytes | str:
+    """`png_of`, or the one-line reason the plot could not be drawn."""
+    try:
+        return png_of(mpl_fn, study)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
