@@ -124,3 +124,11 @@ def test_a_stuck_drawer_is_stopped_and_its_plots_drawn_here(study, drawer, tmp_p
     assert drawer._proc.wait(timeout=10) != 0  # stopped for good
     summary = write_plots(copy, tmp_path, drawer)  # a dead drawer: drawn here
     assert {f"{n}.png" for n in ASIDE} <= set(summary.written)
+
+
+def test_an_answer_nobody_collected_is_not_taken_for_the_next_one(study, drawer) -> None:
+    copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
+    trials = copy.get_trials(deepcopy=False)
+    assert drawer.submit(["slice"], trials, ["MAXIMIZE"])  # never collected
+    assert drawer.submit(["intermediate_values"], trials, ["MAXIMIZE"])
+    assert set(drawer.collect()) == {"intermediate_values"}

@@ -35,6 +35,7 @@ class PlotDrawer:
 
     def __init__(self, proc: subprocess.Popen):
         self._proc = proc
+        self._asked = False  # a request whose answer has not been read yet
 
     @classmethod
     def start(cls) -> PlotDrawer | None:
@@ -52,13 +53,17 @@ class PlotDrawer:
         return cls(proc)
 
     def submit(self, names: list[str], trials: list, directions: list[str]) -> bool:
-        """Ask for the PNGs of `names`; False when the drawer is gone (draw them here)."""
+        """Ask for the PNGs of `names`; False when the drawer is gone (draw them here). An
+        earlier answer nobody collected (its study's drawing failed) is read first."""
+        if self._asked and self.collect() is None:
+            return False
         try:
             pickle.dump((names, trials, directions), self._proc.stdin,
                         protocol=pickle.HIGHEST_PROTOCOL)
             self._proc.stdin.flush()
         except (OSError, ValueError):
             return False
+        self._asked = True
         return True
 
     def collect(self, timeout: float = ANSWER_TIMEOUT_S) -> dict[str, bytes | str] | None:
@@ -67,6 +72,7 @@ class PlotDrawer:
         is stopped: a stuck drawer must not hold up the study's record)."""
         import select
 
+        self._asked = False
         try:
             ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
             if ready:

@@ -187,18 +187,21 @@ def png_of(mpl_fn: Callable, study: optuna.Study) -> bytes:
 
 
 def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None, *,
+                drawing: bool = False,
                 meanwhile: Callable[[StudySummary], object] | None = None) -> StudySummary:
     """The plots that apply into `out`; `drawer` (another process) draws the PNGs of
-    `plot_drawer.ASIDE` beside this one. The plotly figures are kept in the summary (the
-    report shows them); `meanwhile(summary)` is called once they are all made, before the
-    drawer's PNGs are waited for."""
+    `plot_drawer.ASIDE` beside this one (`drawing`: it was given them already). The
+    plotly figures are kept in the summary (the report shows them); `meanwhile(summary)`
+    is called once they are all made, before the drawer's PNGs are waited for."""
     from .plot_drawer import ASIDE
 
     plots, skipped = plot_list(study)
     summary = StudySummary(skipped=skipped)
     aside = [n for n in ASIDE if n in plots and plots[n][1] is not None]
-    if not (drawer and aside and drawer.submit(aside, study.get_trials(deepcopy=False),
-                                               [d.name for d in study.directions])):
+    if drawer is not None and not drawing:
+        drawing = bool(aside) and drawer.submit(aside, study.get_trials(deepcopy=False),
+                                                [d.name for d in study.directions])
+    if drawer is None or not drawing:
         drawer, aside = None, []
     pngs: dict[str, bytes | str] = {}
     for name, (plotly_fn, mpl_fn) in plots.items():
@@ -257,11 +260,12 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def write_study_artifacts(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None,
-                          *, meanwhile: Callable[[StudySummary], object] | None = None
+                          *, drawing: bool = False,
+                          meanwhile: Callable[[StudySummary], object] | None = None
                           ) -> StudySummary:
-    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`; `drawer`
-    and `meanwhile`: see `write_plots`."""
-    summary = write_plots(study, out, drawer, meanwhile=meanwhile)
+    """Plots, trials.csv and best_params.json (or pareto_front.csv) into `out`; `drawer`,
+    `drawing` and `meanwhile`: see `write_plots`."""
+    summary = write_plots(study, out, drawer, drawing=drawing, meanwhile=meanwhile)
     trials_frame(study).to_csv(out / "trials.csv", index=False)
     summary.written.append("trials.csv")
     has_complete = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -45,9 +45,6 @@ _log = logging.getLogger(__name__)
 MAX_METRICS, MAX_PARAMS = 1000, 100  # MLflow's log_batch limits
 PARENT_SETTLE_S = 0.5  # remote stores: second look for a rival parent run after this
 RETRY_AFTER_S = 5.0  # after a failure, new runs skip the store this long
-# the plot drawer process (plot_drawer.py) starts when this many trials have ended: a
-# study of one or two trials has cheap plots and is better off without its imports
-DRAWER_AFTER_TRIALS = 3
 _SLOW_OPS = ("completed", "finish_study")
 _CONNECTION_HINTS = ("Max retries exceeded", "NewConnectionError", "Connection refused",
                      "Failed to establish a new connection")
@@ -123,8 +120,7 @@ class Writer:
         # the slow lane imports torch and matplotlib once the quick lane has MLflow and
         # the store (the first runs are what the first trials wait for)
         self._quick_ready = threading.Event()
-        self._drawer: PlotDrawer | None = None  # started by `end` (DRAWER_AFTER_TRIALS)
-        self._ended = 0
+        self._drawer: PlotDrawer | None = None  # started at the end of warm_up
         self._dispatched = 0
         self._lanes[0].put((None, "open_store", {}))
         self._lanes[1].put((None, "warm_up", {}))
@@ -141,7 +137,20 @@ class Writer:
             self._lanes[1].put((None, "wait", {"event": caught_up}))
         if op == "completed":
             self._slow_runs.add(run)
+        if op == "finish_study":
+            kwargs["drawing"] = self._draw_early(kwargs)
         self._lanes[slow].put((seq, op, kwargs))
+
+    def _draw_early(self, finish: dict[str, Any]) -> bool:
+        """Hand the study's dearest PNGs to the drawer process as soon as `finish_study`
+        arrives, while the slow lane still writes the last trial's files; True if it took
+        them (`finish_study` then only collects them)."""
+        state = self._studies.get(finish["study"])
+        if self._drawer is None or state is None or state.parent_run_id is None:
+            return False
+        from .plot_drawer import ASIDE
+
+        return self._drawer.submit(list(ASIDE), finish["trials"], finish["directions"])
 
     def close(self) -> None:
         """Return once every message is carried out (imports still running for nothing
@@ -234,6 +243,9 @@ class Writer:
         torch.backends.mkldnn.enabled = False
         with tempfile.TemporaryDirectory(prefix="tunetrack-warm-up-") as tmp:
             warm_up_files(Path(tmp))
+        from .plot_drawer import PlotDrawer
+
+        self._drawer = PlotDrawer.start()  # after this process's own start-up work
         gc.freeze()  # what is imported stays: the collector need not walk it again
         gc.enable()  # the helper starts with it off (helper.serve)
 
@@ -405,11 +417,6 @@ class Writer:
         """Tag the Optuna state and reason, stop the system metrics, end the run."""
         me = self._runs.pop(run, None)
         self._slow_runs.discard(run)
-        self._ended += 1
-        if self._ended == DRAWER_AFTER_TRIALS:
-            from .plot_drawer import PlotDrawer
-
-            self._drawer = PlotDrawer.start()
         if me is None or me.run_id is None:
             return  # never created; that failure was reported
         if me.monitor is not None:
@@ -420,7 +427,8 @@ class Writer:
         self._answering(me.study.uri)
         end_run(_client(me.study.uri), me.run_id, state, reason)
 
-    def finish_study(self, study: str, trials: list, directions: list[str]) -> None:
+    def finish_study(self, study: str, trials: list, directions: list[str],
+                     drawing: bool = False) -> None:
         """Plots, trials.csv, best params and report.html on the parent run, which then
         ends FINISHED unless trials of the study still run (other workers): the last one to
         finish leaves the final picture. Runs left RUNNING by dead workers are ended first.
@@ -429,7 +437,7 @@ class Writer:
 
         state = self._studies.get(study)
         if state is None or state.parent_run_id is None:
-            return
+            return  # (an answer the drawer gives meanwhile is read by its next request)
         copy = study_copy(state.name, trials, directions)
         folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
         client = _client(state.uri)
@@ -439,7 +447,8 @@ class Writer:
             end_orphans(client, state.experiment_id, state.parent_run_id, trials)
             _report_into(copy, folder, state.uri, drawn)
 
-        drawn = write_study_artifacts(copy, folder, self._drawer, meanwhile=meanwhile)
+        drawn = write_study_artifacts(copy, folder, self._drawer, drawing=drawing,
+                                      meanwhile=meanwhile)
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
                           folder, drawn.skipped)
 
