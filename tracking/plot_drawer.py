@@ -39,9 +39,11 @@ class PlotDrawer:
 
     @classmethod
     def start(cls) -> PlotDrawer | None:
-        """A drawer, or None when this machine has one core (nothing to draw beside)."""
-        if len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else (
-                (os.cpu_count() or 1) < 2):
+        """A drawer, or None when this machine has one core (nothing to draw beside) or is
+        Windows (`collect` waits on the pipe with `select`, which needs POSIX pipes)."""
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+        if cores < 2 or os.name == "nt":
             return None
         try:
             proc = subprocess.Popen([sys.executable, "-m", "tunetrack.tracking.plot_drawer"],
