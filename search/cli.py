@@ -685,7 +685,9 @@ def main() -> None:
 
     from .startup_gc import pause
 
-    pause()  # until the first trial has ended (startup_gc.py)
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command in ("run", "worker"):
+        pause()  # until the first trial has ended (startup_gc.py)
     try:
         app(prog_name="tunetrack")
         code = 0
