@@ -3,9 +3,10 @@
 After a study's last trial, its record waits for the study's plots, most of which is
 Optuna's matplotlib twins (`bench.figure_costs`), and the helper cannot draw two plots at
 once (matplotlib holds the GIL). The study process is idle by then, so a core is free: the
-helper starts this process once a few trials have ended (`PlotDrawer.start`, only with two
-or more cores), it imports matplotlib and Optuna's plots then, and at the end it draws the
-PNGs of `ASIDE` while the helper draws the rest, the HTML files and the report.
+helper starts this process once its own warm-up is done (`PlotDrawer.start`, only with two
+or more cores), it imports matplotlib and Optuna's plots and draws each plot type once
+then, and when the study's `finish_study` arrives it draws the PNGs of `ASIDE` while the
+helper writes the last trial's files and draws the rest, the HTML files and the report.
 
 How: `python -m tunetrack.tracking.plot_drawer`, started with `subprocess` like the
 helper; one pickled request `(names, trials, directions)` on stdin, one pickled answer
