@@ -224,12 +224,13 @@ def _trials_section(study: optuna.Study, tracking_uri: str | None, top: int) -> 
             f'value, then the rest.</p><div class="scroll">{table}</div></section>')
 
 
-def _png_paths(client, run_id: str) -> list[str]:
-    """PNG artifacts of the run, down to MAX_PICTURE_DEPTH folders below its root."""
+def _png_paths(repo) -> list[str]:
+    """PNG artifacts in the run's artifact repository `repo`, down to MAX_PICTURE_DEPTH
+    folders below its root."""
     found, folders = [], [(None, 0)]
     while folders:
         folder, depth = folders.pop()
-        for info in client.list_artifacts(run_id, folder):
+        for info in repo.list_artifacts(folder):
             if info.is_dir and depth < MAX_PICTURE_DEPTH:
                 folders.append((info.path, depth + 1))
             elif not info.is_dir and info.path.lower().endswith(".png"):
@@ -241,6 +242,7 @@ def _png_paths(client, run_id: str) -> list[str]:
 def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, bytes]], str]:
     """(artifact path, PNG bytes) of the run, or ([], why not)."""
     from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from .client import client_for, quiet_downloads
     from .uri import check_reachable, redact, resolve_tracking_uri, sqlite_path
@@ -259,8 +261,11 @@ def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, by
     try:
         with tempfile.TemporaryDirectory(prefix="tunetrack-report-") as tmp, \
                 quiet_downloads():
-            for path in _png_paths(client, run_id):
-                local = client.download_artifacts(run_id, path, tmp)
+            # the run's artifact repository once: MlflowClient looks the run up again
+            # for every file it lists or downloads (7 pictures: 0.11 s vs 0.02 s)
+            repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+            for path in _png_paths(repo):
+                local = repo.download_artifacts(path, tmp)
                 pictures.append((path, Path(local).read_bytes()))
     except (MlflowException, OSError) as exc:
         return pictures, f"cannot read the artifacts of MLflow run {run_id}: {first_line(exc)}"
