@@ -112,9 +112,12 @@ def test_report_and_compare_show_cost_to_target(tmp_path):
     page = summary.path.read_text()
     assert 'id="cost"' in page and "Cost to target" in page
     assert 'class="dataframe cost-to-target"' in page and "90% of best" in page
-    assert "data:image/png;base64" in page.split('id="cost"')[1].split("</section>")[0]
+    cost = page.split('id="cost"')[1].split("</section>")[0]
     expected = cost_to_target(study)
     assert len(expected) == 4
+    assert 'id="plot-cost"' in cost and "Plotly.newPlot" in cost  # an interactive plot
+    first = expected.iloc[0]  # each target is a dashed line named in the plot
+    assert f"{first['target']}: {first['device_seconds']:.1f} s" in cost
     assert f"{expected['device_seconds'].iloc[0]:.4g}" in page
 
     out = CliRunner().invoke(app, ["compare", "cost-report", "--storage", storage],

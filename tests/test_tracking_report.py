@@ -77,7 +77,7 @@ def test_report_is_self_contained(reported):
     assert not re.search(r"<script[^>]*\bsrc=", page)  # every script inline
     assert not re.search(r"""<(link|img|iframe)[^>]*\b(src|href)=["']?(https?:)?//""", page)
     assert page.count("/* plotly.js ") == 1  # plotly.js embedded once, for all plots
-    assert page.count("Plotly.newPlot(") == len(PLOTS)
+    assert page.count("Plotly.newPlot(") == len(PLOTS) + 1  # and the cost plot
 
 
 def test_unknown_study_is_one_line(reported):

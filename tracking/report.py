@@ -316,12 +316,13 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: i
     summary = ReportSummary()
     best = _best_trial(study)
     divs = _plot_divs(study, summary, drawn)
+    cost = cost_section_html(study)
     sections = [_summary_section(study, best), _plots_section(divs, summary),
-                _trials_section(study, tracking_uri, top), cost_section_html(study),
+                _trials_section(study, tracking_uri, top), cost,
                 _best_section(study, best, tracking_uri, summary)]
     # plotly.js once, inline, only when there is a plot (the divs call Plotly.newPlot)
     script = (f'<script type="text/javascript">/* plotly.js {plotly.__version__} */'
-              f"{get_plotlyjs()}</script>" if divs else "")
+              f"{get_plotlyjs()}</script>" if divs or 'id="plot-cost"' in cost else "")
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
