@@ -687,7 +687,7 @@ def main() -> None:
 
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if command in ("run", "worker"):
-        pause()  # until the first trial has ended (startup_gc.py)
+        pause()  # until the first trial's trainer is built (startup_gc.py)
     try:
         app(prog_name="tunetrack")
         code = 0

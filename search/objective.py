@@ -24,6 +24,7 @@ from tunetrack.models.errors import first_line
 
 from .config import StudySpec
 from .space import SearchSpace
+from .startup_gc import resume as resume_gc
 
 if TYPE_CHECKING:
     from tunetrack.tracking import NullRun, StudyTracker, TrialRun
@@ -135,6 +136,7 @@ class Objective:
             pruning = PruningCallback(trial, self.objectives[0].metric)
             callbacks.append(pruning)
         trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
+        resume_gc()  # the imports a trial needs are done (its optimizer imported dynamo)
         with meter.on_device():
             fit = trainer.fit()
         trial.set_user_attr("epochs_run", fit.epochs_run)

@@ -36,14 +36,17 @@ def test_a_collector_the_user_switched_off_stays_off(collector):
     assert not gc.isenabled()
 
 
-def test_a_study_turns_the_collector_back_on_after_its_first_trial(collector, tmp_path):
+def test_a_study_trains_with_the_collector_back_on(collector, tmp_path, monkeypatch):
     from tests.studyfiles import write_study
+    from tunetrack.models import Trainer
     from tunetrack.search import run_study
 
     gc.enable()
     startup_gc.pause()
     states = []
     spec = write_study(tmp_path, n_trials=2, max_epochs=1)
-    run_study(spec, storage=f"sqlite:///{tmp_path}/s.db",
-              callbacks=[lambda study, trial: states.append(gc.isenabled())])
-    assert states == [True, True]  # on again once the first trial ended
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self: states.append(gc.isenabled())
+                        or real_fit(self))
+    run_study(spec, storage=f"sqlite:///{tmp_path}/s.db")
+    assert states == [True, True]  # on from the first trial's first epoch
