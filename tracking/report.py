@@ -316,13 +316,13 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: i
     summary = ReportSummary()
     best = _best_trial(study)
     divs = _plot_divs(study, summary, drawn)
-    cost = cost_section_html(study)
-    sections = [_summary_section(study, best), _plots_section(divs, summary),
-                _trials_section(study, tracking_uri, top), cost,
-                _best_section(study, best, tracking_uri, summary)]
-    # plotly.js once, inline, only when there is a plot (the divs call Plotly.newPlot)
+    body = "".join([_summary_section(study, best), _plots_section(divs, summary),
+                    _trials_section(study, tracking_uri, top), cost_section_html(study),
+                    _best_section(study, best, tracking_uri, summary)])
+    # plotly.js once, inline, only when a section draws a plotly figure (its div calls
+    # Plotly.newPlot): the search plots, the cost plot
     script = (f'<script type="text/javascript">/* plotly.js {plotly.__version__} */'
-              f"{get_plotlyjs()}</script>" if divs or 'id="plot-cost"' in cost else "")
+              f"{get_plotlyjs()}</script>" if "Plotly.newPlot(" in body else "")
     stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -337,7 +337,7 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: i
 <a href="#top-trials">Top trials</a><a href="#cost">Cost</a>
 <a href="#best-trial">Best trial</a></nav>
 <main>
-{"".join(sections)}
+{body}
 </main></body></html>
 """
     return page, summary
