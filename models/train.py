@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lean_optim
 from .augment import augment_batch, mix_batch
 from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .config import TrainConfig
@@ -100,25 +101,29 @@ Params = Iterable[nn.Parameter] | Iterable[dict]
 
 
 def _sgd(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    kind = lean_optim.SGD if fused else torch.optim.SGD
+    return kind(params, lr=cfg.lr, momentum=cfg.momentum,
+                nesterov=cfg.nesterov and cfg.momentum > 0,
+                weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
 
 
 def _adam(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            **({"fused": True} if fused else {}))
+    kind = lean_optim.Adam if fused else torch.optim.Adam
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                **({"fused": True} if fused else {}))
 
 
 def _adamw(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             **({"fused": True} if fused else {}))
+    kind = lean_optim.AdamW if fused else torch.optim.AdamW
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                **({"fused": True} if fused else {}))
 
 
 def _rmsprop(params: Params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     # RMSprop has no fused kernel: foreach is its fast path
-    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, foreach=True if fused else None)
+    kind = lean_optim.RMSprop if fused else torch.optim.RMSprop
+    return kind(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                foreach=True if fused else None)
 
 
 # `train.optimizer` -> builder(params, cfg, fused); keys == choices.OPTIMIZERS (tested)
@@ -135,8 +140,10 @@ def build_optimizer(params: Params, cfg: TrainConfig, *,
     """The optimizer named by `cfg.optimizer`; `params` may be groups with their own `lr`.
 
     `fused` kernels (CUDA, and CPU since torch 2.4) update a parameter in one kernel
-    instead of a dozen (timings: bench/README.md). RMSprop has none and uses foreach.
-    `fused=False` gives PyTorch's defaults, as the textbook baseline in bench/ writes them.
+    instead of a dozen (timings: bench/README.md). RMSprop has none and uses foreach. These
+    are `lean_optim`'s classes: torch's, stepped without torch.optim's per-step wrapping
+    and without importing `torch._dynamo`. `fused=False` gives PyTorch's own classes with
+    their defaults, as the textbook baseline in bench/ writes them.
     """
     if cfg.optimizer not in OPTIMIZERS:
         raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
