@@ -107,9 +107,9 @@ def throughput(name: str, data: DataConfig, model: ModelConfig, train: TrainConf
 def study(n_trials: int = 32, repeats: int = 2) -> dict:
     """The digits study at fuse 8 and fuse 1: wall time of the trials and best values.
 
-    Warm first (a 2-trial, 1-epoch study: the first `torch.optim` optimizer of a process
-    imports `torch._dynamo`, ~0.7 s that only the side run first would pay), then the
-    sides alternate (8 1, 1 8, ...) and the medians are compared."""
+    Warm first (a 2-trial, 1-epoch study: a process's first-use costs, lazy imports and
+    kernel set-up, that only the side run first would pay), then the sides alternate
+    (8 1, 1 8, ...) and the medians are compared."""
     import optuna
 
     from tunetrack.search import config as study_config
