@@ -104,12 +104,13 @@ def throughput(name: str, data: DataConfig, model: ModelConfig, train: TrainConf
     return out
 
 
-def study(n_trials: int = 32, repeats: int = 2) -> dict:
+def study(n_trials: int = 32, repeats: int = 3) -> dict:
     """The digits study at fuse 8 and fuse 1: wall time of the trials and best values.
 
     Warm first (a 2-trial, 1-epoch study: a process's first-use costs, lazy imports and
     kernel set-up, that only the side run first would pay), then the sides alternate
-    (8 1, 1 8, ...) and the medians are compared."""
+    (8 1, 1 8, ...) and the medians are compared: three repeats, as one run of the fused
+    side took 9.8-13.5 s on a VM whose speed drifts (docs/fused_trials.md)."""
     import optuna
 
     from tunetrack.search import config as study_config
