@@ -139,4 +139,7 @@ def run_workers_natively(workers: list[Container], *, pg_url: str, folder: Path,
     logs = "".join(p.read_text() for p in folder.glob("*.log"))
     assert codes == [0] * len(workers), logs
     assert "database is locked" not in logs and "Traceback" not in logs
-    check_shared_study(load_study(name, pg_url), n_trials, len(workers), tracking, name)
+    try:
+        check_shared_study(load_study(name, pg_url), n_trials, len(workers), tracking, name)
+    except AssertionError as exc:  # the workers' own words say what happened
+        raise AssertionError(f"{exc}\n--- the workers' logs ---\n{logs}") from exc

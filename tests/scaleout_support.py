@@ -214,7 +214,10 @@ def check_shared_study(study, total: int, workers: int, tracking_uri: str,
     by_trial: dict[int, list] = {}
     for run in runs:
         by_trial.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
-    assert sorted(by_trial) == sorted(t.number for t in study.trials)
+    numbers = sorted(t.number for t in study.trials)
+    assert sorted(by_trial) == numbers, (  # what to look at when it fails
+        f"trials {[(t.number, t.state.name) for t in study.trials]} but runs for "
+        f"{ {n: [r.info.status for r in rs] for n, rs in sorted(by_trial.items())} }")
     for trial in study.trials:
         (run,) = by_trial[trial.number]  # exactly one run per trial
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
