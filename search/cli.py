@@ -678,7 +678,7 @@ def server(
 
 def main() -> None:
     """The `tunetrack` command. It leaves with `os._exit` once its work is written: tearing
-    down torch (with dynamo, which the optimizers import), Optuna and SQLAlchemy takes
+    down torch (and torch._dynamo, where something imported it), Optuna and SQLAlchemy takes
     ~1 s on a 2-core machine and is the larger part of what a study waited for after its
     last trial."""
     import os

@@ -136,7 +136,7 @@ class Objective:
             pruning = PruningCallback(trial, self.objectives[0].metric)
             callbacks.append(pruning)
         trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
-        resume_gc()  # the imports a trial needs are done (its optimizer imported dynamo)
+        resume_gc()  # the imports a trial needs are done (data, network, optimizer)
         with meter.on_device():
             fit = trainer.fit()
         trial.set_user_attr("epochs_run", fit.epochs_run)
