@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.workers_scaling
 	$(BIN)/python -m bench.fused_trials
+	$(BIN)/python -m bench.dropout_masks
 	$(MAKE) bench-e2e
 
 # the whole-process benchmarks (issue 14): what a user waits for, imports and stores included

@@ -15,10 +15,11 @@ small ones. Layers map as follows (members along a leading K dimension):
 Exactness comes first: every member is built by `nets.create` with its own config and seed,
 exactly as an unfused trial would be, and its parameters are copied into the stack, so
 initialisation needs no re-implementation. A member's dropout masks come from a generator
-seeded with its own `train.seed`, drawn with the same calls and shapes as `nn.Dropout` draws
-them from the global generator in the unfused trainer, so a member sees the masks it would
-see alone (on CPU; CUDA's fused dropout kernel draws differently). `extract(k)` returns an
-ordinary `Classifier` (the class `nets.create` returns) holding member k's weights.
+seeded with its own `train.seed`, drawn with the same calls and shapes as the unfused
+network's `dropout.Dropout` draws them from the global generator, so a member sees the masks
+it would see alone (on CPU; on CUDA the unfused layers run torch's fused dropout kernel).
+`extract(k)` returns an ordinary `Classifier` (the class `nets.create` returns) holding
+member k's weights.
 
 All parameters of all members live in one flat [K, P] tensor (`flat`); each layer's
 parameter is an `nn.Parameter` aliasing its slice, and its `.grad` aliases the matching slice
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .dropout import keep_mask
 from .errors import TunetrackError
 from .fused_fields import FUSABLE_FAMILIES, SHARED_MODEL_FIELDS
 from .nets import Classifier, create
@@ -330,23 +332,22 @@ class FusedNet(nn.Module):
         return out.view(n, k, c).transpose(0, 1), VECTOR
 
     def _dropout(self, h: torch.Tensor, layout: str, feature: bool):
-        """Member k's mask: `noise.bernoulli_(1 - p).div_(1 - p)` from its own generator,
-        on a tensor of the shape `nn.Dropout`/`nn.Dropout2d` would draw for it alone."""
+        """Member k's mask: `dropout.keep_mask` from its own generator, of the shape
+        `Dropout`/`Dropout2d` draws for it alone."""
         if not self.training or not any(self._rates):
             return h, layout
-        k = self.k
+        k, like = self.k, {"device": h.device, "dtype": h.dtype}
         if layout == IMAGE:
             n, kc = h.shape[:2]
             c = kc // k
             shape = (n, c, 1, 1) if feature else (n, c, *h.shape[2:])
-            noise = torch.ones(n, k, *shape[1:], device=h.device, dtype=h.dtype)
+            noise = torch.ones(n, k, *shape[1:], **like)
             for i, (p, gen) in enumerate(zip(self._rates, self._gens, strict=True)):
                 if p > 0:
-                    draw = torch.empty(shape, device=h.device, dtype=h.dtype)
-                    noise[:, i] = draw.bernoulli_(1 - p, generator=gen).div_(1 - p)
+                    noise[:, i] = keep_mask(shape, p, generator=gen, **like)
             return h * noise.view(n, kc, *shape[2:]), layout
-        noise = torch.ones(h.shape, device=h.device, dtype=h.dtype)  # rows contiguous
+        noise = torch.ones(h.shape, **like)  # rows contiguous
         for i, (p, gen) in enumerate(zip(self._rates, self._gens, strict=True)):
             if p > 0:
-                noise[i].bernoulli_(1 - p, generator=gen).div_(1 - p)
+                noise[i] = keep_mask(h.shape[1:], p, generator=gen, **like)
         return h * noise, layout

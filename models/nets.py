@@ -15,6 +15,7 @@ from torch import nn
 
 from .choices import POOLS
 from .config import ModelConfig
+from .dropout import Dropout, Dropout2d
 from .errors import unknown
 from .init_schemes import LEAKY_SLOPE, apply_init
 
@@ -68,7 +69,7 @@ def _mlp(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn.Mo
             layers.append(nn.BatchNorm1d(cfg.width))
         layers.append(activation(cfg.activation))
         if cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
+            layers.append(Dropout(cfg.dropout))
         fan_in = cfg.width
     layers.append(nn.Linear(fan_in, n_classes))
     return nn.Sequential(*layers)
@@ -98,12 +99,12 @@ def _cnn(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn.Mo
         if down and cfg.pool != "none":
             layers.append(nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2))
         if cfg.dropout > 0:
-            layers.append(nn.Dropout2d(cfg.dropout))
+            layers.append(Dropout2d(cfg.dropout))
         size = size // 2 if down else size
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if cfg.dropout > 0:
-        layers.append(nn.Dropout(cfg.dropout))
+        layers.append(Dropout(cfg.dropout))
     layers.append(nn.Linear(cin, n_classes))
     return nn.Sequential(*layers)
 
@@ -139,7 +140,7 @@ def _resnet(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int) -> nn
         size, cin = size // stride, cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if cfg.dropout > 0:
-        layers.append(nn.Dropout(cfg.dropout))
+        layers.append(Dropout(cfg.dropout))
     layers.append(nn.Linear(cin, n_classes))
     return nn.Sequential(*layers)
 

@@ -35,6 +35,7 @@ from .choices import (
     weights_name,
 )
 from .config import ModelConfig
+from .dropout import Dropout
 from .errors import TunetrackError, first_line, unknown
 from .init_schemes import apply_init
 
@@ -370,7 +371,7 @@ def build_transfer(cfg: ModelConfig, shape: tuple[int, int, int], n_classes: int
         load_pretrained(net, cfg)
     old_head = net.get_submodule(spec.head)
     linear = nn.Linear(old_head.in_features, n_classes)
-    head = nn.Sequential(nn.Dropout(cfg.dropout), linear) if cfg.dropout > 0 else linear
+    head = nn.Sequential(Dropout(cfg.dropout), linear) if cfg.dropout > 0 else linear
     _set_submodule(net, spec.head, nn.Identity())
     apply_init(head if cfg.weights is not None else nn.ModuleList([net, head]), cfg.init)
     net.lr_factor = cfg.backbone_lr_factor  # read by train.param_groups

@@ -36,7 +36,11 @@ def _members(family: str, optimizer: str, scheduler: str, batch_norm: bool = Tru
     """Four members that differ in everything a member may differ in."""
     model = ModelConfig(family=family, depth=2, width=8 if family == "cnn" else 16,
                         batch_norm=batch_norm)
-    train = TrainConfig(device="cpu", batch_size=16, max_epochs=4, optimizer=optimizer,
+    # batch 20: the 66 train samples end in a short batch of 6. A last batch of 2 (batch 16)
+    # leaves batch-norm's input gradient at rounding noise (two samples normalise to +-1
+    # whatever they are), which Adam's m / sqrt(v) turns into lr-sized steps whose sign the
+    # last bit decides: the grouped and the plain matmuls then drift apart by 1e-3
+    train = TrainConfig(device="cpu", batch_size=20, max_epochs=4, optimizer=optimizer,
                         scheduler=scheduler, step_size=1)
     recipes = [  # init, dropout | lr, weight decay, momentum, nesterov, l1, smoothing, seed, knob
         ("default", 0.0, 1e-2, 0.0, 0.9, False, 0.0, 0.0, 0, 0.5),
