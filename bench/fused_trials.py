@@ -8,8 +8,9 @@ Rows (one JSON line each, the ratio last):
 - `throughput cnn-3x32x32`: the same with 8 CIFAR-shaped CNNs on synthetic 3x32x32 data
   (target >= 8x on a GPU); on CUDA it also prints the fused side's TFLOP/s.
 - `study digits`: `studies/digits.yaml` with 32 trials, `fuse: 8` vs `fuse: 1`, tracking
-  off, in-memory storage; wall time of the trials, fused / unfused (target <= 0.5x on 2
-  CPU cores), and the best value of each (target: within 0.01).
+  off, in-memory storage, study seeds 0-5; summed wall time of the trials, fused /
+  unfused (target <= 0.5x on 2 CPU cores), and the best value of each (target: within
+  0.01; `worst_best_gap` is the lowest fused-minus-unfused best over the seeds).
 
 Both sides of a throughput row run in this process, warm, alternating over `repeats`
 (this VM's speed drifts within a minute); the ratio is the median of the per-repeat
@@ -24,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import torch
 from tunetrack.models import DataConfig, ModelConfig, TrainConfig, Trainer, create, load_splits
 from tunetrack.models.device import resolve_device
 from tunetrack.models.fused_train import FusedTrainer, Member
+from tunetrack.search.fused_groups import GROUP_ATTR
 
 K = 8
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
@@ -104,13 +107,15 @@ def throughput(name: str, data: DataConfig, model: ModelConfig, train: TrainConf
     return out
 
 
-def study(n_trials: int = 32, repeats: int = 3) -> dict:
-    """The digits study at fuse 8 and fuse 1: wall time of the trials and best values.
+def study(n_trials: int = 32, seeds: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> dict:
+    """The digits study at fuse 8 and fuse 1 over several study seeds: wall time of the
+    trials and best values.
 
-    Warm first (a 2-trial, 1-epoch study: a process's first-use costs, lazy imports and
-    kernel set-up, that only the side run first would pay), then the sides alternate
-    (8 1, 1 8, ...) and the medians are compared: three repeats, as one run of the fused
-    side took 9.8-13.5 s on a VM whose speed drifts (docs/fused_trials.md)."""
+    One seed is one path of the sampler: which architecture TPE hands a group, how many
+    members are pruned. Single seeds gave fused/unfused 0.46-2.4 (docs/fused_trials.md),
+    so the row runs each seed once per side (alternating which goes first) and compares
+    the sums. Warm first (a 2-trial, 1-epoch study: first-use costs only the side run
+    first would pay)."""
     import optuna
 
     from tunetrack.search import config as study_config
@@ -118,33 +123,35 @@ def study(n_trials: int = 32, repeats: int = 3) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict = {"bench": "fused_trials", "row": "study digits", "trials": n_trials,
-                 "threads": torch.get_num_threads(), "repeats": repeats}
+                 "threads": torch.get_num_threads(), "seeds": list(seeds)}
 
-    def once(k: int, trials: int, epochs: int | None = None) -> tuple[float, optuna.Study]:
+    def once(k: int, seed: int, trials: int, epochs: int | None = None
+             ) -> tuple[float, optuna.Study]:
         spec = study_config.load_study_file(STUDY)
         spec.tracking.enabled = False
-        spec.search.fuse = k
+        spec.search.fuse, spec.seed = k, seed
         if epochs is not None:
             spec.train.max_epochs = epochs
         start = time.perf_counter()
         result = run_study(spec, n_trials=trials, storage=optuna.storages.InMemoryStorage())
         return time.perf_counter() - start, result
 
-    once(1, 2, epochs=1)
-    seconds: dict[int, list[float]] = {K: [], 1: []}
-    for i in range(repeats):
+    once(1, 0, 2, epochs=1)
+    runs: dict[int, list[dict]] = {K: [], 1: []}
+    for i, seed in enumerate(seeds):
         for k in (K, 1) if i % 2 == 0 else (1, K):
-            took, result = once(k, n_trials)
-            seconds[k].append(took)
-            out[f"fuse{k}_best"] = round(result.best_value, 4)  # the same every repeat
-            out[f"fuse{k}_trials"] = len(result.trials)
-            out[f"fuse{k}_epochs"] = sum(t.user_attrs.get("epochs_run", 0)
-                                         for t in result.trials)
-            out[f"fuse{k}_pruned"] = sum(t.state.name == "PRUNED" for t in result.trials)
+            took, result = once(k, seed, n_trials)
+            runs[k].append({"seconds": round(took, 2), "best": round(result.best_value, 4),
+                            "epochs": sum(t.user_attrs.get("epochs_run", 0)
+                                          for t in result.trials),
+                            "grouped": sum(GROUP_ATTR in t.user_attrs for t in result.trials)})
     for k in (K, 1):
-        out[f"fuse{k}_seconds"] = round(statistics.median(seconds[k]), 2)
-        out[f"fuse{k}_runs_s"] = [round(s, 2) for s in seconds[k]]
-    out["best_gap"] = round(out[f"fuse{K}_best"] - out["fuse1_best"], 4)
+        out[f"fuse{k}_seconds"] = round(sum(r["seconds"] for r in runs[k]), 2)
+        out[f"fuse{k}_runs"] = runs[k]
+    gaps = [f["best"] - u["best"] for f, u in zip(runs[K], runs[1], strict=True)]
+    out["per_seed_ratio"] = [round(f["seconds"] / u["seconds"], 3)
+                             for f, u in zip(runs[K], runs[1], strict=True)]
+    out["worst_best_gap"] = round(min(gaps), 4)
     out["ratio"] = round(out[f"fuse{K}_seconds"] / out["fuse1_seconds"], 3)
     return out
 

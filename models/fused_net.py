@@ -76,6 +76,47 @@ def shared_differences(configs: Sequence[ModelConfig]) -> list[str]:
             if len({repr(getattr(c, name)) for c in configs}) > 1]
 
 
+# On CPU a group gains only while each member's training step is small enough for
+# per-operation overhead to dominate it: 8 digits MLPs (3 epochs, Adam/SGD/AdamW, dropout)
+# trained 2.8-3.6x faster fused at <= 0.6 M multiply-adds per member step, 2.0-2.3x at
+# 1.2-2.4 M, 1.5-1.7x at 3.6-5.4 M, 1.0-1.2x at 10-72 M (bench/README.md, "when fusing
+# pays", 2026-12-01, Intel Xeon VM). Above this a group would tie K trials to one
+# architecture and train them more epochs (fewer are pruned) for little or no gain.
+CPU_FUSE_MAX_MACS = 4_000_000
+
+
+def step_macs(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
+              batch_size: int) -> int:
+    """Multiply-adds of one member's forward pass over a batch (Linear and Conv2d layers),
+    counted on a one-image pass through the network `nets.create` builds."""
+    net = create(replace(cfg, dropout=0.0), input_shape, n_classes, None, None, seed=0)
+    macs = 0
+
+    def count(layer: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal macs
+        weight = layer.weight
+        per_output = weight[0].numel()  # in_features, or Cin/groups * kh * kw
+        macs += per_output * output[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, *input_shape))
+    for hook in hooks:
+        hook.remove()
+    return macs * batch_size
+
+
+def fusing_pays(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int, batch_size: int,
+                device: torch.device) -> bool:
+    """Would a fused group of this architecture train faster than its members one by one?
+    On accelerators small members leave the device idle: always. On CPU only up to
+    `CPU_FUSE_MAX_MACS` per member step."""
+    if device.type != "cpu":
+        return True
+    return step_macs(cfg, input_shape, n_classes, batch_size) <= CPU_FUSE_MAX_MACS
+
+
 @dataclass
 class _Slice:
     """Where one parameter of layer `layer` lives in each member's row of `flat`.

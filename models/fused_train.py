@@ -19,6 +19,7 @@ This module knows nothing of Optuna: the search side passes callbacks and a refi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -219,8 +220,11 @@ class FusedTrainer:
         self.smoothing = (torch.tensor(values, device=self.device) if any(values) else None)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype,
-                              enabled=self.amp_dtype is not None)
+        """bf16 autocast where on; otherwise no context at all (a disabled `autocast` still
+        cost ~17 us per step to enter and leave: 2 % of a digits MLP group's step)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ---- one epoch ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ import torch
 from tunetrack.models import Trainer, count_parameters
 from tunetrack.models.cost import CostMeter
 from tunetrack.models.fused_fields import FUSABLE_FAMILIES
+from tunetrack.models.fused_net import CPU_FUSE_MAX_MACS, fusing_pays
 from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
@@ -152,6 +153,19 @@ class FusedStudy:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return len(study.get_trials(deepcopy=False, states=states)) < search.n_startup_trials
 
+    def _pays(self, leader: optuna.Trial, cfg: Any) -> bool:
+        """Would a group of the leader's architecture be faster than its members one by
+        one (`fusing_pays`: on CPU, small members only)? If not, the leader trains alone
+        and the next trial may lead a group of another architecture."""
+        splits = self.splits
+        if fusing_pays(cfg.model, splits.input_shape, splits.n_classes, cfg.train.batch_size,
+                       self.device):
+            return True
+        _log.info("trial %d trains unfused: its members would take more than %.0f M "
+                  "multiply-adds per step on CPU, where fusing gains little",
+                  leader.number, CPU_FUSE_MAX_MACS / 1e6)
+        return False
+
     def _more(self, study: optuna.Study) -> bool:
         """May this process start another trial? (its budget, the study's budget shared by
         workers, the timeout, `study.stop()`)"""
@@ -172,7 +186,8 @@ class FusedStudy:
         study = leader.study
         sampled = self.space.sample(leader)
         cfg = self.space.resolve(sampled, device=str(self.device))
-        if self.k == 1 or cfg.model.family not in FUSABLE_FAMILIES or self._starting(study):
+        if (self.k == 1 or cfg.model.family not in FUSABLE_FAMILIES or self._starting(study)
+                or not self._pays(leader, cfg)):
             return self.run_trial(leader)  # re-sampling returns the values already drawn
         self.mark_owner(leader)
         group = f"g{leader.number}"

@@ -19,6 +19,7 @@ from tunetrack.models import (
     create,
     load_splits,
 )
+from tunetrack.models.fused_net import CPU_FUSE_MAX_MACS, fusing_pays, step_macs
 from tunetrack.models.fused_train import FusedTrainer, Member
 
 CPU = torch.device("cpu")
@@ -238,3 +239,20 @@ def test_members_must_share_the_graph_and_the_data_stream(splits):
     resnet = [replace(m, model=replace(m.model, family="resnet")) for m in members[2:]]
     with pytest.raises(TunetrackError, match=r"model\.family must be one of mlp, cnn"):
         FusedTrainer(resnet, splits, device=CPU)
+
+
+def test_step_macs_counts_linear_and_conv_multiply_adds():
+    mlp = ModelConfig(family="mlp", depth=3, width=32)
+    assert step_macs(mlp, (1, 8, 8), 10, batch_size=16) == (64 * 32 + 2 * 32 * 32 + 32 * 10) * 16
+    cnn = ModelConfig(family="cnn", depth=1, width=4, kernel_size=3, pool="max")
+    # conv 1->4, 3x3, padding 1 on 8x8: 4*64 outputs x 9 each; then pool, head 4 -> 10
+    assert step_macs(cnn, (1, 8, 8), 10, batch_size=2) == (4 * 64 * 9 + 4 * 10) * 2
+
+
+def test_fusing_pays_on_cpu_for_small_members_only():
+    small = ModelConfig(family="mlp", depth=2, width=64)
+    big = ModelConfig(family="mlp", depth=3, width=512)
+    assert fusing_pays(small, (1, 8, 8), 10, 64, CPU)
+    assert not fusing_pays(big, (1, 8, 8), 10, 128, CPU)
+    assert step_macs(big, (1, 8, 8), 10, 128) > CPU_FUSE_MAX_MACS
+    assert fusing_pays(big, (1, 8, 8), 10, 128, torch.device("cuda"))  # no GPU needed

@@ -115,6 +115,27 @@ def test_a_model_based_samplers_random_start_up_trains_unfused(tmp_path):
     assert {t.user_attrs[GROUP_ATTR] for t in trials[2:]} == {"g2"}
 
 
+def test_on_cpu_a_group_too_big_to_gain_trains_unfused(tmp_path, caplog):
+    """Width 512 x 3 at batch 128 is ~71 M multiply-adds per member step on digits, far
+    above CPU_FUSE_MAX_MACS: every trial trains alone, and the log says why; the same
+    study at width 16 fuses."""
+    model = {"family": "mlp", "depth": 3, "width": 512, "activation": "relu"}
+    big = _write(tmp_path, "big", n_trials=3, max_epochs=1, model=model,
+                 search={"fuse": 3, "sampler": "random"})
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    with caplog.at_level("INFO", logger="tunetrack.search.fused_study"):
+        _run(big, storage)
+    trials = optuna.load_study(study_name="big", storage=storage).trials
+    assert len(trials) == 3 and all(GROUP_ATTR not in t.user_attrs for t in trials)
+    assert "trial 0 trains unfused: its members would take more than 4 M multiply-adds" \
+        in caplog.text
+    small = _write(tmp_path, "small", n_trials=3, max_epochs=1, model={**model, "width": 16},
+                   search={"fuse": 3, "sampler": "random"})
+    _run(small, storage)
+    trials = optuna.load_study(study_name="small", storage=storage).trials
+    assert [t.user_attrs.get(GROUP_ATTR) for t in trials] == ["g0"] * 3
+
+
 def test_grid_sampler_falls_back_to_unfused(tmp_path, caplog):
     file = _write(tmp_path, n_trials=2, search={"fuse": 4, "sampler": "grid"},
                   model={"family": "mlp", "depth": 1, "width": {"choice": [16, 32]}},
