@@ -5,7 +5,11 @@ SQLite stores, full tracking: per-epoch metrics, figures, the best model, study 
 The script: `bench.plain_study` (Optuna TPE + MedianPruner, optuna-integration's
 `MLflowCallback`, per-sample DataLoader loop) over the same search space and seed, in its
 own fresh folder. Both are whole processes timed from spawn to exit, `--repeats` times in
-alternating order (A B B A ...), medians printed. Time to target: from spawn until the
+alternating order (A B B A ...), medians printed. Repeat r runs both sides on the study
+file with seed + r: one seed is one path of the samplers, and the two studies' bests moved
+by 0.004-0.007 between seeds (a code change that alters any random draw, dropout's masks
+say, moves a single-seed comparison as much), so the bests are compared as medians over
+seeds (`bests`: per seed). Time to target: from spawn until the
 first trial that completed with val accuracy >= `--target`, taken from each study's own
 trial records (tunetrack's Optuna store, the script's dump of its in-memory study).
 
@@ -26,6 +30,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from bench.wholeprocess import (
     REPO,
     TrialTimes,
@@ -39,11 +45,23 @@ from bench.wholeprocess import (
 )
 
 
-def tunetrack_side(study_file: Path, folder: Path, trials: int | None, target: float):
+def seeded_files(study_file: Path, folder: Path, repeats: int) -> list[Path]:
+    """The study file once per repeat, its seed + repeat."""
+    raw = yaml.safe_load(study_file.read_text())
+    files = []
+    for repeat in range(repeats):
+        path = folder / f"seed{repeat}-{study_file.name}"
+        path.write_text(yaml.safe_dump({**raw, "seed": raw.get("seed", 0) + repeat},
+                                       sort_keys=False))
+        files.append(path)
+    return files
+
+
+def tunetrack_side(files: list[Path], folder: Path, trials: int | None, target: float):
     def once(repeat: int) -> dict:
         cwd = folder / f"tunetrack-{repeat}"
         extra = ["--trials", str(trials)] if trials else []
-        timed = run_process(tunetrack_cli("run", str(study_file), *extra), cwd)
+        timed = run_process(tunetrack_cli("run", str(files[repeat]), *extra), cwd)
         study = stored_study(f"sqlite:///{cwd}/tunetrack.db")
         reached, trial = time_to_target(finished_trials(study), timed.spawned, target)
         any_epoch = max(max(t.intermediate_values.values(), default=0.0)
@@ -55,13 +73,13 @@ def tunetrack_side(study_file: Path, folder: Path, trials: int | None, target: f
     return once
 
 
-def script_side(study_file: Path, folder: Path, trials: int | None, target: float,
+def script_side(files: list[Path], folder: Path, trials: int | None, target: float,
                 threads: int | None):
     def once(repeat: int) -> dict:
         cwd = folder / f"script-{repeat}"
         times = cwd / "trials.json"
         extra = ["--trials", str(trials)] if trials else []
-        timed = run_process(["-m", "bench.plain_study", "--study", str(study_file),
+        timed = run_process(["-m", "bench.plain_study", "--study", str(files[repeat]),
                              "--times", str(times), *extra], cwd, threads)
         records = [TrialTimes.from_json(t) for t in json.loads(times.read_text())]
         reached, trial = time_to_target(records, timed.spawned, target)
@@ -80,12 +98,14 @@ def summary(runs: list[dict]) -> dict:
         "runs_s": [round(r["seconds"], 1) for r in runs],
         "cpu_s": median([r["cpu_s"] for r in runs]),
         "best": round(statistics.median(r["best"] for r in runs), 4),
+        "bests": [round(r["best"], 4) for r in runs],
         "to_target_s": median([r["to_target_s"] for r in reached]) if reached else None,
         "reached_in": f"{len(reached)}/{len(runs)}",
         "target_trials": [r["target_trial"] for r in runs],
     }
     if "best_any_epoch" in runs[0]:
         out["best_any_epoch"] = round(statistics.median(r["best_any_epoch"] for r in runs), 4)
+        out["bests_any_epoch"] = [round(r["best_any_epoch"], 4) for r in runs]
     return out
 
 
@@ -101,9 +121,10 @@ def main() -> None:
     args = parser.parse_args()
     study_file = args.study.resolve()
     with tempfile.TemporaryDirectory() as tmp:
+        files = seeded_files(study_file, Path(tmp), args.repeats)
         runs = alternate({
-            "tunetrack": tunetrack_side(study_file, Path(tmp), args.trials, args.target),
-            "script": script_side(study_file, Path(tmp), args.trials, args.target,
+            "tunetrack": tunetrack_side(files, Path(tmp), args.trials, args.target),
+            "script": script_side(files, Path(tmp), args.trials, args.target,
                                   args.script_threads or None),
         }, args.repeats)
     ours, script = summary(runs["tunetrack"]), summary(runs["script"])
@@ -111,7 +132,9 @@ def main() -> None:
                  "trials": args.trials or "file's", "repeats": args.repeats,
                  "target": args.target, "script_threads": args.script_threads or "torch default",
                  "tunetrack": ours, "script": script,
-                 "best_no_worse": ours["best"] >= script["best"]}
+                 "best_no_worse": ours["best"] >= script["best"],
+                 # like for like: the script's value is its best epoch's val accuracy too
+                 "best_any_epoch_no_worse": ours["best_any_epoch"] >= script["best"]}
     if ours["to_target_s"] and script["to_target_s"]:
         out["ratio_to_target"] = round(ours["to_target_s"] / script["to_target_s"], 3)
     out["ratio_cpu"] = round(ours["cpu_s"] / script["cpu_s"], 3)
