@@ -1,10 +1,10 @@
-"""Dropout whose CPU masks cost a fifth of torch's: 15 random bits per element.
+"""Dropout whose CPU masks cost a quarter of torch's: 15 random bits per element.
 
 `nn.Dropout` draws its CPU mask with `bernoulli_`, element by element: 122-128 us for a
 batch-64 x 258 mask on the 2-vCPU Intel Xeon VM (~7 ns per element), longer than that
 layer's matrix products forward and backward. Here one `random_` on int64 words gives four
 16-bit lanes per word; each element keeps the low 15 bits of its lane and is kept when they
-fall under `keep_threshold(p)`, all in vectorised integer ops: 23 us for the same mask
+fall under `keep_threshold(p)`, all in vectorised integer ops: 31 us for the same mask
 (bench/README.md, "In the code").
 
 The rate is resolved to 1/32768: an element is kept with probability t / 32768,
