@@ -18,6 +18,15 @@ SHARED_MODEL_FIELDS = ("family", "depth", "width", "activation", "batch_norm", "
 SHARED_TRAIN_FIELDS = ("max_epochs", "batch_size", "augment", "eval_batch_size", "amp",
                        "compile", "device", "stream")
 
+# On CPU a group gains only while each member's training step is small enough for
+# per-operation overhead to dominate it: 8 digits MLPs (3 epochs, Adam/SGD/AdamW, dropout)
+# trained 2.4-3.6x faster fused at <= 0.6 M multiply-adds per member step, 2.0-2.3x at
+# 0.9-2.4 M, 1.5-1.7x at 3.6-5.4 M, 0.9-1.2x at 10-72 M (docs/fused_trials.md, "On CPU,
+# only groups small enough to gain"; 2026-12-01, Intel Xeon VM). Above this a group would
+# tie K trials to one architecture and train them more epochs (fewer are pruned) for
+# little or no gain. Here, torch-free, so `validate` can say it.
+CPU_FUSE_MAX_MACS = 4_000_000
+
 
 def is_shared(path: str) -> bool:
     """Is the study-file parameter `path` (`model.width`, `train.augment.flip`) shared?"""

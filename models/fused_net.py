@@ -42,7 +42,7 @@ from torch import nn
 from .config import ModelConfig
 from .dropout import keep_mask
 from .errors import TunetrackError
-from .fused_fields import FUSABLE_FAMILIES, SHARED_MODEL_FIELDS
+from .fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, SHARED_MODEL_FIELDS
 from .nets import Classifier, create
 
 _PARAM_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -74,15 +74,6 @@ def shared_differences(configs: Sequence[ModelConfig]) -> list[str]:
     """Shared fields on which the configs disagree, as `model.FIELD` names."""
     return [f"model.{name}" for name in SHARED_MODEL_FIELDS
             if len({repr(getattr(c, name)) for c in configs}) > 1]
-
-
-# On CPU a group gains only while each member's training step is small enough for
-# per-operation overhead to dominate it: 8 digits MLPs (3 epochs, Adam/SGD/AdamW, dropout)
-# trained 2.8-3.6x faster fused at <= 0.6 M multiply-adds per member step, 2.0-2.3x at
-# 1.2-2.4 M, 1.5-1.7x at 3.6-5.4 M, 1.0-1.2x at 10-72 M (bench/README.md, "when fusing
-# pays", 2026-12-01, Intel Xeon VM). Above this a group would tie K trials to one
-# architecture and train them more epochs (fewer are pruned) for little or no gain.
-CPU_FUSE_MAX_MACS = 4_000_000
 
 
 def step_macs(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,

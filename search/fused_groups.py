@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunetrack.models.errors import TunetrackError
-from tunetrack.models.fused_fields import FUSABLE_FAMILIES, is_shared
+from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, is_shared
 
 from .config import StudySpec
 
@@ -59,7 +59,10 @@ def fuse_notes(spec: StudySpec, families: list[Any] | None) -> list[str]:
     other = [f for f in families or [] if f not in FUSABLE_FAMILIES]
     notes = [f"search.fuse: up to {k} trials train at once as one model; they share "
              f"architecture, batch size, augmentation and batch order; each has its own "
-             f"optimizer, schedule and recipe (docs/fused_trials.md)"]
+             f"optimizer, schedule and recipe (docs/fused_trials.md)",
+             f"search.fuse: on a CPU only architectures of at most "
+             f"{CPU_FUSE_MAX_MACS / 1e6:.0f} M multiply-adds per trial and training step "
+             f"fuse (larger ones gain little there); on a GPU every group does"]
     if other:
         notes.append(f"search.fuse: trials that draw model.family {', '.join(other)} train "
                      f"unfused")

@@ -39,8 +39,8 @@ import torch
 
 from tunetrack.models import Trainer, count_parameters
 from tunetrack.models.cost import CostMeter
-from tunetrack.models.fused_fields import FUSABLE_FAMILIES
-from tunetrack.models.fused_net import CPU_FUSE_MAX_MACS, fusing_pays
+from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES
+from tunetrack.models.fused_net import fusing_pays
 from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values

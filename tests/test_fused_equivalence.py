@@ -19,7 +19,8 @@ from tunetrack.models import (
     create,
     load_splits,
 )
-from tunetrack.models.fused_net import CPU_FUSE_MAX_MACS, fusing_pays, step_macs
+from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS
+from tunetrack.models.fused_net import fusing_pays, step_macs
 from tunetrack.models.fused_train import FusedTrainer, Member
 
 CPU = torch.device("cpu")

@@ -71,6 +71,8 @@ def test_validate_says_how_the_study_fuses(tmp_path):
     result = runner.invoke(app, ["validate", str(_write(tmp_path, search={"fuse": 4}))])
     assert result.exit_code == 0 and "note: search.fuse: up to 4 trials train at once" in \
         result.stdout
+    assert "note: search.fuse: on a CPU only architectures of at most 4 M multiply-adds" in \
+        result.stdout
 
 
 def test_fused_study_members_are_ordinary_trials(tmp_path):
