@@ -79,7 +79,9 @@ def shared_differences(configs: Sequence[ModelConfig]) -> list[str]:
 def step_macs(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
               batch_size: int) -> int:
     """Multiply-adds of one member's forward pass over a batch (Linear and Conv2d layers),
-    counted on a one-image pass through the network `nets.create` builds."""
+    counted on a one-image pass through the network `nets.create` builds. Forward hooks,
+    not torch's `FlopCounterMode` (the same counts): its first use imports `torch._dynamo`
+    (0.8 s on the Intel Xeon VM), which a trial process otherwise never does."""
     net = create(replace(cfg, dropout=0.0), input_shape, n_classes, None, None, seed=0)
     macs = 0
 

@@ -113,12 +113,10 @@ class FusedOptimizer:
         self.flat, self.grad, self.l1_mask = flat, grad, l1_mask
         self._rows = {name: list(t) for name, t in
                       (("param", flat), ("grad", grad), *self.state.items())}
-        self.steps = list(self.step_counts.unbind(0))
 
     def refresh(self) -> None:
         """Read every member's hyperparameters from its shadow optimizer."""
-        self.hyper = [s.hyper() for s in self.schedules]
-        self._updates = [self._update(k, h) for k, h in enumerate(self.hyper)]
+        self._updates = [self._update(k, s.hyper()) for k, s in enumerate(self.schedules)]
         l1 = [s.cfg.l1 for s in self.schedules]
         self.l1 = (torch.tensor(l1, dtype=self.flat.dtype).to(self.flat.device)[:, None]
                    * self.l1_mask if any(l1) else None)
@@ -184,9 +182,10 @@ class FusedOptimizer:
                                      rows["momentum_buffer"][k], h)
         kernel = torch._fused_adamw_ if kind == "adamw" else torch._fused_adam_
         return functools.partial(kernel, [param], [grad], [rows["exp_avg"][k]],
-                                 [rows["exp_avg_sq"][k]], [], [self.steps[k]], amsgrad=False,
-                                 lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"],
-                                 weight_decay=h["weight_decay"], eps=h["eps"], maximize=False)
+                                 [rows["exp_avg_sq"][k]], [], [self.step_counts[k]],
+                                 amsgrad=False, lr=h["lr"], beta1=h["beta1"],
+                                 beta2=h["beta2"], weight_decay=h["weight_decay"],
+                                 eps=h["eps"], maximize=False)
 
     @staticmethod
     def _rmsprop(p: torch.Tensor, g: torch.Tensor, square: torch.Tensor, buf: torch.Tensor,
