@@ -20,6 +20,7 @@ This module knows nothing of Optuna: the search side passes callbacks and a refi
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ from .train import (
     FitResult,
     _autocast_dtype,
 )
+
+# a batch's labels with their weights in the loss: ((y, 1.0),), or mixup's two
+Targets = Sequence[tuple[torch.Tensor, "torch.Tensor | float"]]
 
 
 @dataclass
@@ -76,19 +80,57 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor,
                   smoothing: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy per member ([K]) of logits [K, N, C], with per-member label smoothing
     [K] written as `F.cross_entropy(label_smoothing=e)` computes it:
-    (1 - e) * NLL + e / C * mean(-sum_c log p).
+    (1 - e) * NLL + e / C * mean(-sum_c log p)."""
+    return _losses(_log_probs(logits), y, smoothing)
 
-    The log-softmax runs over the classes as the middle dimension ([K, C, N], a view):
-    torch's CPU kernel over a last dimension of 10 classes took 68 us for 8 x 64 digits
-    logits, over the middle one 22 us, with the same values (a fused digits MLP step went
-    from 0.92 to 0.83 ms; bench/README.md)."""
-    logp = logits.float().transpose(1, 2).log_softmax(1)  # [K, C, N]
+
+def member_loss_grad(logits: torch.Tensor, targets: Targets, smoothing: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mixed_losses` and their gradient with respect to the logits ([K, N, C]), for the
+    tape (`FusedNet.train_step`): (softmax - (1 - e) * sum_t w_t * onehot(y_t) - e / C) / N.
+    """
+    logp = _log_probs(logits)
+    k, c, n = logp.shape
+    losses = _mixed(logp, targets, smoothing)
+    grad = logp.exp()  # the softmax, [K, C, N]
+    keep = (torch.ones(k, 1, 1, device=grad.device) if smoothing is None
+            else (1 - smoothing).view(k, 1, 1))
+    for y, weight in targets:
+        grad.scatter_add_(1, y.view(1, 1, n).expand(k, 1, n), (keep * -weight).expand(k, 1, n))
+    if smoothing is not None:
+        grad.sub_((smoothing / c).view(k, 1, 1))
+    return losses, grad.div_(n).transpose(1, 2)
+
+
+def mixed_losses(logits: torch.Tensor, targets: Targets,
+                 smoothing: torch.Tensor | None) -> torch.Tensor:
+    """`member_losses` against (labels, weight) pairs: one pair with weight 1, or mixup's
+    lam * CE(y_a) + (1 - lam) * CE(y_b)."""
+    return _mixed(_log_probs(logits), targets, smoothing)
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the classes as the middle dimension ([K, C, N], a view): torch's
+    CPU kernel over a last dimension of 10 classes took 68 us for 8 x 64 digits logits,
+    over the middle one 22 us, with the same values (bench/README.md)."""
+    return logits.float().transpose(1, 2).log_softmax(1)
+
+
+def _losses(logp: torch.Tensor, y: torch.Tensor, smoothing: torch.Tensor | None
+            ) -> torch.Tensor:
     k, c, n = logp.shape
     nll = -logp.gather(1, y.view(1, 1, n).expand(k, 1, n)).squeeze(1).mean(1)
     if smoothing is None:
         return nll
     uniform = -logp.sum(1).mean(1)
     return (1 - smoothing) * nll + uniform * (smoothing / c)
+
+
+def _mixed(logp: torch.Tensor, targets: Targets, smoothing: torch.Tensor | None
+           ) -> torch.Tensor:
+    if len(targets) == 1:
+        return _losses(logp, targets[0][0], smoothing)
+    return sum(weight * _losses(logp, y, smoothing) for y, weight in targets)
 
 
 def _check(member: Member) -> None:
@@ -198,6 +240,7 @@ class FusedTrainer:
         # bf16 autocast on CUDA; fp16 would need a GradScaler aware of per-member steps
         amp = _autocast_dtype(self.device, cfg.amp)
         self.amp_dtype = amp if amp == torch.bfloat16 else None
+        self.taped = self.net.tapeable and self.amp_dtype is None
         self.slots = [_Slot(m, MemberSchedule(m.train, self.steps_per_epoch)) for m in members]
         self.optimizer = FusedOptimizer(self.net.flat, self.net.flat_grad, self.net.l1_mask,
                                         [s.schedule for s in self.slots])
@@ -237,15 +280,18 @@ class FusedTrainer:
         for x, y in self.train_data.iterate(cfg.batch_size, self.gen):
             x = augment_batch(x, cfg.augment, self.aug_gen)
             mix = mix_batch(x, y, cfg.augment, self.aug_gen)
-            with self._autocast():
-                logits = net(x if mix is None else mix.x)
-            if mix is None:
-                losses = member_losses(logits, y, self.smoothing)
-            else:  # lam * CE(y_a) + (1 - lam) * CE(y_b), per member
-                losses = (mix.lam * member_losses(logits, mix.y_a, self.smoothing)
-                          + (1 - mix.lam) * member_losses(logits, mix.y_b, self.smoothing))
-            net.flat_grad.zero_()
-            losses.sum().backward()  # member k's gradient is its own loss's gradient
+            labels = (((y, 1.0),) if mix is None
+                      else ((mix.y_a, mix.lam), (mix.y_b, 1 - mix.lam)))
+            x = x if mix is None else mix.x
+            if self.taped:  # gradients written to flat_grad, no autograd (fused_tape)
+                losses, logits = net.train_step(x, functools.partial(
+                    member_loss_grad, targets=labels, smoothing=self.smoothing))
+            else:
+                with self._autocast():
+                    logits = net(x)
+                losses = mixed_losses(logits, labels, self.smoothing)
+                net.flat_grad.zero_()
+                losses.sum().backward()  # member k's gradient is its own loss's gradient
             self.optimizer.step()
             self.optimizer.after_batch()
             losses_seen.append(losses.detach())

@@ -179,7 +179,7 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     channels = shape[0]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # the CPU one builds weights
         if cfg.family == "torchvision":
             # a pretrained backbone applies `init` itself (to the head only when it has
             # weights) and brings its own input statistics (ImageNet weights: ImageNet's)

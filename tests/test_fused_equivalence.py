@@ -126,9 +126,10 @@ def test_member_matches_solo_training(splits, family, optimizer, scheduler):
         _assert_same_weights(got.model, model)
 
 
-def test_augmentation_and_mixup_are_shared_and_exact(splits):
+@pytest.mark.parametrize("family", ["cnn", "mlp"])  # through autograd / on the tape
+def test_augmentation_and_mixup_are_shared_and_exact(splits, family):
     augment = dict(crop_padding=1, rotation=10.0, mixup_alpha=0.4)
-    members = _members("cnn", "adam", "none")
+    members = _members(family, "adam", "none")
     members = [replace(m, train=replace(m.train, augment=replace(m.train.augment, **augment)))
                for m in members]
     fused = _fit(members, splits)
