@@ -93,13 +93,24 @@ def member_loss_grad(logits: torch.Tensor, targets: Targets, smoothing: torch.Te
     k, c, n = logp.shape
     losses = _mixed(logp, targets, smoothing)
     grad = logp.exp()  # the softmax, [K, C, N]
-    keep = (torch.ones(k, 1, 1, device=grad.device) if smoothing is None
-            else (1 - smoothing).view(k, 1, 1))
     for y, weight in targets:
-        grad.scatter_add_(1, y.view(1, 1, n).expand(k, 1, n), (keep * -weight).expand(k, 1, n))
+        taken = _taken(weight, smoothing, (k, 1, n), grad.device)
+        grad.scatter_add_(1, y.view(1, 1, n).expand(k, 1, n), taken)
     if smoothing is not None:
         grad.sub_((smoothing / c).view(k, 1, 1))
     return losses, grad.div_(n).transpose(1, 2)
+
+
+def _taken(weight: torch.Tensor | float, smoothing: torch.Tensor | None,
+           shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """-(1 - e) * w per member and sample ([K, 1, N]): what a target takes off the
+    softmax. Without smoothing a single `full` (building it from a [K] tensor of ones
+    made the loss and its gradient 34 rather than 29 us for 8 x 64 digits logits)."""
+    if smoothing is not None:
+        return ((smoothing - 1) * weight).view(-1, 1, 1).expand(shape)
+    if isinstance(weight, torch.Tensor):
+        return (-weight).expand(shape)
+    return torch.full(shape, -weight, device=device)
 
 
 def mixed_losses(logits: torch.Tensor, targets: Targets,
