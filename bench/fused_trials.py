@@ -13,8 +13,8 @@ Rows (one JSON line each, the ratio last):
   0.01; `worst_best_gap` is the lowest fused-minus-unfused best over the seeds).
 
 Both sides of a throughput row run in this process, warm, alternating over `repeats`
-(this VM's speed drifts within a minute); the ratio is the median of the per-repeat
-ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
+(7 for the MLP row: VMs' speed drifts within a minute); the ratio is the median of the
+per-repeat ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
 Run: python -m bench.fused_trials [throughput|study]   (default: both)
 """
 
@@ -164,7 +164,7 @@ def main() -> None:
         mlp = TrainConfig(max_epochs=5, batch_size=64, optimizer="adam", lr=2e-3)
         print(json.dumps(throughput("mlp-digits", DataConfig(name="digits"),
                                     ModelConfig(family="mlp", depth=2, width=64), mlp,
-                                    repeats=3)), flush=True)
+                                    repeats=7)), flush=True)
         n = 20000 if gpu else 2048
         cnn = TrainConfig(max_epochs=2, batch_size=128, optimizer="adam", lr=2e-3)
         print(json.dumps(throughput(
