@@ -53,8 +53,6 @@ def activation_grad(layer: nn.Module) -> ActivationGrad | None:
     if isinstance(layer, nn.ELU):
         alpha = layer.alpha
         return lambda g, x, y: aten.elu_backward(g, alpha, 1, 1, False, x)
-    if isinstance(layer, nn.Identity):
-        return lambda g, x, y: g
     return None
 
 

@@ -16,34 +16,40 @@ from tunetrack.models.fused_train import FusedTrainer, Member, member_loss_grad,
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)
+# on CUDA too, where one is present (the tape runs there when autocast is off)
+DEVICES = [CPU, pytest.param(torch.device("cuda"), marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
 
 
-def _net(activation: str, batch_norm: bool) -> FusedNet:
+def _net(activation: str, batch_norm: bool, device: torch.device = CPU) -> FusedNet:
     base = ModelConfig(family="mlp", depth=2, width=12, activation=activation,
                        batch_norm=batch_norm)
     configs = [replace(base, dropout=p, init=init) for p, init in
                ((0.0, "default"), (0.3, "xavier_uniform"), (0.6, "orthogonal"))]
-    return FusedNet.create(configs, SEEDS, (1, 4, 4), 5, [0.5], [0.25], CPU)
+    return FusedNet.create(configs, SEEDS, (1, 4, 4), 5, [0.5], [0.25], device)
 
 
-def _batch(mixup: bool):
+def _batch(mixup: bool, device: torch.device = CPU):
     gen = torch.Generator().manual_seed(7)
-    x = torch.rand(9, 1, 4, 4, generator=gen)
-    y = torch.randint(0, 5, (9,), generator=gen)
+    x = torch.rand(9, 1, 4, 4, generator=gen).to(device)
+    y = torch.randint(0, 5, (9,), generator=gen).to(device)
     if not mixup:
         return x, ((y, 1.0),)
-    lam = torch.tensor(0.7)
+    lam = torch.tensor(0.7, device=device)
     return x, ((y, lam), (y.roll(1), 1 - lam))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_tape_gradients_are_autograds(activation, batch_norm):
-    taped, graphed = _net(activation, batch_norm), _net(activation, batch_norm)
+def test_tape_gradients_are_autograds(activation, batch_norm, device):
+    taped, graphed = _net(activation, batch_norm, device), _net(activation, batch_norm, device)
     assert taped.tapeable
-    smoothing = torch.tensor([0.0, 0.1, 0.3])
+    smoothing = torch.tensor([0.0, 0.1, 0.3], device=device)
+    # the same kernels on CPU; on CUDA F.batch_norm runs cuDNN's, the tape torch's own
+    logits_tol = 0 if device.type == "cpu" else 1e-5
     for mixup in (False, True):
-        x, targets = _batch(mixup)
+        x, targets = _batch(mixup, device)
         taped.train(), graphed.train()
         taped.flat_grad.fill_(float("nan"))  # every element must be written, not added to
         losses, logits = taped.train_step(
@@ -52,7 +58,8 @@ def test_tape_gradients_are_autograds(activation, batch_norm):
         graphed_losses = mixed_losses(graphed_logits, targets, smoothing)
         graphed.flat_grad.zero_()
         graphed_losses.sum().backward()
-        torch.testing.assert_close(logits, graphed_logits.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(logits, graphed_logits.detach(), rtol=logits_tol,
+                                   atol=logits_tol)
         torch.testing.assert_close(losses, graphed_losses.detach(), rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(taped.flat_grad, graphed.flat_grad, rtol=1e-5, atol=1e-7)
         for j, buffers in taped.bn.items():  # running statistics moved alike
