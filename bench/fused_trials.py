@@ -15,7 +15,9 @@ Rows (one JSON line each, the ratio last):
 Both sides of a throughput row run in this process, warm, alternating over `repeats`
 (7 for the MLP row: VMs' speed drifts within a minute); the ratio is the median of the
 per-repeat ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
-Run: python -m bench.fused_trials [throughput|study]   (default: both)
+Run: python -m bench.fused_trials [throughput|study]   (default: both). The throughput
+rows need only `tunetrack.models` (torch, numpy, scikit-learn): `bench/gpu_check.sh` runs
+them on a lent GPU machine that has no Optuna or MLflow.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import torch
 from tunetrack.models import DataConfig, ModelConfig, TrainConfig, Trainer, create, load_splits
 from tunetrack.models.device import resolve_device
 from tunetrack.models.fused_train import FusedTrainer, Member
-from tunetrack.search.fused_groups import GROUP_ATTR
 
 K = 8
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
@@ -119,6 +120,7 @@ def study(n_trials: int = 32, seeds: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> dict
     import optuna
 
     from tunetrack.search import config as study_config
+    from tunetrack.search.fused_groups import GROUP_ATTR
     from tunetrack.search.runner import run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
