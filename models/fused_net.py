@@ -319,6 +319,9 @@ class FusedNet(nn.Module):
         `tapeable`): `loss(logits)` returns the per-member losses [K] and their gradient
         with respect to the logits; every parameter's gradient is written to `flat_grad`
         (overwritten, not accumulated). Returns (losses, logits)."""
+        if not self.tapeable:  # its convolutions would record nothing: wrong gradients
+            raise TunetrackError("only MLP groups train on the tape; this group trains "
+                                 "through autograd")
         tape: list[Backward] = []
         with torch.no_grad():
             logits = self.forward(x, tape)

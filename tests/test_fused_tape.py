@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tunetrack.models import DataConfig, ModelConfig, TrainConfig, load_splits
+from tunetrack.models import DataConfig, ModelConfig, TrainConfig, TunetrackError, load_splits
 from tunetrack.models.choices import ACTIVATIONS
 from tunetrack.models.fused_net import FusedNet
 from tunetrack.models.fused_train import FusedTrainer, Member, member_loss_grad, mixed_losses
@@ -88,4 +88,9 @@ def test_only_mlp_groups_without_autocast_train_on_the_tape():
     for family, taped in (("mlp", True), ("cnn", False)):
         model = ModelConfig(family=family, depth=1, width=4)
         members = [Member(model, replace(train, seed=s)) for s in SEEDS]
-        assert FusedTrainer(members, splits, device=CPU).taped is taped
+        trainer = FusedTrainer(members, splits, device=CPU)
+        assert trainer.taped is taped
+        if not taped:  # a convolution records no backward: refused, not wrong
+            x, targets = splits.train.x[:16], ((splits.train.y[:16], 1.0),)
+            with pytest.raises(TunetrackError, match="only MLP groups train on the tape"):
+                trainer.net.train_step(x, lambda z, t=targets: member_loss_grad(z, t, None))
