@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
 
@@ -47,3 +49,24 @@ def write_study(folder: Path, name: str = "tiny", **kwargs: Any) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tiny_study(name, **kwargs), sort_keys=False))
     return path
+
+
+def wait_mid_trial(storage: str, name: str, max_epochs: int, timeout: float = 300) -> None:
+    """Return once a trial has completed and the running one has reported at least one and
+    at most half of its `max_epochs` epochs: a signal sent now lands inside that trial, not
+    in the gap between two trials (which "the last trial is RUNNING" alone allowed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).trials
+        except Exception:  # the study may not exist yet
+            continue
+        if not trials:
+            continue
+        done = any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        last = trials[-1]
+        if (done and last.state == optuna.trial.TrialState.RUNNING
+                and 1 <= len(last.intermediate_values) <= max_epochs // 2):
+            return
+    raise AssertionError(f"no trial of {name} was mid-way within {timeout:.0f} s")

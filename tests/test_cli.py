@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tunetrack.search.cli import app
 
-from .studyfiles import tiny_study, write_study
+from .studyfiles import tiny_study, wait_mid_trial, write_study
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -162,15 +162,7 @@ def _signal_mid_study(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     db = workdir / "tunetrack.db"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            states = [t.state for t in trials_in(db, "tiny")]
-        except Exception:  # the study may not exist yet
-            continue
-        if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and states[-1].name == "RUNNING":
-            break
+    wait_mid_trial(f"sqlite:///{db}", "tiny", max_epochs=40, timeout=120)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0

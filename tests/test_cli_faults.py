@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from tunetrack.search.cli import app
 
 from .scaleout_support import pg_url  # noqa: F401  (fixture)
-from .studyfiles import tiny_study, write_study
+from .studyfiles import tiny_study, wait_mid_trial, write_study
 
 runner = CliRunner(env={"COLUMNS": "200"})
 CLI = [sys.executable, "-m", "tunetrack.search.cli"]
@@ -312,19 +312,13 @@ def _run_until_a_trial_runs(folder: Path, file: Path) -> subprocess.Popen:
     proc = subprocess.Popen([*CLI, "run", str(file), "--no-progress"], cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": ""})
-    db = folder / "tunetrack.db"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
-        except Exception:  # not created yet
-            continue
-        if any(t.state.name == "COMPLETE" for t in trials) and trials[-1].state.name == "RUNNING" \
-                and "mlflow_run_id" in trials[-1].user_attrs:
-            return proc
-    proc.kill()
-    raise AssertionError("no trial started: " + proc.communicate()[1][-2000:])
+    try:  # mid-trial, not between two trials (its MLflow run exists by its first epoch)
+        wait_mid_trial(f"sqlite:///{folder / 'tunetrack.db'}", "tiny", max_epochs=40,
+                       timeout=180)
+    except AssertionError:
+        proc.kill()
+        raise AssertionError("no trial started: " + proc.communicate()[1][-2000:]) from None
+    return proc
 
 
 def test_a_sigkilled_trial_is_failed_retried_and_its_runs_ended_by_the_next_command(

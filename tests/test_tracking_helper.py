@@ -22,7 +22,7 @@ from tunetrack.tracking.client import client_for
 from tunetrack.tracking.helper import HELPER
 from tunetrack.tracking.writer import Writer
 
-from .studyfiles import write_study
+from .studyfiles import wait_mid_trial, write_study
 
 
 def _alive(pid: int) -> bool:
@@ -272,16 +272,7 @@ def test_ctrl_c_leaves_no_mlflow_run_running(tmp_path):
                              "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     storage = f"sqlite:///{tmp_path}/tunetrack.db"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            states = [t.state.name for t in optuna.load_study(
-                study_name="tiny", storage=storage).trials]
-        except Exception:  # not created yet
-            continue
-        if "COMPLETE" in states and states[-1] == "RUNNING":
-            break
+    wait_mid_trial(storage, "tiny", max_epochs=40)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=300)
     assert proc.returncode != 0
