@@ -9,8 +9,8 @@ bias gradients straight into their slices of `flat_grad`, computing the weight g
 as g^T h, which lands in the stored [out, in] layout and is the fast product order for a
 narrow last layer. The kernels are the ones autograd calls (`threshold_backward`,
 `native_batch_norm_backward`, ...), so the gradients are autograd's up to summation order.
-For 8 width-64 digits MLPs (batch 64) a forward + backward took 347 us this way against
-464 us through autograd (bench/README.md).
+For 8 width-64 digits MLPs (batch 64) forward, loss and backward took 368-379 us this way
+against 501-546 us through autograd before (bench/README.md).
 
 Which nets: those whose body is a Flatten followed by Linear, BatchNorm1d, Dropout and
 the activations below, i.e. the MLP family. Others (convolutions, pooling) train through
