@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -125,14 +126,7 @@ class _Slice:
 
     @property
     def stop(self) -> int:
-        return self.start + _numel(self.shape)
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+        return self.start + math.prod(self.shape)
 
 
 class FusedNet(nn.Module):
