@@ -51,10 +51,12 @@ def write_study(folder: Path, name: str = "tiny", **kwargs: Any) -> Path:
     return path
 
 
-def wait_mid_trial(storage: str, name: str, max_epochs: int, timeout: float = 300) -> None:
+def wait_mid_trial(storage: str, name: str, max_epochs: int, timeout: float = 300,
+                   user_attr: str | None = None) -> None:
     """Return once a trial has completed and the running one has reported at least one and
-    at most half of its `max_epochs` epochs: a signal sent now lands inside that trial, not
-    in the gap between two trials (which "the last trial is RUNNING" alone allowed)."""
+    at most half of its `max_epochs` epochs (and has `user_attr`, when given): a signal sent
+    now lands inside that trial, not in the gap between two trials (which "the last trial
+    is RUNNING" alone allowed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.2)
@@ -67,6 +69,7 @@ def wait_mid_trial(storage: str, name: str, max_epochs: int, timeout: float = 30
         done = any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         last = trials[-1]
         if (done and last.state == optuna.trial.TrialState.RUNNING
-                and 1 <= len(last.intermediate_values) <= max_epochs // 2):
+                and 1 <= len(last.intermediate_values) <= max_epochs // 2
+                and (user_attr is None or user_attr in last.user_attrs)):
             return
     raise AssertionError(f"no trial of {name} was mid-way within {timeout:.0f} s")

@@ -312,9 +312,9 @@ def _run_until_a_trial_runs(folder: Path, file: Path) -> subprocess.Popen:
     proc = subprocess.Popen([*CLI, "run", str(file), "--no-progress"], cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": ""})
-    try:  # mid-trial, not between two trials (its MLflow run exists by its first epoch)
+    try:  # mid-trial, not between two trials, and its MLflow run recorded
         wait_mid_trial(f"sqlite:///{folder / 'tunetrack.db'}", "tiny", max_epochs=40,
-                       timeout=180)
+                       timeout=180, user_attr="mlflow_run_id")
     except AssertionError:
         proc.kill()
         raise AssertionError("no trial started: " + proc.communicate()[1][-2000:]) from None
