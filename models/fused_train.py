@@ -221,13 +221,17 @@ class FusedTrainer:
 
     `refill()` is asked for the next member each time one finishes (None: the group
     shrinks); `on_done(result)` gets each finished member at once, before its slot is
-    refilled. `fit()` returns every member's result in finishing order.
+    refilled; `on_epoch(rows)` gets every training member's (member, result) of a group
+    epoch before any member's callbacks run (the search side reports them to Optuna at once
+    and reads the study once: `search/pruning_round.py`). `fit()` returns every member's
+    result in finishing order.
     """
 
     def __init__(self, members: Sequence[Member], splits: Splits, *,
                  device: torch.device | None = None,
                  refill: Callable[[], Member | None] | None = None,
-                 on_done: Callable[[MemberResult], None] | None = None):
+                 on_done: Callable[[MemberResult], None] | None = None,
+                 on_epoch: Callable[[list[tuple[Member, EpochResult]]], None] | None = None):
         if not members:
             raise TunetrackError("a fused group needs at least one member")
         differ = group_differences(members)
@@ -238,7 +242,7 @@ class FusedTrainer:
         cfg = members[0].train
         self.cfg, self.splits = cfg, splits
         self.device = device or resolve_device(cfg.device)
-        self.refill, self.on_done = refill, on_done
+        self.refill, self.on_done, self.on_epoch = refill, on_done, on_epoch
         self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
         self.net = FusedNet.create([m.model for m in members],
                                    [m.train.seed for m in members], splits.input_shape,
@@ -362,9 +366,12 @@ class FusedTrainer:
                 slot.observe(res, lambda k=k: self.net.member_state(k))
                 epoch_results.append(res)
             self.optimizer.after_epoch([r.val_loss for r in epoch_results])
-            for slot, res in zip(self.slots, epoch_results, strict=True):
-                if not slot.done:
-                    slot.decide(res)
+            live = [(slot, res) for slot, res in zip(self.slots, epoch_results, strict=True)
+                    if not slot.done]
+            if self.on_epoch is not None and live:
+                self.on_epoch([(slot.member, res) for slot, res in live])
+            for slot, res in live:
+                slot.decide(res)
             self._retire([k for k, slot in enumerate(self.slots) if slot.done], results)
         return results
 

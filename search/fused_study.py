@@ -37,7 +37,7 @@ from typing import Any
 import optuna
 import torch
 
-from tunetrack.models import Trainer, count_parameters
+from tunetrack.models import EpochResult, Trainer, count_parameters
 from tunetrack.models.cost import CostMeter
 from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES
 from tunetrack.models.fused_net import fusing_pays
@@ -45,6 +45,7 @@ from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
 from .objective import Objective, PruningCallback
+from .pruning_round import SNAPSHOT_PRUNERS, PruningRound
 from .trial_budget import FINISHED, SharedTrialBudget
 
 _log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class FusedStudy:
         self.deadline: float | None = None
         self.callbacks: list[TrialCallback] = []
         self.admitted = 0  # trials the current group has taken
+        self.pruning_round: PruningRound | None = None
 
     # ---- the optimize loop --------------------------------------------------------------
 
@@ -241,12 +243,29 @@ class FusedStudy:
         run = self.tracking.start(trial, sampled, cfg, group)
         pruning = None
         if not self.objective.spec.search.multi_objective:  # Optuna prunes single-objective
-            pruning = PruningCallback(trial, self.objective.objectives[0].metric)
+            pruning = PruningCallback(trial, self.objective.objectives[0].metric,
+                                      self._round(trial.study))
         entry = _Trial(trial, sampled, run, pruning, leader, CostMeter(self.device).start())
         if not leader:  # the leader's heartbeat is optimize's; a member's is ours
             entry.heartbeat = _heartbeat(trial)
         callbacks = [c for c in (run, pruning) if c is not None]
         return Member(cfg.model, cfg.train, callbacks, key=entry)
+
+    def _round(self, study: optuna.Study) -> PruningRound | None:
+        """The study's pruning round, where its pruner can answer a group from one read."""
+        if self.objective.spec.search.pruner.type not in SNAPSHOT_PRUNERS:
+            return None
+        if self.pruning_round is None or self.pruning_round.study is not study:
+            self.pruning_round = PruningRound(study)
+        return self.pruning_round
+
+    def _report(self, rows: list[tuple[Member, EpochResult]]) -> None:
+        """`FusedTrainer.on_epoch`: the group epoch's reports, then the round's one read."""
+        reports = [(entry.pruning, entry.pruning.value(res), res.epoch)
+                   for entry, res in ((m.key, res) for m, res in rows)
+                   if entry.pruning is not None and entry.pruning.round is not None]
+        if reports:
+            reports[0][0].round.report(reports)
 
     def _refill(self, study: optuna.Study, shared: dict, group: str) -> Member | None:
         while self._more(study) and self.admitted < GROUP_SPAN * self.k:
@@ -262,7 +281,8 @@ class FusedStudy:
         try:
             trainer = FusedTrainer(members, self.splits, device=self.device,
                                    refill=lambda: self._refill(study, shared, group),
-                                   on_done=lambda result: self._finish(study, result, group))
+                                   on_done=lambda result: self._finish(study, result, group),
+                                   on_epoch=self._report)
             trainer.fit()
         except torch.cuda.OutOfMemoryError:
             pending = [s.member for s in trainer.slots] if trainer is not None else members

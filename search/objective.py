@@ -29,19 +29,29 @@ from .startup_gc import resume as resume_gc
 if TYPE_CHECKING:
     from tunetrack.tracking import NullRun, StudyTracker, TrialRun
 
+    from .pruning_round import PruningRound
+
 INTERRUPTED = "interrupted (SIGINT)"  # the `reason` of a trial stopped by Ctrl-C
 
 
 class PruningCallback:
-    """Reports the study metric to Optuna after each epoch and asks the pruner."""
+    """Reports the study metric to Optuna after each epoch and asks the pruner; in a fused
+    group with a `PruningRound`, the round has reported it and answers from its one read."""
 
-    def __init__(self, trial: optuna.Trial, metric: str):
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial: optuna.Trial, metric: str, round: PruningRound | None = None):
+        self.trial, self.metric, self.round = trial, metric, round
         self.pruned_at: int | None = None
 
+    def value(self, result: EpochResult) -> float:
+        return getattr(result, self.metric)
+
     def on_epoch_end(self, result: EpochResult) -> bool:
-        self.trial.report(getattr(result, self.metric), result.epoch)
-        if self.trial.should_prune():
+        if self.round is None:
+            self.trial.report(self.value(result), result.epoch)
+            prune = self.trial.should_prune()
+        else:
+            prune = self.round.should_prune(self.trial, result.epoch)
+        if prune:
             self.pruned_at = result.epoch
             return True
         return False

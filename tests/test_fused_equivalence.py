@@ -219,6 +219,28 @@ def test_finished_slots_are_refilled(splits):
                              _solo(member, splits, 0)[0])
 
 
+def test_on_epoch_sees_the_whole_group_epoch_before_any_members_callbacks(splits):
+    """`on_epoch` (where the search side reports a group epoch to Optuna at once) gets every
+    member still training, with the results their callbacks then get, and only those."""
+    log = []
+
+    class Logged(StopAt):
+        def on_epoch_end(self, result) -> bool:
+            log.append(("callback", self.epoch, result.epoch, result.val_loss))
+            return super().on_epoch_end(result)
+
+    members = [replace(m, callbacks=[Logged(i)])
+               for i, m in enumerate(_members("mlp", "adam", "none")[:3])]
+    FusedTrainer(members, splits, device=CPU, on_epoch=lambda rows: log.append(
+        ("epoch", [(m.callbacks[0].epoch, r.epoch, r.val_loss) for m, r in rows]))).fit()
+    rounds = [i for i, entry in enumerate(log) if entry[0] == "epoch"]
+    assert [len(log[i][1]) for i in rounds] == [3, 2, 1]  # one stops at each epoch
+    for i in rounds:
+        rows = log[i][1]
+        after = log[i + 1:i + 1 + len(rows)]  # then each of them, in slot order
+        assert [("callback", *row) for row in rows] == after
+
+
 def test_extracted_member_predicts_what_the_group_predicts(splits):
     members = _members("cnn", "adam", "none")
     trainer = FusedTrainer(members, splits, device=CPU)
