@@ -11,11 +11,14 @@ Rows (one JSON line each, the ratio last):
   off, in-memory storage, study seeds 0-5; summed wall time of the trials, fused /
   unfused (target <= 0.5x on 2 CPU cores), and the best value of each (target: within
   0.01; `worst_best_gap` is the lowest fused-minus-unfused best over the seeds).
+- `process digits`: what a user waits for: `tunetrack run studies/digits.yaml --trials 32
+  --fuse 8` vs `--fuse 1` as whole processes (imports, SQLite study, full MLflow tracking,
+  the tail), each in a fresh folder, alternating; median seconds, ratio and bests.
 
 Both sides of a throughput row run in this process, warm, alternating over `repeats`
 (7 for the MLP row: VMs' speed drifts within a minute); the ratio is the median of the
 per-repeat ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
-Run: python -m bench.fused_trials [throughput|study]   (default: both). The throughput
+Run: python -m bench.fused_trials [throughput|study|process]   (default: all). The throughput
 rows need only `tunetrack.models` (torch, numpy, scikit-learn): `bench/gpu_check.sh` runs
 them on a lent GPU machine that has no Optuna or MLflow.
 """
@@ -27,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -158,9 +161,38 @@ def study(n_trials: int = 32, seeds: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> dict
     return out
 
 
+def process(n_trials: int = 32, repeats: int = 2) -> dict:
+    """`tunetrack run` at fuse 8 and fuse 1, whole processes in fresh folders (study seed
+    0, the study file's own)."""
+    import tempfile
+
+    from bench.wholeprocess import alternate, median, run_process, stored_study, tunetrack_cli
+
+    root = Path(tempfile.mkdtemp(prefix="fused-process-"))
+
+    def side(k: int) -> Callable[[int], tuple[float, float]]:
+        def once(repeat: int) -> tuple[float, float]:
+            cwd = root / f"fuse{k}-{repeat}"
+            timed = run_process(tunetrack_cli("run", str(STUDY), "--trials", str(n_trials),
+                                              "--fuse", str(k)), cwd)
+            best = stored_study(f"sqlite:///{cwd}/tunetrack.db").best_value
+            return timed.seconds, round(best, 4)
+        return once
+
+    runs = alternate({"fuse8": side(K), "fuse1": side(1)}, repeats)
+    out: dict = {"bench": "fused_trials", "row": "process digits", "trials": n_trials,
+                 "repeats": repeats}
+    for name, rows in runs.items():
+        out[f"{name}_seconds"] = [round(s, 2) for s, _ in rows]
+        out[f"{name}_best"] = sorted({b for _, b in rows})
+    out["ratio"] = round(median([s for s, _ in runs["fuse8"]])
+                         / median([s for s, _ in runs["fuse1"]]), 3)
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("TUNETRACK_BENCH_THREADS", "1")))
-    rows = sys.argv[1:] or ["throughput", "study"]
+    rows = sys.argv[1:] or ["throughput", "study", "process"]
     gpu = resolve_device("auto").type == "cuda"
     if "throughput" in rows:
         mlp = TrainConfig(max_epochs=5, batch_size=64, optimizer="adam", lr=2e-3)
@@ -176,6 +208,8 @@ def main() -> None:
             repeats=3 if gpu else 1)), flush=True)
     if "study" in rows:
         print(json.dumps(study()), flush=True)
+    if "process" in rows:
+        print(json.dumps(process()), flush=True)
 
 
 if __name__ == "__main__":
