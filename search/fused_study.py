@@ -261,11 +261,11 @@ class FusedStudy:
 
     def _report(self, rows: list[tuple[Member, EpochResult]]) -> None:
         """`FusedTrainer.on_epoch`: the group epoch's reports, then the round's one read."""
-        reports = [(entry.pruning, entry.pruning.value(res), res.epoch)
-                   for entry, res in ((m.key, res) for m, res in rows)
-                   if entry.pruning is not None and entry.pruning.round is not None]
-        if reports:
-            reports[0][0].round.report(reports)
+        pruning = [(member.key.pruning, res) for member, res in rows]
+        reports = [(p, p.value(res), res.epoch) for p, res in pruning
+                   if p is not None and p.group_round is not None]
+        if reports and self.pruning_round is not None:
+            self.pruning_round.report(reports)
 
     def _refill(self, study: optuna.Study, shared: dict, group: str) -> Member | None:
         while self._more(study) and self.admitted < GROUP_SPAN * self.k:

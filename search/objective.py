@@ -38,19 +38,20 @@ class PruningCallback:
     """Reports the study metric to Optuna after each epoch and asks the pruner; in a fused
     group with a `PruningRound`, the round has reported it and answers from its one read."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, round: PruningRound | None = None):
-        self.trial, self.metric, self.round = trial, metric, round
+    def __init__(self, trial: optuna.Trial, metric: str,
+                 group_round: PruningRound | None = None):
+        self.trial, self.metric, self.group_round = trial, metric, group_round
         self.pruned_at: int | None = None
 
     def value(self, result: EpochResult) -> float:
         return getattr(result, self.metric)
 
     def on_epoch_end(self, result: EpochResult) -> bool:
-        if self.round is None:
+        if self.group_round is None:
             self.trial.report(self.value(result), result.epoch)
             prune = self.trial.should_prune()
         else:
-            prune = self.round.should_prune(self.trial, result.epoch)
+            prune = self.group_round.should_prune(self.trial, result.epoch)
         if prune:
             self.pruned_at = result.epoch
             return True
