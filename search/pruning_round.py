@@ -75,7 +75,9 @@ class PruningRound:
 
     def should_prune(self, trial: optuna.Trial, epoch: int) -> bool:
         frozen = None if self.read is None else self.read.trial(trial.number)
-        if frozen is None or frozen.last_step != epoch:  # a member the round did not report
+        # a member the round did not report (a member trained again after a CUDA
+        # out-of-memory error reports its epochs again: Optuna keeps the first values)
+        if frozen is None or epoch not in frozen.intermediate_values:
             raise RuntimeError(f"trial {trial.number}: pruning asked for epoch {epoch} before "
                                f"the group's round reported it")
         return bool(self.study.pruner.prune(self.read, frozen))

@@ -183,8 +183,12 @@ def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
     assert compare.exit_code == 0 and "top 3 trials" in compare.stdout
 
 
-def test_cuda_out_of_memory_halves_k_and_retrains_the_group(tmp_path, monkeypatch, caplog):
-    """The OOM path without a GPU: a trainer that 'runs out of memory' above 2 members."""
+@pytest.mark.parametrize("epochs_before", [0, 2])
+def test_cuda_out_of_memory_halves_k_and_retrains_the_group(tmp_path, monkeypatch, caplog,
+                                                            epochs_before):
+    """The OOM path without a GPU: a trainer that 'runs out of memory' above 2 members, at
+    once or after two group epochs (whose reports Optuna keeps when the members train
+    again and report those epochs once more)."""
     import torch
 
     from tunetrack.search import fused_study
@@ -196,9 +200,14 @@ def test_cuda_out_of_memory_halves_k_and_retrains_the_group(tmp_path, monkeypatc
     class SmallDevice(real):
         def fit(self):
             sizes.append(self.net.k)
-            if self.net.k > 2:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            self.epochs = 0
             return super().fit()
+
+        def _train_epoch(self):
+            if self.net.k > 2 and self.epochs == epochs_before:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            self.epochs += 1
+            return super()._train_epoch()
 
     monkeypatch.setattr(fused_study, "FusedTrainer", SmallDevice)
     file = _write(tmp_path, n_trials=4, search={"fuse": 4, "sampler": "random"})
