@@ -127,6 +127,7 @@ class FusedStudy:
         self.deadline: float | None = None
         self.callbacks: list[TrialCallback] = []
         self.admitted = 0  # trials the current group has taken
+        # where the study's pruner can answer a group epoch from one read (pruning_round)
         self.pruning_round: PruningRound | None = None
 
     # ---- the optimize loop --------------------------------------------------------------
@@ -136,6 +137,8 @@ class FusedStudy:
         self.remaining = n_trials
         self.deadline = time.monotonic() + timeout if timeout else None
         self.callbacks = list(callbacks)
+        if self.objective.spec.search.pruner.type in SNAPSHOT_PRUNERS:
+            self.pruning_round = PruningRound(study)
 
         def budget(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
             if self.remaining <= 0:
@@ -244,27 +247,20 @@ class FusedStudy:
         pruning = None
         if not self.objective.spec.search.multi_objective:  # Optuna prunes single-objective
             pruning = PruningCallback(trial, self.objective.objectives[0].metric,
-                                      self._round(trial.study))
+                                      self.pruning_round)
         entry = _Trial(trial, sampled, run, pruning, leader, CostMeter(self.device).start())
         if not leader:  # the leader's heartbeat is optimize's; a member's is ours
             entry.heartbeat = _heartbeat(trial)
         callbacks = [c for c in (run, pruning) if c is not None]
         return Member(cfg.model, cfg.train, callbacks, key=entry)
 
-    def _round(self, study: optuna.Study) -> PruningRound | None:
-        """The study's pruning round, where its pruner can answer a group from one read."""
-        if self.objective.spec.search.pruner.type not in SNAPSHOT_PRUNERS:
-            return None
-        if self.pruning_round is None or self.pruning_round.study is not study:
-            self.pruning_round = PruningRound(study)
-        return self.pruning_round
-
     def _report(self, rows: list[tuple[Member, EpochResult]]) -> None:
         """`FusedTrainer.on_epoch`: the group epoch's reports, then the round's one read."""
-        pruning = [(member.key.pruning, res) for member, res in rows]
-        reports = [(p, p.value(res), res.epoch) for p, res in pruning
-                   if p is not None and p.group_round is not None]
-        if reports and self.pruning_round is not None:
+        if self.pruning_round is None:
+            return
+        reports = [(p.trial, p.value(res), res.epoch) for p, res in
+                   ((member.key.pruning, res) for member, res in rows) if p is not None]
+        if reports:
             self.pruning_round.report(reports)
 
     def _refill(self, study: optuna.Study, shared: dict, group: str) -> Member | None:

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Container, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-
-if TYPE_CHECKING:
-    from .objective import PruningCallback
 
 # `search.pruner.type`s whose answers one read per round gives exactly (see above);
 # "patient" wraps a median pruner
@@ -67,10 +64,10 @@ class PruningRound:
         self.study = study
         self.read: StudyAsRead | None = None
 
-    def report(self, reports: Sequence[tuple[PruningCallback, float, int]]) -> None:
+    def report(self, reports: Sequence[tuple[optuna.Trial, float, int]]) -> None:
         """`trial.report(value, epoch)` for each member, then the round's one read."""
-        for callback, value, epoch in reports:
-            callback.trial.report(value, epoch)
+        for trial, value, epoch in reports:
+            trial.report(value, epoch)
         self.read = StudyAsRead(self.study)
 
     def should_prune(self, trial: optuna.Trial, epoch: int) -> bool:

@@ -81,12 +81,7 @@ def test_a_round_answers_only_for_members_it_reported(tmp_path):
     round_ = PruningRound(study)
     with pytest.raises(RuntimeError, match="trial 1: pruning asked for epoch 0 before"):
         round_.should_prune(trial, 0)
-
-    class Reporter:
-        def __init__(self, trial):
-            self.trial = trial
-
-    round_.report([(Reporter(trial), 0.5, 0)])
+    round_.report([(trial, 0.5, 0)])
     assert round_.should_prune(trial, 0)  # 0.5 < the median 0.9 at epoch 0
     with pytest.raises(RuntimeError, match="epoch 1 before"):
         round_.should_prune(trial, 1)  # reported 0 only: the read is a round old
