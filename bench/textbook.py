@@ -96,7 +96,7 @@ def objective_factory(spec, splits):
     import optuna
 
     from tunetrack.models import create
-    from tunetrack.models.train import build_optimizer, build_scheduler, l1_penalty
+    from tunetrack.models.optimizers import build_optimizer, build_scheduler, l1_penalty
     from tunetrack.search.space import SearchSpace
 
     space = SearchSpace(spec)
@@ -113,7 +113,7 @@ def objective_factory(spec, splits):
             loaders_cache[key] = make_loaders(splits, *key)
         loaders = loaders_cache[key]
         model = create(cfg.model, splits.input_shape, splits.n_classes, seed=train.seed).body
-        optimizer = build_optimizer(model.parameters(), train, fused=False)
+        optimizer = build_optimizer(model.parameters(), train, textbook=True)
         scheduler = build_scheduler(optimizer, train, len(loaders[0]))
         loss_fn = nn.CrossEntropyLoss()
         best = 0.0

@@ -22,8 +22,9 @@ _EXPORTS = {
     "apply_init": "init_schemes",
     "ClassificationReport": "metrics", "classification_metrics": "metrics",
     "Classifier": "nets", "count_parameters": "nets", "create": "nets",
-    "EpochCallback": "train", "EpochResult": "train", "Evaluation": "train",
-    "FitResult": "train", "Trainer": "train", "param_groups": "train",
+    "EpochCallback": "trainer_core", "EpochResult": "trainer_core",
+    "FitResult": "trainer_core", "Evaluation": "train", "Trainer": "train",
+    "param_groups": "optimizers",
     "TransferNet": "transfer", "build_transfer": "transfer", "stages": "transfer",
 }
 

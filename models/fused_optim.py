@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .errors import TunetrackError
-from .train import build_optimizer, build_scheduler
+from .optimizers import build_optimizer, build_scheduler
 
 # optimizer state per kind, one [K, P] tensor each (rows of members of other kinds unused)
 _STATE = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),

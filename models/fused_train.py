@@ -29,23 +29,20 @@ from typing import Any
 import torch
 
 from .augment import augment_batch, mix_batch
-from .batches import ResidentBatches, StreamingBatches, count_train_batches
-from .choices import MONITORS
 from .config import ModelConfig, TrainConfig
-from .data import Split, Splits
-from .device import flushed_denormals, resolve_device
-from .errors import TunetrackError, unknown
+from .data import Splits
+from .errors import TunetrackError
 from .fused_fields import SHARED_TRAIN_FIELDS
 from .fused_net import FusedNet, shared_differences
 from .fused_optim import FusedOptimizer, MemberSchedule
 from .nets import Classifier, create
-from .train import (
-    CPU_EVAL_BATCH,
-    LR_DROP_RESTARTS_PATIENCE,
+from .trainer_core import (
+    EpochBook,
     EpochCallback,
     EpochResult,
     FitResult,
-    _autocast_dtype,
+    TrainerCore,
+    check_train_config,
 )
 
 # a batch's labels with their weights in the loss: ((y, 1.0),), or mixup's two
@@ -144,79 +141,15 @@ def _mixed(logp: torch.Tensor, targets: Targets, smoothing: torch.Tensor | None
     return sum(weight * _losses(logp, y, smoothing) for y, weight in targets)
 
 
-def _check(member: Member) -> None:
-    """What the unfused `Trainer` refuses, refused here too."""
-    monitor = member.train.early_stopping.monitor
-    if monitor not in MONITORS:
-        raise unknown("early_stopping.monitor", monitor, MONITORS)
-    member.train.check()
-
-
-class _Slot:
-    """One member's bookkeeping: the per-epoch part of `Trainer.fit`."""
+class _Slot(EpochBook):
+    """One member's epochs (the `EpochBook` an unfused trial keeps) and its schedule."""
 
     def __init__(self, member: Member, schedule: MemberSchedule):
+        super().__init__(member.train, member.callbacks)
         self.member, self.schedule = member, schedule
-        self.fit = FitResult()
-        self.best_value: float | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.since_best = 0
-        self.lr = schedule.lr
-        self.done = False
-
-    @property
-    def cfg(self) -> TrainConfig:
-        return self.member.train
-
-    def begin_epoch(self) -> None:
-        self.lr = self.schedule.lr
-        history = self.fit.history
-        if history and self.lr <= history[-1].lr * LR_DROP_RESTARTS_PATIENCE:
-            self.since_best = 0  # a scheduled LR drop starts a new phase (as Trainer)
-
-    def _improved(self, value: float) -> bool:
-        if self.best_value is None:
-            return True
-        es = self.cfg.early_stopping
-        if es.monitor == "val_loss":
-            return value < self.best_value - es.min_delta
-        return value > self.best_value + es.min_delta
-
-    def observe(self, res: EpochResult, state: Callable[[], dict]) -> None:
-        """Record the epoch; non-finite losses end the member, improvements keep weights."""
-        import math
-
-        self.fit.history.append(res)
-        if not all(math.isfinite(v) for v in (res.train_loss, res.val_loss)):
-            self.fit.stop_reason, self.done = "non_finite", True
-            self.fit.message = (f"non-finite loss at epoch {res.epoch} (train_loss="
-                                f"{res.train_loss}, val_loss={res.val_loss}); lr={res.lr:g} "
-                                f"is probably too high")
-            return
-        monitored = getattr(res, self.cfg.early_stopping.monitor)
-        if self._improved(monitored):
-            self.best_value, self.since_best, self.fit.best_epoch = monitored, 0, res.epoch
-            self.best_state = state()
-        else:
-            self.since_best += 1
-
-    def decide(self, res: EpochResult) -> None:
-        """Callbacks, then patience, then the epoch budget (the unfused order)."""
-        stop = False
-        for callback in self.member.callbacks:
-            stop = bool(callback.on_epoch_end(res)) or stop
-        patience = self.cfg.early_stopping.patience
-        if stop:
-            self.fit.stop_reason, self.done = "callback", True
-        elif patience is not None and self.since_best >= patience:
-            self.fit.stop_reason, self.done = "early_stopping", True
-            self.fit.message = (f"no {self.cfg.early_stopping.monitor} improvement > "
-                                f"{self.cfg.early_stopping.min_delta:g} for {patience} epochs")
-        elif len(self.fit.history) >= self.cfg.max_epochs:
-            self.done = True  # stop_reason stays "max_epochs"
 
 
-class FusedTrainer:
+class FusedTrainer(TrainerCore):
     """Trains `members` (same architecture and data stream, see `SHARED_*`) as one net.
 
     `refill()` is asked for the next member each time one finishes (None: the group
@@ -238,40 +171,24 @@ class FusedTrainer:
         if differ:
             raise TunetrackError(f"members of a fused group must share {', '.join(differ)}")
         for member in members:
-            _check(member)
-        cfg = members[0].train
-        self.cfg, self.splits = cfg, splits
-        self.device = device or resolve_device(cfg.device)
+            check_train_config(member.train)
+        cfg = members[0].train  # its shared fields are the group's, its seed the stream's
+        device = self.device_for(cfg, device)
+        channels_last = members[0].model.family != "mlp" and splits.train.x.dim() == 4
+        super().__init__(cfg, splits, device, channels_last)
+        self.splits = splits
         self.refill, self.on_done, self.on_epoch = refill, on_done, on_epoch
-        self.steps_per_epoch = count_train_batches(len(splits.train), cfg.batch_size)
         self.net = FusedNet.create([m.model for m in members],
                                    [m.train.seed for m in members], splits.input_shape,
-                                   splits.n_classes, splits.mean, splits.std, self.device)
-        self.channels_last = members[0].model.family != "mlp" and splits.train.x.dim() == 4
-        self.train_data = self._batches(splits.train)
-        self.val_data = self._batches(splits.val)
-        self.eval_batch_size = (cfg.eval_batch_size if self.device.type != "cpu"
-                                else min(cfg.eval_batch_size, CPU_EVAL_BATCH))
+                                   splits.n_classes, splits.mean, splits.std, device)
         # bf16 autocast on CUDA; fp16 would need a GradScaler aware of per-member steps
-        amp = _autocast_dtype(self.device, cfg.amp)
-        self.amp_dtype = amp if amp == torch.bfloat16 else None
+        if self.amp_dtype != torch.bfloat16:
+            self.amp_dtype = None
         self.taped = self.net.tapeable and self.amp_dtype is None
         self.slots = [_Slot(m, MemberSchedule(m.train, self.steps_per_epoch)) for m in members]
         self.optimizer = FusedOptimizer(self.net.flat, self.net.flat_grad, self.net.l1_mask,
                                         [s.schedule for s in self.slots])
         self._smoothing()
-        # the group's data stream: what an unfused trial seeded like the first member sees
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-
-    def _batches(self, split: Split) -> ResidentBatches | StreamingBatches:
-        stream = self.cfg.stream
-        if stream is None:
-            stream = split.x.numel() * 4 > 1024**3  # > 1 GiB stays on the host (as Trainer)
-        if stream:
-            workers = 2 if self.device.type == "cuda" else 0
-            return StreamingBatches(split, self.device, workers, self.channels_last)
-        return ResidentBatches(split, self.device, self.channels_last)
 
     def _smoothing(self) -> None:
         values = [s.cfg.label_smoothing for s in self.slots]
@@ -338,31 +255,22 @@ class FusedTrainer:
 
     # ---- the group's life ---------------------------------------------------------------
 
-    def fit(self) -> list[MemberResult]:
-        """Train until every member has stopped; each member's result as it stops."""
-        with flushed_denormals(self.device):
-            return self._fit()
-
     def _fit(self) -> list[MemberResult]:
         results: list[MemberResult] = []
         while self.slots:
             start = time.perf_counter()
             for slot in self.slots:
-                slot.begin_epoch()
+                slot.begin_epoch(slot.schedule.lr)
             loss_sum, correct, seen = self._train_epoch()
             val_loss, val_correct, seen_val = self._validate()
             # the one host sync of the epoch
             stats = torch.stack([loss_sum, correct.float(), val_loss, val_correct.float()])
-            train_loss, train_acc, v_loss, v_acc = stats.tolist()
+            sums = list(zip(*stats.tolist(), strict=True))  # per member
             seconds = (time.perf_counter() - start) / len(self.slots)  # each member's share
             epoch_results = []
             for k, slot in enumerate(self.slots):
-                res = EpochResult(
-                    epoch=len(slot.fit.history), train_loss=train_loss[k] / max(seen, 1),
-                    train_accuracy=train_acc[k] / max(seen, 1),
-                    val_loss=v_loss[k] / max(seen_val, 1),
-                    val_accuracy=v_acc[k] / max(seen_val, 1), lr=slot.lr,
-                    epoch_seconds=seconds)
+                res = EpochResult.from_sums(len(slot.fit.history), sums[k], seen, seen_val,
+                                            slot.lr, seconds)
                 slot.observe(res, lambda k=k: self.net.member_state(k))
                 epoch_results.append(res)
             self.optimizer.after_epoch([r.val_loss for r in epoch_results])
@@ -401,7 +309,7 @@ class FusedTrainer:
         self._smoothing()
 
     def _place(self, k: int, member: Member) -> None:
-        _check(member)
+        check_train_config(member.train)
         differ = group_differences([self.slots[k].member, member])
         if differ:
             raise TunetrackError(f"a refill must share {', '.join(differ)} with its group")

@@ -22,8 +22,9 @@ from tunetrack.models import (
     init_schemes,
     load_splits,
     nets,
+    optimizers,
     resolve_device,
-    train,
+    trainer_core,
 )
 from tunetrack.models import data as data_module
 
@@ -119,9 +120,9 @@ def test_registries_hold_exactly_the_published_choices():
     assert tuple(nets.FAMILIES) == choices.FAMILIES
     assert tuple(init_schemes.INIT_SCHEMES) == choices.INIT_SCHEMES
     assert set(data_module.LOADERS) | {"torchvision"} == set(choices.DATASETS)
-    assert tuple(train.OPTIMIZERS) == choices.OPTIMIZERS
-    assert tuple(train.SCHEDULERS) == choices.SCHEDULERS
-    assert tuple(train.MONITORS) == choices.MONITORS
+    assert tuple(optimizers.OPTIMIZER_BUILDERS) == choices.OPTIMIZERS
+    assert tuple(optimizers.SCHEDULER_BUILDERS) == choices.SCHEDULERS
+    assert tuple(trainer_core.MONITORS) == choices.MONITORS
     assert choices.FIELD_CHOICES["model.pool"] == choices.POOLS
 
 

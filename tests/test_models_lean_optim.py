@@ -13,7 +13,7 @@ from torch import nn
 
 from tunetrack.models import lean_optim
 from tunetrack.models.config import TrainConfig
-from tunetrack.models.train import build_optimizer, build_scheduler
+from tunetrack.models.optimizers import build_optimizer, build_scheduler
 
 CASES = {
     "sgd": (lean_optim.SGD, torch.optim.SGD,

@@ -20,7 +20,8 @@ from tunetrack.models import (
 )
 from tunetrack.models.batches import ResidentBatches, StreamingBatches
 from tunetrack.models.data import Split, Splits
-from tunetrack.models.train import CPU_EVAL_BATCH, build_optimizer, l1_penalty
+from tunetrack.models.optimizers import build_optimizer, l1_penalty
+from tunetrack.models.trainer_core import CPU_EVAL_BATCH
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +313,7 @@ def test_optimizers_use_fused_kernels_unless_told_not_to(splits, name):
     params = list(_model(splits).parameters())
     cfg = _train_cfg(optimizer=name)
     assert build_optimizer(params, cfg).defaults["fused"] is True
-    assert not build_optimizer(params, cfg, fused=False).defaults["fused"]
+    assert not build_optimizer(params, cfg, textbook=True).defaults["fused"]
 
 
 def test_validation_uses_every_val_sample(splits):

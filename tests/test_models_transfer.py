@@ -22,7 +22,7 @@ from tunetrack.models import (
     load_splits,
     nets,
 )
-from tunetrack.models.train import param_groups
+from tunetrack.models.optimizers import param_groups
 from tunetrack.models.transfer import (
     BACKBONES,
     IMAGENET_MEAN,
