@@ -37,7 +37,7 @@ from typing import Any
 import optuna
 import torch
 
-from tunetrack.models import EpochResult, Trainer, count_parameters
+from tunetrack.models import EpochResult, Trainer
 from tunetrack.models.cost import CostMeter
 from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES
 from tunetrack.models.fused_net import fusing_pays
@@ -80,35 +80,6 @@ class _Trial:
     outcome: _Outcome = field(default_factory=_Outcome)
 
 
-class MemberTracking:
-    """The tracking calls an unfused trial makes, for one fused member: a small adapter so
-    the fused path follows `Objective` and can be re-pointed when the tracking API moves."""
-
-    def __init__(self, objective: Objective):
-        self.tracker = objective.tracker
-        self.splits, self.device = objective.splits, objective.device
-
-    def start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str) -> Any:
-        """The member's own run, tagged with its group (`GROUP_TAG`) when it is created."""
-        from tunetrack.tracking.trial_run import NullRun
-
-        if self.tracker is None:
-            return NullRun()
-        return self.tracker.trial_run(trial, sampled, cfg, device=str(self.device),
-                                      data_fingerprint=self.splits.fingerprint,
-                                      tags={GROUP_TAG: group})
-
-    def completed(self, run: Any, evaluator: Trainer, test: Any, fit: Any,
-                  values: list[float]) -> None:
-        value = values[0] if len(values) == 1 else values
-        run.completed(values=value, model=evaluator.model, splits=self.splits, test_eval=test,
-                      fit=fit)
-
-    def end(self, run: Any, outcome: _Outcome, cost: dict[str, float]) -> None:
-        run.log_metrics(cost)
-        run.end(outcome.state, outcome.reason)  # the writing goes on in the tracking helper
-
-
 class FusedStudy:
     """`study.optimize` driver for fused groups: one `optimize` step = one group."""
 
@@ -121,7 +92,6 @@ class FusedStudy:
         self.run_trial = run_trial or objective
         self.mark_owner = mark_owner or (lambda trial: None)
         self.space, self.splits, self.device = objective.space, objective.splits, objective.device
-        self.tracking = MemberTracking(objective)
         self.k = k
         self.remaining = 0
         self.deadline: float | None = None
@@ -238,16 +208,13 @@ class FusedStudy:
         except Exception as exc:  # recorded as the trial's reason by the objective
             _log.warning("trial %s failed: %s", trial.number, exc)
             return "FAIL", None
-        return "COMPLETE", list(value) if isinstance(value, tuple) else [value]
+        return "COMPLETE", _as_list(value)
 
     def _start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str, *,
                leader: bool) -> Member:
         trial.set_user_attr(GROUP_ATTR, group)
-        run = self.tracking.start(trial, sampled, cfg, group)
-        pruning = None
-        if not self.objective.spec.search.multi_objective:  # Optuna prunes single-objective
-            pruning = PruningCallback(trial, self.objective.objectives[0].metric,
-                                      self.pruning_round)
+        run = self.objective.start_run(trial, sampled, cfg, tags={GROUP_TAG: group})
+        pruning = self.objective.pruning_callback(trial, self.pruning_round)
         entry = _Trial(trial, sampled, run, pruning, leader, CostMeter(self.device).start())
         if not leader:  # the leader's heartbeat is optimize's; a member's is ours
             entry.heartbeat = _heartbeat(trial)
@@ -277,13 +244,13 @@ class FusedStudy:
         try:
             trainer = FusedTrainer(members, self.splits, device=self.device,
                                    refill=lambda: self._refill(study, shared, group),
-                                   on_done=lambda result: self._finish(study, result, group),
+                                   on_done=self._finish,
                                    on_epoch=self._report)
             trainer.fit()
         except torch.cuda.OutOfMemoryError:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
             if len(pending) <= 1:  # as an unfused trial: FAIL, and the study goes on
-                self._fail(study, pending, group, "CUDA out of memory (one trial alone)")
+                self._fail(pending, "CUDA out of memory (one trial alone)")
                 return
             self.k = max(1, len(pending) // 2)
             _log.warning("CUDA out of memory training %d fused trials at once; K is now %d "
@@ -296,73 +263,42 @@ class FusedStudy:
                 self._train(study, pending[start:start + self.k], shared, group)
         except BaseException as exc:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
-            self._fail(study, pending, group, f"{type(exc).__name__}: {exc}")
+            self._fail(pending, f"{type(exc).__name__}: {exc}")
             raise
 
-    def _finish(self, study: optuna.Study, result: MemberResult, group: str) -> None:
-        """What `Objective` does after `fit`, for one member; then tell Optuna."""
+    def _finish(self, result: MemberResult) -> None:
+        """What `Objective` does after `fit` (`Objective.conclude`), for one member."""
         entry: _Trial = result.member.key
-        trial, fit, outcome = entry.trial, result.fit, entry.outcome
+        outcome, member = entry.outcome, result.member
         # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
-        entry.meter.device_seconds += sum(r.epoch_seconds for r in fit.history)
-        trial.set_user_attr("epochs_run", fit.epochs_run)
-        trial.set_user_attr("stop_reason", fit.stop_reason)
-        if fit.stop_reason == "non_finite":
-            outcome.state, outcome.reason = "PRUNED", fit.message
-        elif entry.pruning is not None and entry.pruning.pruned_at is not None:
-            metric = self.objective.objectives[0].metric
-            outcome.state = "PRUNED"
-            outcome.reason = (f"pruned by {type(study.pruner).__name__} at epoch "
-                              f"{entry.pruning.pruned_at} "
-                              f"({metric}={getattr(fit.history[-1], metric):.4f})")
-        else:  # an error here fails this member and the group's others (`_train`)
-            self._complete(entry, result)
-        if outcome.state != "COMPLETE":
-            trial.set_user_attr("reason", outcome.reason)
+        entry.meter.device_seconds += sum(r.epoch_seconds for r in result.fit.history)
+        evaluator = Trainer(result.model, member.train, self.splits, device=self.device)
+        try:  # an error here fails this member and the group's others (`_train`)
+            value = self.objective.conclude(entry.trial, result.fit, evaluator, entry.pruning,
+                                            entry.run, entry.meter)
+            outcome.state, outcome.values = "COMPLETE", _as_list(value)
+        except optuna.TrialPruned as exc:
+            outcome.state, outcome.reason = "PRUNED", str(exc)
         self._end(entry)
 
-    def _complete(self, entry: _Trial, result: MemberResult) -> None:
-        """The member's test evaluation, values and report, as for an unfused trial."""
-        member, splits = result.member, self.splits
-        evaluator = Trainer(result.model, member.train, splits, device=self.device)
-        with entry.meter.on_device():
-            test = evaluator.evaluate(splits.test)
-        values = self.objective._values(result.fit, evaluator, entry.meter)
-        trial = entry.trial
-        trial.set_user_attr("best_epoch", result.fit.best_epoch)
-        trial.set_user_attr("test_accuracy", test.accuracy)
-        trial.set_user_attr("param_count", count_parameters(result.model))
-        self.tracking.completed(entry.run, evaluator, test, result.fit, values)
-        entry.outcome.state, entry.outcome.values = "COMPLETE", values
-
-    def _fail(self, study: optuna.Study, members: Sequence[Member], group: str,
-              reason: str) -> None:
+    def _fail(self, members: Sequence[Member], reason: str) -> None:
         for member in members:
             entry: _Trial = member.key
             if entry.closed:
                 continue
             entry.outcome.state, entry.outcome.reason = "FAIL", reason
-            entry.trial.set_user_attr("reason", reason)
             self._end(entry)
 
     def _end(self, entry: _Trial) -> None:
-        """The trial's cost (as `Objective` records it), its run ended, Optuna told."""
-        cost = entry.meter.stop().metrics()
-        for key, value in cost.items():
-            entry.trial.set_user_attr(key, value)
-        self.tracking.end(entry.run, entry.outcome, cost)
-        self._close(entry)
-
-    def _close(self, entry: _Trial) -> None:
-        """Tell Optuna (the leader is told by `optimize`) and run the study's callbacks."""
+        """The trial closed as `Objective` closes one, then Optuna told (the leader is
+        told by `optimize`) and the study's callbacks run."""
+        outcome = entry.outcome
+        self.objective.close(entry.trial, entry.run, entry.meter, outcome.state, outcome.reason)
         entry.closed = True
         if entry.heartbeat is not None:
             entry.heartbeat.__exit__(None, None, None)
         if not entry.leader:
-            outcome = entry.outcome
             self._tell(entry.trial.study, entry.trial, outcome.state, outcome.values)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, state: str,
               values: list[float] | None) -> None:
@@ -374,6 +310,10 @@ class FusedStudy:
             # told it (it counts the whole study, so once per group is enough)
             if not isinstance(callback, SharedTrialBudget):
                 callback(study, frozen)
+
+
+def _as_list(value: float | tuple[float, ...]) -> list[float]:
+    return list(value) if isinstance(value, tuple) else [value]
 
 
 def _heartbeat(trial: optuna.Trial) -> Any:

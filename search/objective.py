@@ -89,22 +89,19 @@ class Objective:
         self.objectives = self.spec.search.objective_list
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        from tunetrack.tracking.trial_run import NullRun
-
         try:  # Ctrl-C while sampling or creating the run: the FAIL trial still says why
             sampled = self.space.sample(trial)
             cfg = self.space.resolve(sampled, device=str(self.device))
-            run = NullRun() if self.tracker is None else self.tracker.trial_run(
-                trial, sampled, cfg, device=str(self.device),
-                data_fingerprint=self.splits.fingerprint)
+            run = self.start_run(trial, sampled, cfg)
         except KeyboardInterrupt:
             trial.set_user_attr("reason", INTERRUPTED)
             raise
         state, reason = "FAIL", ""
         meter = CostMeter(self.device).start()
         try:
-            values, state, reason = self._train(trial, cfg, run, meter)
-            return values
+            value = self._train(trial, cfg, run, meter)
+            state = "COMPLETE"
+            return value
         except optuna.TrialPruned as exc:
             state, reason = "PRUNED", str(exc)
             raise
@@ -118,58 +115,82 @@ class Objective:
             reason = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            if state != "COMPLETE":
-                trial.set_user_attr("reason", reason)
-            cost = meter.stop().metrics()  # every trial: pruned and failed ones cost too
-            for key, value in cost.items():
-                trial.set_user_attr(key, value)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            run.log_metrics(cost)
-            run.end(state, reason)  # the writing goes on in the tracking helper
+            self.close(trial, run, meter, state, reason)
+
+    def start_run(self, trial: optuna.Trial, sampled: dict[str, Any], cfg: TrialConfig, *,
+                  tags: dict[str, str] | None = None) -> TrialRun | NullRun:
+        """The trial's MLflow child run (a `NullRun` when tracking is off)."""
+        from tunetrack.tracking.trial_run import NullRun
+
+        if self.tracker is None:
+            return NullRun()
+        return self.tracker.trial_run(trial, sampled, cfg, device=str(self.device),
+                                      data_fingerprint=self.splits.fingerprint, tags=tags)
+
+    def pruning_callback(self, trial: optuna.Trial,
+                         group_round: PruningRound | None = None) -> PruningCallback | None:
+        """None where Optuna cannot prune (multi-objective studies)."""
+        if self.spec.search.multi_objective:
+            return None
+        return PruningCallback(trial, self.objectives[0].metric, group_round)
 
     def _train(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun | NullRun,
-               meter: CostMeter):
+               meter: CostMeter) -> float | tuple[float, ...]:
         splits = self.splits
-        model = create(
-            cfg.model,
-            splits.input_shape,
-            splits.n_classes,
-            splits.mean,
-            splits.std,
-            seed=cfg.train.seed,
-        )
+        model = create(cfg.model, splits.input_shape, splits.n_classes, splits.mean,
+                       splits.std, seed=cfg.train.seed)
+        pruning = self.pruning_callback(trial)
         callbacks: list[Any] = [run]
         if self.progress is not None:
             callbacks.append(self.progress.for_trial(trial.number, cfg.train.max_epochs))
-        pruning = None
-        if not self.spec.search.multi_objective:  # Optuna prunes single-objective only
-            pruning = PruningCallback(trial, self.objectives[0].metric)
+        if pruning is not None:
             callbacks.append(pruning)
         trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
         resume_gc()  # the imports a trial needs are done (data, network, optimizer)
         with meter.on_device():
             fit = trainer.fit()
+        return self.conclude(trial, fit, trainer, pruning, run, meter)
+
+    def conclude(self, trial: optuna.Trial, fit: FitResult, trainer: Trainer,
+                 pruning: PruningCallback | None, run: TrialRun | NullRun,
+                 meter: CostMeter) -> float | tuple[float, ...]:
+        """What follows training, fused or not: raises `TrialPruned` with the reason (a
+        non-finite loss, the pruner), else evaluates the test split once, records the
+        values and logs the completed run. `trainer` holds the best epoch's weights."""
         trial.set_user_attr("epochs_run", fit.epochs_run)
         trial.set_user_attr("stop_reason", fit.stop_reason)
         if fit.stop_reason == "non_finite":
             raise optuna.TrialPruned(fit.message)
         if pruning is not None and pruning.pruned_at is not None:
-            metric = self.objectives[0].metric
-            last = fit.history[-1]
+            metric = pruning.metric
             raise optuna.TrialPruned(
                 f"pruned by {type(trial.study.pruner).__name__} at epoch "
-                f"{pruning.pruned_at} ({metric}={getattr(last, metric):.4f})"
-            )
+                f"{pruning.pruned_at} ({metric}={getattr(fit.history[-1], metric):.4f})")
         with meter.on_device():
-            test = trainer.evaluate(splits.test)
+            test = trainer.evaluate(self.splits.test)
         values = self._values(fit, trainer, meter)
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("test_accuracy", test.accuracy)
-        trial.set_user_attr("param_count", count_parameters(model))
+        trial.set_user_attr("param_count", count_parameters(trainer.model))
         value = values[0] if len(values) == 1 else tuple(values)
-        run.completed(values=value, model=trainer.model, splits=splits, test_eval=test, fit=fit)
-        return value, "COMPLETE", ""
+        run.completed(values=value, model=trainer.model, splits=self.splits, test_eval=test,
+                      fit=fit)
+        return value
+
+    def close(self, trial: optuna.Trial, run: TrialRun | NullRun, meter: CostMeter,
+              state: str, reason: str) -> None:
+        """The end of every trial, fused or not: its reason (unless COMPLETE) and cost
+        (pruned and failed trials cost too) as user attrs, its run ended with its state;
+        the writing goes on in the tracking helper."""
+        if state != "COMPLETE":
+            trial.set_user_attr("reason", reason)
+        cost = meter.stop().metrics()
+        for key, value in cost.items():
+            trial.set_user_attr(key, value)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        run.log_metrics(cost)
+        run.end(state, reason)
 
     def _values(self, fit: FitResult, trainer: Trainer, meter: CostMeter) -> list[float]:
         best = fit.best
