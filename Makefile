@@ -60,9 +60,10 @@ bench: install
 	$(BIN)/python -m bench.workers_scaling
 	$(BIN)/python -m bench.fused_trials
 	$(BIN)/python -m bench.dropout_masks
+	$(BIN)/python -m bench.figure_costs
 	$(MAKE) bench-e2e
 
-# the whole-process benchmarks (issue 14): what a user waits for, imports and stores included
+# the whole-process benchmarks: what a user waits for, imports and stores included
 bench-e2e: install
 	$(BIN)/python -m bench.end_to_end_trial
 	$(BIN)/python -m bench.study_vs_script

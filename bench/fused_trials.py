@@ -20,7 +20,7 @@ Both sides of a throughput row run in this process, warm, alternating over `repe
 per-repeat ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
 Run: python -m bench.fused_trials [throughput|study|process]   (default: all). The throughput
 rows need only `tunetrack.models` (torch, numpy, scikit-learn): `bench/gpu_check.sh` runs
-them on a lent GPU machine that has no Optuna or MLflow.
+them on a machine with a CUDA GPU, with or without Optuna and MLflow.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU evidence in one call, for a session lent a GPU machine (the `device` tool):
-# its image has torch, numpy, scikit-learn and pytest but neither Optuna nor MLflow, so
-# this runs the parts that need only `tunetrack.models`, from the repository root:
+# The GPU evidence in one call: runs every GPU row on a machine with a CUDA GPU. It needs
+# torch, numpy, scikit-learn and pytest, not Optuna or MLflow, so it runs the parts that
+# need only `tunetrack.models`, from the repository root:
 #   - the CUDA path of the tests (the fused tape against autograd on CUDA, the device
 #     error messages) and the CPU equivalence tests, with that machine's torch;
 #   - `bench.fused_trials throughput` (the CNN row's target: >= 8x on a GPU) and
 #     `bench.trainer_throughput` (>= 10x the textbook loop on a GPU).
-# ~5 minutes on an H200 (budget 15 with the machine's start). Usage, through the tool:
-#   run(command="bash bench/gpu_check.sh", timeout_s=540)
+# ~5 minutes on an H200. Usage, from the repository root:
+#   bash bench/gpu_check.sh
 # Everything printed also lands in $OUT/gpu_check.log when OUT is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,8 @@ start = spawn -> the first trial's `datetime_start`; trials = first trial start 
 trial's `datetime_complete`; tail = that -> process exit. Also prints the sum of the
 trials' own durations (their time in the objective), and first_epoch = spawn -> the
 first epoch's end (the earliest per-epoch `val_accuracy` MLflow recorded: tunetrack stamps
-each epoch's metrics when the epoch ends), the start as issue 14 words its target.
+each epoch's metrics when the epoch ends): the start target as first worded, "first
+epoch within 2.5 s".
 Medians over repeats.
 Prints one JSON line; targets: start <= 2.5 s, tail <= 1.5 s.
 Run: python -m bench.overhead [--repeats 3] [--trials N] [--study studies/digits.yaml]
