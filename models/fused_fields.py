@@ -6,17 +6,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 FUSABLE_FAMILIES = ("mlp", "cnn")
+# Every field of ModelConfig and TrainConfig is in exactly one list below (a test checks it,
+# and trains each MEMBER_ field apart in a group against the same trial alone): a new field
+# must be placed, so the fused path can never ignore one silently.
 # ModelConfig fields that shape the computation graph: one value for the whole group.
-# Everything else (init, dropout) is per member.
 SHARED_MODEL_FIELDS = ("family", "depth", "width", "activation", "batch_norm", "kernel_size",
                        "pool", "width_multiplier")
-# TrainConfig fields that fix the data stream: one per group. Everything else is per
-# member: lr, weight_decay, momentum, nesterov, l1, label_smoothing, early stopping, the
-# seed, and even the optimizer and the LR scheduler with their knobs (each member's row is
-# updated by its own optimizer and schedule, `fused_optim`).
+MEMBER_MODEL_FIELDS = ("init", "dropout")  # each member's own (its weights, its masks)
+# the torchvision family's fields, which no MLP or CNN reads
+UNREAD_MODEL_FIELDS = ("backbone", "freeze", "backbone_lr_factor", "weights", "preprocess",
+                       "input_size")
+# TrainConfig fields that fix the data stream: one per group.
 SHARED_TRAIN_FIELDS = ("max_epochs", "batch_size", "augment", "eval_batch_size", "amp",
                        "compile", "device", "stream")
+# each member's own: its row is updated by its own optimizer and schedule (`fused_optim`),
+# it stops on its own (`trainer_core.EpochBook`); its seed sets its weights and dropout
+# masks (the group's data stream follows the first member's seed)
+MEMBER_TRAIN_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "l1",
+                       "label_smoothing", "scheduler", "step_size", "step_gamma", "exp_gamma",
+                       "cosine_eta_min", "onecycle_pct_start", "plateau_factor",
+                       "plateau_patience", "early_stopping", "seed")
 
 # On CPU a group gains only while each member's training step is small enough for
 # per-operation overhead to dominate it: 8 digits MLPs (3 epochs, Adam/SGD/AdamW, dropout)
@@ -26,6 +38,12 @@ SHARED_TRAIN_FIELDS = ("max_epochs", "batch_size", "augment", "eval_batch_size",
 # tie K trials to one architecture and train them more epochs (fewer are pruned) for
 # little or no gain. Here, torch-free, so `validate` can say it.
 CPU_FUSE_MAX_MACS = 4_000_000
+
+
+def differences(section: str, names: tuple[str, ...], configs: list[Any]) -> list[str]:
+    """The fields of `names` on which `configs` disagree, as `section.FIELD`."""
+    return [f"{section}.{name}" for name in names
+            if len({repr(getattr(c, name)) for c in configs}) > 1]
 
 
 def is_shared(path: str) -> bool:

@@ -45,7 +45,7 @@ from torch import nn
 from .config import ModelConfig
 from .dropout import keep_mask
 from .errors import TunetrackError
-from .fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, SHARED_MODEL_FIELDS
+from .fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, SHARED_MODEL_FIELDS, differences
 from .fused_tape import ActivationGrad, Backward, activation_grad, aten, run_backward, tapeable
 from .nets import Classifier, create
 
@@ -72,12 +72,6 @@ def check_fusable(cfg: ModelConfig) -> None:
     if cfg.family not in FUSABLE_FAMILIES:
         raise TunetrackError(f"model.family must be one of {', '.join(FUSABLE_FAMILIES)} to "
                              f"fuse trials but got {cfg.family!r}")
-
-
-def shared_differences(configs: Sequence[ModelConfig]) -> list[str]:
-    """Shared fields on which the configs disagree, as `model.FIELD` names."""
-    return [f"model.{name}" for name in SHARED_MODEL_FIELDS
-            if len({repr(getattr(c, name)) for c in configs}) > 1]
 
 
 def step_macs(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
@@ -174,7 +168,7 @@ class FusedNet(nn.Module):
         """Each member as `nets.create(cfg, ..., seed)` would build it, stacked."""
         for cfg in configs:
             check_fusable(cfg)
-        differ = shared_differences(configs)
+        differ = differences("model", SHARED_MODEL_FIELDS, list(configs))
         if differ:
             raise TunetrackError(f"members of a fused group must share {', '.join(differ)}")
         members = [create(cfg, input_shape, n_classes, mean, std, seed=seed)
@@ -213,9 +207,6 @@ class FusedNet(nn.Module):
                     k, *getattr(layer, name).shape, dtype=getattr(layer, name).dtype,
                     device=self.device)).contiguous()
                     for name in ("running_mean", "running_var", "num_batches_tracked")}
-
-    def fused_parameters(self) -> list[nn.Parameter]:
-        return list(self.params.values())
 
     def _load_member(self, k: int, member: Classifier) -> None:
         layers = param_layers(member)

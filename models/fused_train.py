@@ -32,8 +32,8 @@ from .augment import augment_batch, mix_batch
 from .config import ModelConfig, TrainConfig
 from .data import Splits
 from .errors import TunetrackError
-from .fused_fields import SHARED_TRAIN_FIELDS
-from .fused_net import FusedNet, shared_differences
+from .fused_fields import SHARED_MODEL_FIELDS, SHARED_TRAIN_FIELDS, differences
+from .fused_net import FusedNet
 from .fused_optim import FusedOptimizer, MemberSchedule
 from .nets import Classifier, create
 from .trainer_core import (
@@ -68,9 +68,8 @@ class MemberResult:
 
 def group_differences(members: Sequence[Member]) -> list[str]:
     """Fields the members must share but do not (`model.width`, `train.batch_size`, ...)."""
-    train = [f"train.{name}" for name in SHARED_TRAIN_FIELDS
-             if len({repr(getattr(m.train, name)) for m in members}) > 1]
-    return shared_differences([m.model for m in members]) + train
+    return (differences("model", SHARED_MODEL_FIELDS, [m.model for m in members])
+            + differences("train", SHARED_TRAIN_FIELDS, [m.train for m in members]))
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor,

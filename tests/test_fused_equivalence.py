@@ -280,3 +280,111 @@ def test_fusing_pays_on_cpu_for_small_members_only():
     assert not fusing_pays(big, (1, 8, 8), 10, 128, CPU)
     assert step_macs(big, (1, 8, 8), 10, 128) > CPU_FUSE_MAX_MACS
     assert fusing_pays(big, (1, 8, 8), 10, 128, torch.device("cuda"))  # no GPU needed
+
+
+# ---- every config field is shared by the group or applied per member -------------------
+
+# a member field -> (what both members set so the field acts, the second member's value)
+MEMBER_CASES: dict[str, tuple[dict, object]] = {
+    "model.init": ({}, "orthogonal"),
+    "model.dropout": ({}, 0.4),
+    "train.optimizer": ({}, "sgd"),
+    "train.lr": ({}, 3e-2),
+    "train.momentum": ({"optimizer": "sgd"}, 0.5),
+    "train.nesterov": ({"optimizer": "sgd"}, True),
+    "train.weight_decay": ({"optimizer": "sgd"}, 0.3),
+    "train.l1": ({}, 3e-3),
+    "train.label_smoothing": ({}, 0.3),
+    "train.scheduler": ({}, "exponential"),
+    "train.step_size": ({"scheduler": "step"}, 2),
+    "train.step_gamma": ({"scheduler": "step"}, 0.1),
+    "train.exp_gamma": ({"scheduler": "exponential"}, 0.3),
+    "train.cosine_eta_min": ({"scheduler": "cosine", "lr": 1e-3}, 5e-2),
+    "train.onecycle_pct_start": ({"scheduler": "onecycle"}, 0.9),
+    "train.plateau_factor": ({"scheduler": "plateau", "plateau_patience": 0,
+                                "optimizer": "sgd", "lr": 1.0}, 0.1),
+    "train.plateau_patience": ({"scheduler": "plateau", "plateau_patience": 0,
+                                "optimizer": "sgd", "lr": 1.0}, 2),
+    "train.early_stopping": ({}, EarlyStoppingConfig(patience=1, min_delta=0.5)),
+    "train.seed": ({}, 7),
+}
+SHARED_VALUES = {"family": "cnn", "depth": 3, "width": 9, "activation": "tanh",
+                 "batch_norm": True, "kernel_size": 5, "pool": "avg", "width_multiplier": 3.0,
+                 "max_epochs": 2, "batch_size": 8, "augment": {"flip": True},
+                 "eval_batch_size": 7, "amp": False, "compile": True, "device": "mps",
+                 "stream": True}
+
+
+def _field_names(kind) -> set[str]:
+    from dataclasses import fields
+
+    return {f.name for f in fields(kind)}
+
+
+def test_every_field_is_shared_per_member_or_unread_exactly_once():
+    from tunetrack.models import fused_fields as ff
+
+    model = [*ff.SHARED_MODEL_FIELDS, *ff.MEMBER_MODEL_FIELDS, *ff.UNREAD_MODEL_FIELDS]
+    train = [*ff.SHARED_TRAIN_FIELDS, *ff.MEMBER_TRAIN_FIELDS]
+    assert sorted(model) == sorted(_field_names(ModelConfig))  # a new field must be placed
+    assert sorted(train) == sorted(_field_names(TrainConfig))
+    member = {f"model.{n}" for n in ff.MEMBER_MODEL_FIELDS} | {
+        f"train.{n}" for n in ff.MEMBER_TRAIN_FIELDS}
+    assert set(MEMBER_CASES) == member  # each is trained apart below
+    assert set(SHARED_VALUES) == {*ff.SHARED_MODEL_FIELDS, *ff.SHARED_TRAIN_FIELDS}
+
+
+@pytest.mark.parametrize("field", sorted(SHARED_VALUES))
+def test_a_group_refuses_members_that_differ_in_a_shared_field(field):
+    from tunetrack.models.fused_fields import SHARED_MODEL_FIELDS
+    from tunetrack.models.fused_train import group_differences
+
+    section = "model" if field in SHARED_MODEL_FIELDS else "train"
+    value = SHARED_VALUES[field]
+    if field == "augment":
+        from tunetrack.models import AugmentConfig
+
+        value = AugmentConfig(**value)
+    first = Member(ModelConfig(), TrainConfig())
+    other = (replace(first, model=replace(first.model, **{field: value})) if section == "model"
+             else replace(first, train=replace(first.train, **{field: value})))
+    assert group_differences([first, first]) == []
+    assert group_differences([first, other]) == [f"{section}.{field}"]
+
+
+@pytest.mark.parametrize("field", sorted(MEMBER_CASES))
+def test_a_member_field_applies_to_its_member_alone(splits, field):
+    """Two members that differ in `field` only: each matches its own trial alone, and the
+    two trials alone differ (so a fused path that ignored the field would fail here)."""
+    section, name = field.split(".")
+    both, value = MEMBER_CASES[field]
+    model = ModelConfig(family="mlp", depth=2, width=16, batch_norm=True)
+    train = replace(TrainConfig(device="cpu", batch_size=20, max_epochs=4, step_size=1),
+                    **both)
+    first = Member(model, train)
+    second = (Member(replace(model, **{name: value}), train) if section == "model"
+              else Member(model, replace(train, **{name: value})))
+    fused = FusedTrainer([first, second], splits, device=CPU).fit()
+    by_member = {id(r.member): r for r in fused}
+    alone = [_solo(m, splits, group_seed=first.train.seed)[0] for m in (first, second)]
+    for member, solo in zip((first, second), alone, strict=True):
+        _assert_same_history(by_member[id(member)].fit, solo)
+    assert [(r.lr, r.train_loss) for r in alone[0].history] != [
+        (r.lr, r.train_loss) for r in alone[1].history], f"{field}: no effect to check"
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_the_unread_model_fields_change_nothing_in_a_fusable_family(splits, family):
+    from tunetrack.models.fused_fields import UNREAD_MODEL_FIELDS
+
+    other = {"backbone": "vgg11_bn", "freeze": 2, "backbone_lr_factor": 0.1,
+             "weights": "DEFAULT", "preprocess": "imagenet", "input_size": 32}
+    assert set(other) == set(UNREAD_MODEL_FIELDS)
+    cfg = ModelConfig(family=family, depth=2, width=8, batch_norm=True, dropout=0.2)
+    x = splits.val.x
+    base = create(cfg, splits.input_shape, splits.n_classes, splits.mean, splits.std, seed=3)
+    for name, value in other.items():
+        changed = create(replace(cfg, **{name: value}), splits.input_shape, splits.n_classes,
+                         splits.mean, splits.std, seed=3)
+        _assert_same_weights(changed, base, tol=0.0)
+        assert torch.equal(changed.eval()(x), base.eval()(x)), name
