@@ -13,30 +13,21 @@ small ones. Layers map as follows (members along a leading K dimension):
 - Dropout: each member's own rate and its own generator (see below);
 - activations and pooling: shared, they act per channel.
 
-Exactness comes first: every member is built by `nets.create` with its own config and seed,
-exactly as an unfused trial would be, and its parameters are copied into the stack, so
-initialisation needs no re-implementation. A member's dropout masks come from a generator
-seeded with its own `train.seed`, drawn with the same calls and shapes as the unfused
-network's `dropout.Dropout` draws them from the global generator, so a member sees the masks
-it would see alone (on CPU; on CUDA the unfused layers run torch's fused dropout kernel).
-`extract(k)` returns an ordinary `Classifier` (the class `nets.create` returns) holding
-member k's weights.
-
-All parameters of all members live in one flat [K, P] tensor (`flat`); each layer's
-parameter is an `nn.Parameter` aliasing its slice, and its `.grad` aliases the matching slice
-of `flat_grad`. Backward therefore writes every gradient into one tensor, and the fused
-optimizer (`fused_optim`) updates each member's row with its own hyperparameters. MLP
-groups train without autograd (`train_step`, see `fused_tape`); the others through it.
+A member's dropout masks come from a generator seeded with its own `train.seed`, drawn
+with the same calls and shapes as the unfused network's `dropout.Dropout` draws them from
+the global generator, so a member sees the masks it would see alone (on CPU; on CUDA the
+unfused layers run torch's fused dropout kernel). The members' parameters are rows of one
+tensor (`fused_stack.MemberStack`). MLP groups train without autograd (`train_step`, see
+`fused_tape`); the others through it.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -46,26 +37,21 @@ from .config import ModelConfig
 from .dropout import keep_mask
 from .errors import TunetrackError
 from .fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, SHARED_MODEL_FIELDS, differences
+from .fused_stack import MemberStack
 from .fused_tape import ActivationGrad, Backward, activation_grad, aten, run_backward, tapeable
 from .nets import Classifier, create
 
-_PARAM_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 _SHARED_LAYERS = (nn.ReLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.SiLU, nn.Sigmoid,
                   nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 
 # Each parameter is a strided slice of `flat`, and its gradient the same slice of `flat_grad`
-# on purpose (see the module docstring); autograd's once-per-process note that such a layout
+# on purpose (`fused_stack`); autograd's once-per-process note that such a layout
 # "may impair performance" is about other layouts and says nothing useful here.
 warnings.filterwarnings("ignore", message=".*gradient layout contract.*")
 
 # Activation layouts between layers: the raw input all members share, per-member channels
 # side by side ([N, K*C, H, W]), or per-member vectors ([K, N, F]).
 SHARED, IMAGE, VECTOR = "shared", "image", "vector"
-
-
-def param_layers(model: Classifier) -> list[nn.Module]:
-    """Linear/Conv/BatchNorm layers of a member, input side first: what gets stacked."""
-    return [m for m in model.body.modules() if isinstance(m, _PARAM_LAYERS)]
 
 
 def check_fusable(cfg: ModelConfig) -> None:
@@ -108,58 +94,18 @@ def fusing_pays(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int, ba
     return step_macs(cfg, input_shape, n_classes, batch_size) <= CPU_FUSE_MAX_MACS
 
 
-@dataclass
-class _Slice:
-    """Where one parameter of layer `layer` lives in each member's row of `flat`, in the
-    member's own shape (a Linear weight [out, in], as `nn.Linear` keeps it)."""
-
-    layer: int  # index into param_layers()
-    name: str  # "weight" | "bias"
-    shape: tuple[int, ...]
-    start: int
-
-    @property
-    def stop(self) -> int:
-        return self.start + math.prod(self.shape)
-
-
-class FusedNet(nn.Module):
+class FusedNet(MemberStack):
     """K members of one architecture; `forward(x)` returns logits [K, N, n_classes].
 
-    Build it with `FusedNet.create`. It is created on its device and must not be moved with
-    `.to()` (the parameters alias `flat`): make a new one instead.
+    Build it with `FusedNet.create`; the storage is `MemberStack`'s.
     """
 
     def __init__(self, members: Sequence[Classifier], dropouts: Sequence[float],
                  seeds: Sequence[int], probe: Classifier, device: torch.device):
-        super().__init__()
-        if not members:
-            raise TunetrackError("a fused group needs at least one member")
-        self.device = device
-        self.templates: list[Classifier] = list(members)  # plain list: not our parameters
+        super().__init__(members, dropouts, seeds, probe, device)
         self.normalize = copy.deepcopy(members[0].normalize).to(device)
-        self._probe_layers = param_layers(probe)
-        self.slices: list[_Slice] = []
-        offset = 0
-        for j, layer in enumerate(self._probe_layers):
-            for name in ("weight", "bias"):
-                p = getattr(layer, name, None)
-                if p is not None:
-                    self.slices.append(_Slice(j, name, tuple(p.shape), offset))
-                    offset += p.numel()
-        self.row_size = offset
-        # which elements of a row are weight matrices/kernels (L1 applies to those only)
-        self.l1_mask = torch.zeros(offset, dtype=torch.bool, device=device)
-        for s in self.slices:
-            if len(s.shape) > 1:
-                self.l1_mask[s.start:s.stop] = True
         self.ops = [self._op(layer) for layer in probe.body]
         self.tapeable = tapeable(probe.body)  # `train_step` may run it (fused_tape)
-        self._rates = list(map(float, dropouts))
-        self._gens: list[torch.Generator] = [self._generator(s) for s in seeds]
-        self._allocate(len(members))
-        for k, member in enumerate(members):
-            self._load_member(k, member)
 
     @classmethod
     def create(cls, configs: Sequence[ModelConfig], seeds: Sequence[int],
@@ -178,93 +124,6 @@ class FusedNet(nn.Module):
         probe = create(replace(configs[0], dropout=0.5, init="default"), input_shape,
                        n_classes, mean, std, seed=0)
         return cls(members, [c.dropout for c in configs], seeds, probe, device)
-
-    # ---- storage --------------------------------------------------------------------
-
-    @property
-    def k(self) -> int:
-        return self.flat.shape[0]
-
-    def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(int(seed))
-
-    def _allocate(self, k: int, flat: torch.Tensor | None = None,
-                  buffers: dict[str, torch.Tensor] | None = None) -> None:
-        """(Re)create `flat`, `flat_grad`, the aliasing parameters and the BN buffers."""
-        self.flat = (flat if flat is not None else
-                     torch.zeros(k, self.row_size, device=self.device)).contiguous()
-        self.flat_grad = torch.zeros_like(self.flat)
-        self.params: dict[tuple[int, str], nn.Parameter] = {}
-        for s in self.slices:
-            view = self.flat[:, s.start:s.stop].view(k, *s.shape)
-            param = nn.Parameter(view)
-            param.grad = self.flat_grad[:, s.start:s.stop].view(k, *s.shape)
-            self.params[(s.layer, s.name)] = param
-        self.bn: dict[int, dict[str, torch.Tensor]] = {}
-        for j, layer in enumerate(self._probe_layers):
-            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                self.bn[j] = {name: (buffers[f"{j}.{name}"] if buffers else torch.zeros(
-                    k, *getattr(layer, name).shape, dtype=getattr(layer, name).dtype,
-                    device=self.device)).contiguous()
-                    for name in ("running_mean", "running_var", "num_batches_tracked")}
-
-    def _load_member(self, k: int, member: Classifier) -> None:
-        layers = param_layers(member)
-        with torch.no_grad():
-            for s in self.slices:
-                source = getattr(layers[s.layer], s.name)
-                if tuple(source.shape) != s.shape:
-                    raise TunetrackError(f"member {k} does not fit the fused group: layer "
-                                         f"{s.layer} {s.name} has shape {tuple(source.shape)},"
-                                         f" the group {s.shape}")
-                self.flat[k, s.start:s.stop] = source.detach().reshape(-1).to(self.device)
-            for j, buffers in self.bn.items():
-                for name, stacked in buffers.items():
-                    stacked[k] = getattr(layers[j], name).detach().to(self.device)
-
-    def member_state(self, k: int) -> dict[str, torch.Tensor]:
-        """A copy of member k's parameters and BN buffers (what `extract` needs)."""
-        state = {"flat": self.flat[k].detach().clone()}
-        for j, buffers in self.bn.items():
-            for name, stacked in buffers.items():
-                state[f"{j}.{name}"] = stacked[k].clone()
-        return state
-
-    def extract(self, k: int, state: dict[str, torch.Tensor] | None = None, *,
-                last: bool = False) -> Classifier:
-        """Member k (or a `member_state` of it) as an ordinary `Classifier` on our device.
-        `last`: member k leaves the group now (its slot is refilled or dropped next), so
-        the network it was built from is handed out instead of a copy (copying a module
-        took 1.5 ms, a tenth of a 5-epoch group of 8 digits MLPs)."""
-        state = state or self.member_state(k)
-        template = self.templates[k]
-        model = (template if last else copy.deepcopy(template)).to(self.device)
-        layers = param_layers(model)
-        with torch.no_grad():
-            for s in self.slices:
-                getattr(layers[s.layer], s.name).copy_(state["flat"][s.start:s.stop].view(s.shape))
-            for j in self.bn:
-                for name in ("running_mean", "running_var", "num_batches_tracked"):
-                    getattr(layers[j], name).copy_(state[f"{j}.{name}"])
-        return model
-
-    def replace_member(self, k: int, member: Classifier, dropout: float, seed: int) -> None:
-        """Put a new member (same architecture) into slot k: a refilled slot."""
-        self._load_member(k, member)
-        self.templates[k] = member
-        self._rates[k] = float(dropout)
-        self._gens[k] = self._generator(seed)
-
-    def keep(self, slots: Sequence[int]) -> None:
-        """Shrink the group to `slots` (in that order)."""
-        index = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
-        buffers = {f"{j}.{name}": stacked.index_select(0, index)
-                   for j, b in self.bn.items() for name, stacked in b.items()}
-        flat = self.flat.detach().index_select(0, index)
-        self.templates = [self.templates[i] for i in slots]
-        self._rates = [self._rates[i] for i in slots]
-        self._gens = [self._gens[i] for i in slots]
-        self._allocate(len(slots), flat, buffers)
 
     # ---- forward (and the tape's backward, see fused_tape) ------------------------------
 
