@@ -1,11 +1,10 @@
 """Train a group of K trials (members) as one `FusedNet`, each with its own life cycle.
 
-Per member, everything the unfused `Trainer` does happens as it would alone: epoch results
-(`EpochResult`) to its own callbacks, its own early stopping (patience restarting after an
-LR cut), a non-finite loss stopping it alone, its best epoch's weights restored, its own LR
-schedule and hyperparameters (`fused_optim`). When a member is done the caller gets it as
-an ordinary `Classifier` (`MemberResult.model`) and may hand in the next member for the
-freed slot (`refill`); without one, the group shrinks.
+Per member, everything the unfused `Trainer` does happens as it would alone: each member
+keeps its own `trainer_core.EpochBook` (callbacks, early stopping, non-finite stop, best
+weights) and its own LR schedule and hyperparameters (`fused_optim`). When a member is
+done the caller gets it as an ordinary `Classifier` (`MemberResult.model`) and may hand in
+the next member for the freed slot (`refill`); without one, the group shrinks.
 
 What the members share (`fused_fields`): the architecture and the data stream. All
 members see the same batches in the same order and the same augmentation draws, from
@@ -72,14 +71,6 @@ def group_differences(members: Sequence[Member]) -> list[str]:
             + differences("train", SHARED_TRAIN_FIELDS, [m.train for m in members]))
 
 
-def member_losses(logits: torch.Tensor, y: torch.Tensor,
-                  smoothing: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy per member ([K]) of logits [K, N, C], with per-member label smoothing
-    [K] written as `F.cross_entropy(label_smoothing=e)` computes it:
-    (1 - e) * NLL + e / C * mean(-sum_c log p)."""
-    return _losses(_log_probs(logits), y, smoothing)
-
-
 def member_loss_grad(logits: torch.Tensor, targets: Targets, smoothing: torch.Tensor | None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """`mixed_losses` and their gradient with respect to the logits ([K, N, C]), for the
@@ -111,8 +102,10 @@ def _taken(weight: torch.Tensor | float, smoothing: torch.Tensor | None,
 
 def mixed_losses(logits: torch.Tensor, targets: Targets,
                  smoothing: torch.Tensor | None) -> torch.Tensor:
-    """`member_losses` against (labels, weight) pairs: one pair with weight 1, or mixup's
-    lam * CE(y_a) + (1 - lam) * CE(y_b)."""
+    """Cross-entropy per member ([K]) of logits [K, N, C] against (labels, weight) pairs
+    (one pair with weight 1, or mixup's lam * CE(y_a) + (1 - lam) * CE(y_b)), with
+    per-member label smoothing [K] written as `F.cross_entropy(label_smoothing=e)` computes
+    it: (1 - e) * NLL + e / C * mean(-sum_c log p)."""
     return _mixed(_log_probs(logits), targets, smoothing)
 
 
@@ -247,7 +240,7 @@ class FusedTrainer(TrainerCore):
         for x, y in self.val_data.iterate(self.eval_batch_size):
             with self._autocast():
                 logits = net(x).float()
-            loss_sum += member_losses(logits, y, None) * len(y)
+            loss_sum += mixed_losses(logits, ((y, 1.0),), None) * len(y)
             correct += (logits.argmax(-1) == y).sum(1)
             seen += len(y)
         return loss_sum, correct, seen

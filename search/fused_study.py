@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -59,25 +59,20 @@ TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 @dataclass
-class _Outcome:
-    state: str = "FAIL"  # COMPLETE | PRUNED | FAIL
-    values: list[float] | None = None
-    reason: str = ""
-
-
-@dataclass
 class _Trial:
-    """One member as the search side sees it: Optuna trial, MLflow run, pruning callback."""
+    """One member as the search side sees it: Optuna trial, MLflow run, pruning callback,
+    and how it ended."""
 
     trial: optuna.Trial
-    sampled: dict[str, Any]
     run: Any
     pruning: PruningCallback | None
     leader: bool  # told by `optimize` when the group ends; the others by us as they finish
     meter: CostMeter
     heartbeat: Any = None
     closed: bool = False
-    outcome: _Outcome = field(default_factory=_Outcome)
+    state: str = "FAIL"  # COMPLETE | PRUNED | FAIL
+    values: list[float] | None = None
+    reason: str = ""
 
 
 class FusedStudy:
@@ -175,7 +170,7 @@ class FusedStudy:
             if member is not None:
                 members.append(member)
         self._train(study, members, shared, group)
-        outcome = first.key.outcome
+        outcome: _Trial = first.key
         if outcome.state == "COMPLETE":
             values = outcome.values or []
             return values[0] if len(values) == 1 else tuple(values)
@@ -215,7 +210,7 @@ class FusedStudy:
         trial.set_user_attr(GROUP_ATTR, group)
         run = self.objective.start_run(trial, sampled, cfg, tags={GROUP_TAG: group})
         pruning = self.objective.pruning_callback(trial, self.pruning_round)
-        entry = _Trial(trial, sampled, run, pruning, leader, CostMeter(self.device).start())
+        entry = _Trial(trial, run, pruning, leader, CostMeter(self.device).start())
         if not leader:  # the leader's heartbeat is optimize's; a member's is ours
             entry.heartbeat = _heartbeat(trial)
         callbacks = [c for c in (run, pruning) if c is not None]
@@ -269,16 +264,16 @@ class FusedStudy:
     def _finish(self, result: MemberResult) -> None:
         """What `Objective` does after `fit` (`Objective.conclude`), for one member."""
         entry: _Trial = result.member.key
-        outcome, member = entry.outcome, result.member
+        member = result.member
         # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
         entry.meter.device_seconds += sum(r.epoch_seconds for r in result.fit.history)
         evaluator = Trainer(result.model, member.train, self.splits, device=self.device)
         try:  # an error here fails this member and the group's others (`_train`)
             value = self.objective.conclude(entry.trial, result.fit, evaluator, entry.pruning,
                                             entry.run, entry.meter)
-            outcome.state, outcome.values = "COMPLETE", _as_list(value)
+            entry.state, entry.values = "COMPLETE", _as_list(value)
         except optuna.TrialPruned as exc:
-            outcome.state, outcome.reason = "PRUNED", str(exc)
+            entry.state, entry.reason = "PRUNED", str(exc)
         self._end(entry)
 
     def _fail(self, members: Sequence[Member], reason: str) -> None:
@@ -286,19 +281,18 @@ class FusedStudy:
             entry: _Trial = member.key
             if entry.closed:
                 continue
-            entry.outcome.state, entry.outcome.reason = "FAIL", reason
+            entry.state, entry.reason = "FAIL", reason
             self._end(entry)
 
     def _end(self, entry: _Trial) -> None:
         """The trial closed as `Objective` closes one, then Optuna told (the leader is
         told by `optimize`) and the study's callbacks run."""
-        outcome = entry.outcome
-        self.objective.close(entry.trial, entry.run, entry.meter, outcome.state, outcome.reason)
+        self.objective.close(entry.trial, entry.run, entry.meter, entry.state, entry.reason)
         entry.closed = True
         if entry.heartbeat is not None:
             entry.heartbeat.__exit__(None, None, None)
         if not entry.leader:
-            self._tell(entry.trial.study, entry.trial, outcome.state, outcome.values)
+            self._tell(entry.trial.study, entry.trial, entry.state, entry.values)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, state: str,
               values: list[float] | None) -> None:
