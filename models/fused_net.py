@@ -1,24 +1,14 @@
 """K networks of one architecture as one batched network (fused trials).
 
 Small classifiers leave a device idle: each step is dominated by per-operation overhead, so
-K members of one architecture run as one set of larger operations instead of K sets of
-small ones. Layers map as follows (members along a leading K dimension):
-
-- Linear: one `torch.baddbmm` over weights stacked to [K, out, in] (each member's own
-  layout, read transposed);
-- Conv2d: one `F.conv2d` with `groups = K` on activations laid out [N, K*C, H, W] (the
-  first convolution, whose input all members share, is one plain convolution with K*C
-  output channels);
-- BatchNorm: one batch-norm over K*C channels, which keeps per-member statistics for free;
-- Dropout: each member's own rate and its own generator (see below);
-- activations and pooling: shared, they act per channel.
-
-A member's dropout masks come from a generator seeded with its own `train.seed`, drawn
-with the same calls and shapes as the unfused network's `dropout.Dropout` draws them from
-the global generator, so a member sees the masks it would see alone (on CPU; on CUDA the
-unfused layers run torch's fused dropout kernel). The members' parameters are rows of one
-tensor (`fused_stack.MemberStack`). MLP groups train without autograd (`train_step`, see
-`fused_tape`); the others through it.
+K members run as one set of larger operations instead of K sets of small ones: a Linear is
+one `baddbmm` over [K, out, in] weights, a Conv2d one `F.conv2d` with `groups = K` on
+[N, K*C, H, W] activations, a BatchNorm one batch-norm over K*C channels (per-member
+statistics for free); activations and pooling are shared. A member's dropout masks come
+from its own generator, drawn as the unfused `dropout.Dropout` draws them, so it sees the
+masks it would see alone (on CPU). The parameters are rows of one tensor
+(`fused_stack.MemberStack`); MLP groups train without autograd (`train_step`,
+`fused_tape`). Layer by layer: docs/fused_trials.md, "How the model works".
 """
 
 from __future__ import annotations

@@ -1,20 +1,14 @@
 """The backward pass of a fused MLP group written out, without autograd.
 
-A fused group of small MLPs spends much of its step in autograd's machinery rather than in
-arithmetic: one engine node per operation, an `AccumulateGrad` that adds each gradient into
-`flat_grad`, and a product order fixed by the forward's. `FusedNet.train_step` instead runs
-the forward under `no_grad`, each layer appending its backward (a closure over what it
-needs) to a *tape*, and then runs the tape in reverse: each Linear writes its weight and
-bias gradients straight into their slices of `flat_grad`, computing the weight gradient
-as g^T h, which lands in the stored [out, in] layout and is the fast product order for a
-narrow last layer. The kernels are the ones autograd calls (`threshold_backward`,
-`native_batch_norm_backward`, ...), so the gradients are autograd's up to summation order.
-For 8 width-64 digits MLPs (batch 64) forward, loss and backward took 368-379 us this way
-against 501-546 us through autograd before (bench/README.md).
-
-Which nets: those whose body is a Flatten followed by Linear, BatchNorm1d, Dropout and
-the activations below, i.e. the MLP family. Others (convolutions, pooling) train through
-autograd, as do groups under autocast (bf16 on CUDA).
+A fused group of small MLPs spends much of its step in autograd's machinery (a node per
+operation, an `AccumulateGrad` add per gradient, the forward's product order), not in
+arithmetic. `FusedNet.train_step` runs the forward under `no_grad`, each layer appending its
+backward (a closure) to a *tape*, then runs the tape in reverse: a Linear writes g^T h and
+the sum of g straight into its `flat_grad` slices; the other layers call the kernels
+autograd calls (`threshold_backward`, `native_batch_norm_backward`, ...), so the gradients
+are autograd's up to summation order (368-379 vs 501-546 us for a step of 8 width-64
+digits MLPs, bench/README.md). Only MLP bodies (Flatten, Linear, BatchNorm1d, Dropout and
+the activations below) without autocast run on the tape.
 """
 
 from __future__ import annotations

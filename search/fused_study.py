@@ -1,29 +1,14 @@
-"""Run a study's trials K at a time as fused groups (`search.fuse: K`).
+"""Run a study's trials K at a time as fused groups (`search.fuse: K`), through Optuna
+itself so every sampler keeps working (docs/fused_trials.md, "How a group forms").
 
-How a group forms, through Optuna itself so every sampler keeps working:
-
-1. `study.optimize` asks a trial as usual: the group's *leader*. It samples its full
-   parameter set; the shared part (`fused_groups.shared_values`: architecture, batch size,
-   augmentation, epochs) becomes the group's.
-2. Each further member is `study.enqueue_trial(shared values)` + `study.ask()`: an ordinary
-   trial whose shared parameters are fixed and whose recipe (optimizer, lr, weight decay,
-   momentum, init, dropout, L1, label smoothing, scheduler and its knobs, seed, ...) the
-   sampler draws.
-   While a model-based sampler (TPE, GP) is still in its random start-up
-   (`search.n_startup_trials`), trials train unfused, one architecture each.
-3. The members train as one `FusedTrainer`. Each reports every epoch to its own Optuna
-   trial and is pruned or early-stopped on its own; a finished member is told to Optuna at
-   once (and the study's callbacks run for it), and its slot is refilled with a new member
-   of the same group while the trial budget lasts and the group has taken fewer than
-   `GROUP_SPAN * K` trials; otherwise the group shrinks.
-
-Each member gets exactly what an unfused trial gets (`Objective`): an MLflow child run with
-per-epoch metrics, and, when it completes, its test evaluation, figures, report and model
-(its own slice as an ordinary network), plus the group's name (`GROUP_TAG`, user attr
-`GROUP_ATTR`). The leader is told by `optimize` when its group ends.
-
-On CUDA an out-of-memory error halves K, logs it, and trains the group's unfinished
-members again in halves (`_train`); the smaller K holds for the rest of the process.
+`study.optimize` asks the group's *leader*, whose shared values (`fused_groups`) become
+the group's; each further member is `enqueue_trial(shared values)` + `ask()`, an ordinary
+trial whose recipe the sampler draws. Members train as one `FusedTrainer`; each is
+finished exactly as an unfused trial is (`Objective.conclude` / `close`), told to Optuna
+at once, and its slot refilled while the budget and `GROUP_SPAN` allow. During a
+model-based sampler's random start-up trials train unfused. On CUDA an out-of-memory
+error halves K for the rest of the process and trains the group's unfinished members
+again in halves (`_train`).
 """
 
 from __future__ import annotations
