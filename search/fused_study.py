@@ -60,6 +60,88 @@ class _Trial:
     reason: str = ""
 
 
+class MemberTrials:
+    """Each member of a group is an ordinary Optuna trial: started with its own MLflow run
+    and pruning callback, finished exactly as `Objective` finishes a trial, and told to
+    Optuna as soon as it ends, with the study's callbacks (the leader is told by
+    `optimize` when its group ends)."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.splits, self.device = objective.splits, objective.device
+        self.callbacks: list[TrialCallback] = []
+
+    def start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str, *,
+              leader: bool, pruning_round: PruningRound | None) -> Member:
+        """The member's `_Trial` (as `Member.key`): its run tagged with its group, its
+        pruning callback (answered by `pruning_round` where there is one)."""
+        trial.set_user_attr(GROUP_ATTR, group)
+        run = self.objective.start_run(trial, sampled, cfg, tags={GROUP_TAG: group})
+        pruning = self.objective.pruning_callback(trial, pruning_round)
+        entry = _Trial(trial, run, pruning, leader, CostMeter(self.device).start())
+        if not leader:  # the leader's heartbeat is optimize's; a member's is ours
+            entry.heartbeat = _heartbeat(trial)
+        callbacks = [c for c in (run, pruning) if c is not None]
+        return Member(cfg.model, cfg.train, callbacks, key=entry)
+
+    def alone(self, trial: optuna.Trial) -> None:
+        """Train `trial` unfused, now, and tell Optuna (a trial that cannot join)."""
+        state, values = "FAIL", None
+        try:
+            values = _as_list(self.objective(trial))  # its owner is noted already (`_ask`)
+            state = "COMPLETE"
+        except optuna.TrialPruned:
+            state = "PRUNED"
+        except Exception as exc:  # recorded as the trial's reason by the objective
+            _log.warning("trial %s failed: %s", trial.number, exc)
+        self.tell(trial.study, trial, state, values)
+
+    def finish(self, result: MemberResult) -> None:
+        """What `Objective` does after `fit` (`Objective.conclude`), for one member."""
+        entry: _Trial = result.member.key
+        member = result.member
+        # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
+        entry.meter.device_seconds += sum(r.epoch_seconds for r in result.fit.history)
+        evaluator = Trainer(result.model, member.train, self.splits, device=self.device)
+        try:  # an error here fails this member and the group's others (`_train`)
+            value = self.objective.conclude(entry.trial, result.fit, evaluator, entry.pruning,
+                                            entry.run, entry.meter)
+            entry.state, entry.values = "COMPLETE", _as_list(value)
+        except optuna.TrialPruned as exc:
+            entry.state, entry.reason = "PRUNED", str(exc)
+        self._end(entry)
+
+    def fail(self, members: Sequence[Member], reason: str) -> None:
+        """FAIL every member not closed yet, with `reason`."""
+        for member in members:
+            entry: _Trial = member.key
+            if entry.closed:
+                continue
+            entry.state, entry.reason = "FAIL", reason
+            self._end(entry)
+
+    def _end(self, entry: _Trial) -> None:
+        """The trial closed as `Objective` closes one, then Optuna told (the leader is
+        told by `optimize`) and the study's callbacks run."""
+        self.objective.close(entry.trial, entry.run, entry.meter, entry.state, entry.reason)
+        entry.closed = True
+        if entry.heartbeat is not None:
+            entry.heartbeat.__exit__(None, None, None)
+        if not entry.leader:
+            self.tell(entry.trial.study, entry.trial, entry.state, entry.values)
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, state: str,
+             values: list[float] | None) -> None:
+        frozen = study.tell(trial, values if state == "COMPLETE" else None,
+                            state=optuna.trial.TrialState[state])
+        for callback in self.callbacks:
+            # a SharedTrialBudget may wait for the running trials, and the group's leader
+            # runs until the group ends: it runs once, for the leader, when `optimize` has
+            # told it (it counts the whole study, so once per group is enough)
+            if not isinstance(callback, SharedTrialBudget):
+                callback(study, frozen)
+
+
 class FusedStudy:
     """`study.optimize` driver for fused groups: one `optimize` step = one group."""
 
@@ -75,7 +157,7 @@ class FusedStudy:
         self.k = k
         self.remaining = 0
         self.deadline: float | None = None
-        self.callbacks: list[TrialCallback] = []
+        self.members = MemberTrials(objective)
         self.admitted = 0  # trials the current group has taken
         # where the study's pruner can answer a group epoch from one read (pruning_round)
         self.pruning_round: PruningRound | None = None
@@ -86,7 +168,7 @@ class FusedStudy:
                  catch: tuple[type[Exception], ...], callbacks: Sequence[TrialCallback]) -> None:
         self.remaining = n_trials
         self.deadline = time.monotonic() + timeout if timeout else None
-        self.callbacks = list(callbacks)
+        self.members.callbacks = list(callbacks)
         if self.objective.spec.search.pruner.type in SNAPSHOT_PRUNERS:
             self.pruning_round = PruningRound(study)
 
@@ -95,7 +177,7 @@ class FusedStudy:
                 study.stop()
 
         study.optimize(self, n_trials=None, timeout=timeout, catch=catch,
-                       callbacks=[*self.callbacks, budget])
+                       callbacks=[*callbacks, budget])
 
     def _starting(self, study: optuna.Study) -> bool:
         """Is the sampler still in its random start-up? Those trials train unfused: a group
@@ -128,7 +210,8 @@ class FusedStudy:
             return False
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return False
-        totals = [c.total for c in self.callbacks if isinstance(c, SharedTrialBudget)]
+        totals = [c.total for c in self.members.callbacks
+                  if isinstance(c, SharedTrialBudget)]
         if totals:  # a worker: the trials other workers finished or run count too
             states = (*FINISHED, optuna.trial.TrialState.RUNNING,
                       optuna.trial.TrialState.WAITING)
@@ -147,7 +230,8 @@ class FusedStudy:
         self.mark_owner(leader)
         group = f"g{leader.number}"
         shared = shared_values(sampled)
-        first = self._start(leader, sampled, cfg, group, leader=True)
+        first = self.members.start(leader, sampled, cfg, group, leader=True,
+                                   pruning_round=self.pruning_round)
         members = [first]
         self.admitted = 1
         while len(members) < self.k and self._more(study):
@@ -176,30 +260,10 @@ class FusedStudy:
         cfg = self.space.resolve(sampled, device=str(self.device))
         if trial.user_attrs.get(GROUP_ATTR) != group or shared_values(sampled) != shared:
             # another worker's queued trial (or ours was taken): train it alone, now
-            self._tell(study, trial, *self._alone(trial))
+            self.members.alone(trial)
             return None
-        return self._start(trial, sampled, cfg, group, leader=False)
-
-    def _alone(self, trial: optuna.Trial) -> tuple[str, list[float] | None]:
-        try:
-            value = self.objective(trial)  # its owner is noted already (`_ask`)
-        except optuna.TrialPruned:
-            return "PRUNED", None
-        except Exception as exc:  # recorded as the trial's reason by the objective
-            _log.warning("trial %s failed: %s", trial.number, exc)
-            return "FAIL", None
-        return "COMPLETE", _as_list(value)
-
-    def _start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str, *,
-               leader: bool) -> Member:
-        trial.set_user_attr(GROUP_ATTR, group)
-        run = self.objective.start_run(trial, sampled, cfg, tags={GROUP_TAG: group})
-        pruning = self.objective.pruning_callback(trial, self.pruning_round)
-        entry = _Trial(trial, run, pruning, leader, CostMeter(self.device).start())
-        if not leader:  # the leader's heartbeat is optimize's; a member's is ours
-            entry.heartbeat = _heartbeat(trial)
-        callbacks = [c for c in (run, pruning) if c is not None]
-        return Member(cfg.model, cfg.train, callbacks, key=entry)
+        return self.members.start(trial, sampled, cfg, group, leader=False,
+                                  pruning_round=self.pruning_round)
 
     def _report(self, rows: list[tuple[Member, EpochResult]]) -> None:
         """`FusedTrainer.on_epoch`: the group epoch's reports, then the round's one read."""
@@ -224,13 +288,13 @@ class FusedStudy:
         try:
             trainer = FusedTrainer(members, self.splits, device=self.device,
                                    refill=lambda: self._refill(study, shared, group),
-                                   on_done=self._finish,
+                                   on_done=self.members.finish,
                                    on_epoch=self._report)
             trainer.fit()
         except torch.cuda.OutOfMemoryError:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
             if len(pending) <= 1:  # as an unfused trial: FAIL, and the study goes on
-                self._fail(pending, "CUDA out of memory (one trial alone)")
+                self.members.fail(pending, "CUDA out of memory (one trial alone)")
                 return
             self.k = max(1, len(pending) // 2)
             _log.warning("CUDA out of memory training %d fused trials at once; K is now %d "
@@ -243,52 +307,9 @@ class FusedStudy:
                 self._train(study, pending[start:start + self.k], shared, group)
         except BaseException as exc:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
-            self._fail(pending, f"{type(exc).__name__}: {exc}")
+            self.members.fail(pending, f"{type(exc).__name__}: {exc}")
             raise
 
-    def _finish(self, result: MemberResult) -> None:
-        """What `Objective` does after `fit` (`Objective.conclude`), for one member."""
-        entry: _Trial = result.member.key
-        member = result.member
-        # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
-        entry.meter.device_seconds += sum(r.epoch_seconds for r in result.fit.history)
-        evaluator = Trainer(result.model, member.train, self.splits, device=self.device)
-        try:  # an error here fails this member and the group's others (`_train`)
-            value = self.objective.conclude(entry.trial, result.fit, evaluator, entry.pruning,
-                                            entry.run, entry.meter)
-            entry.state, entry.values = "COMPLETE", _as_list(value)
-        except optuna.TrialPruned as exc:
-            entry.state, entry.reason = "PRUNED", str(exc)
-        self._end(entry)
-
-    def _fail(self, members: Sequence[Member], reason: str) -> None:
-        for member in members:
-            entry: _Trial = member.key
-            if entry.closed:
-                continue
-            entry.state, entry.reason = "FAIL", reason
-            self._end(entry)
-
-    def _end(self, entry: _Trial) -> None:
-        """The trial closed as `Objective` closes one, then Optuna told (the leader is
-        told by `optimize`) and the study's callbacks run."""
-        self.objective.close(entry.trial, entry.run, entry.meter, entry.state, entry.reason)
-        entry.closed = True
-        if entry.heartbeat is not None:
-            entry.heartbeat.__exit__(None, None, None)
-        if not entry.leader:
-            self._tell(entry.trial.study, entry.trial, entry.state, entry.values)
-
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, state: str,
-              values: list[float] | None) -> None:
-        frozen = study.tell(trial, values if state == "COMPLETE" else None,
-                            state=optuna.trial.TrialState[state])
-        for callback in self.callbacks:
-            # a SharedTrialBudget may wait for the running trials, and the group's leader
-            # runs until the group ends: it runs once, for the leader, when `optimize` has
-            # told it (it counts the whole study, so once per group is enough)
-            if not isinstance(callback, SharedTrialBudget):
-                callback(study, frozen)
 
 
 def _as_list(value: float | tuple[float, ...]) -> list[float]:
