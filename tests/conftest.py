@@ -19,6 +19,15 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def splits():
+    """Synthetic data for trainer tests: 96 samples -> 66 train / 15 val / 15 test, 4 classes
+    of 1x8x8. Modules that need other data (digits, an image folder) define their own."""
+    from tunetrack.models import DataConfig, load_splits
+
+    return load_splits(DataConfig(name="synthetic", n_samples=96, n_classes=4))
+
+
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory) -> Path:
     """An empty, migrated MLflow database: copying it skips MLflow's slow schema setup."""

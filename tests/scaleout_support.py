@@ -10,7 +10,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from .support import free_port
 
 PG_ADMIN_URL = os.environ.get("TUNETRACK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PYTHON = sys.executable
@@ -72,12 +73,6 @@ def pg_url() -> Iterator[str]:
 
 
 # ---- processes ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 20) -> None:

@@ -148,18 +148,30 @@ class _FakeNvml:
         return self.readings.pop(0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("fake", "energy"), [
     (_FakeNvml([1_000, 4_500]), 3.5),  # mJ counter -> J over the trial
     (_FakeNvml([], fail=True), None),  # no NVML: absent, not 0
 ])
-def test_cuda_cost_has_device_memory_and_nvml_energy(monkeypatch, fake, energy):
-    """No GPU here: the CUDA calls are stubbed to check what the meter does with them."""
+def test_cuda_cost_has_this_trials_device_memory_and_nvml_energy(monkeypatch, fake, energy):
+    """On a real GPU (only NVML's energy counter is a fake, with known readings): the peak
+    device memory is this trial's own, and kernels still queued when a block's Python code
+    returns count as its device time."""
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
-    monkeypatch.setattr(torch.cuda, "_get_nvml_device_index", lambda index: index)
-    cost = CostMeter(torch.device("cuda", 0)).start().stop()
-    assert cost.peak_device_memory_mb == 3.0
+    device = torch.device("cuda", 0)
+    mib = 2**20
+    earlier = torch.ones(64 * mib, dtype=torch.uint8, device=device)  # a trial before
+    del earlier
+    before = torch.cuda.memory_allocated(device)
+    meter = CostMeter(device).start()
+    with meter.on_device():
+        block = torch.ones(32 * mib, dtype=torch.uint8, device=device)
+        torch.cuda._sleep(100_000_000)  # 1e8 GPU cycles: >= 0.04 s at any clock <= 2.5 GHz
+    cost = meter.stop()
+    assert block.nbytes == 32 * mib
+    assert cost.peak_device_memory_mb == (before + 32 * mib) / mib  # not the earlier 64 MiB
+    assert cost.device_seconds >= 100_000_000 / 2.5e9
+    assert cost.wall_seconds >= cost.device_seconds
     assert cost.energy_joules == energy
     assert ("cost_energy_joules" in cost.metrics()) == (energy is not None)
+    assert cost.metrics()["cost_peak_device_memory_mb"] == cost.peak_device_memory_mb

@@ -6,6 +6,7 @@ docs/dependencies.md records as tested, and plain `postgresql://` URLs work with
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -70,8 +71,31 @@ def test_installed_versions_meet_the_floors():
         assert Version(metadata.version(name)) >= Version(floor), name
 
 
-def test_gpu_extra_brings_nvml():
-    assert any(Requirement(r).name == "nvidia-ml-py" for r in _extra("gpu"))
+def test_installed_extras_and_console_script_resolve():
+    """What `pip install tunetrack[gpu]` and the `tunetrack` command get, read from the
+    installed package: every extra is declared, `gpu` brings NVML (nvidia-ml-py, for
+    cost_energy_joules), and the console script loads the CLI and answers --help."""
+    dist = metadata.distribution("tunetrack")
+    extras = set(dist.metadata.get_all("Provides-Extra") or [])
+    assert extras == set(PYPROJECT["optional-dependencies"])
+    assert {"dev", "postgres", "dashboard", "gpu"} <= extras
+    gpu_only = {Requirement(r).name for r in dist.requires or []
+                if Requirement(r).marker is not None
+                and Requirement(r).marker.evaluate({"extra": "gpu"})}
+    assert gpu_only == {"nvidia-ml-py"}
+
+    (script,) = metadata.entry_points(group="console_scripts", name="tunetrack")
+    from tunetrack.search import cli
+
+    assert script.load() is cli.main
+    # run it as the installed script does, in its own process: main() leaves with os._exit
+    code = ("from importlib.metadata import entry_points; "
+            "(script,) = entry_points(group='console_scripts', name='tunetrack'); "
+            "script.load()()")
+    out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"Usage: tunetrack .*COMMAND", out.stdout), out.stdout
 
 
 def test_plain_postgresql_urls_use_psycopg_under_the_postgres_extra():

@@ -11,13 +11,11 @@ import torch
 
 from tunetrack.models import (
     Classifier,
-    DataConfig,
     EarlyStoppingConfig,
     ModelConfig,
     TrainConfig,
     Trainer,
     create,
-    load_splits,
 )
 from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS
 from tunetrack.models.fused_net import fusing_pays, step_macs
@@ -25,12 +23,6 @@ from tunetrack.models.fused_train import FusedTrainer, Member
 
 CPU = torch.device("cpu")
 TOL = dict(rel=1e-4, abs=1e-5)
-
-
-@pytest.fixture(scope="module")
-def splits():
-    # 96 samples -> 66 train / 15 val / 15 test, 4 classes of 1x8x8
-    return load_splits(DataConfig(name="synthetic", n_samples=96, n_classes=4))
 
 
 def _members(family: str, optimizer: str, scheduler: str, batch_norm: bool = True

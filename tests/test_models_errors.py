@@ -29,11 +29,6 @@ from tunetrack.models import (
 from tunetrack.models import data as data_module
 
 
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits(DataConfig(name="synthetic", n_samples=48, n_classes=4, shape=(1, 4, 4)))
-
-
 def _check(info, bad: str, allowed, close: str | None = None) -> None:
     msg = str(info.value)
     assert "\n" not in msg

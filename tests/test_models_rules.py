@@ -122,11 +122,6 @@ def test_nested_and_trial_problems_gather_every_section():
 # ------------------------------------------------------ the builders use the same rules
 
 
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits(DataConfig(name="synthetic", n_samples=48, n_classes=4, shape=(1, 4, 4)))
-
-
 def _model(splits) -> nn.Module:
     return create(ModelConfig(width=4, depth=1), splits.input_shape, splits.n_classes)
 

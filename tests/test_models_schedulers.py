@@ -20,12 +20,6 @@ from tunetrack.models import (
 LR = 0.1
 
 
-@pytest.fixture(scope="module")
-def splits():
-    # 96 samples -> 66 train / 15 val / 15 test
-    return load_splits(DataConfig(name="synthetic", n_samples=96, n_classes=4, shape=(1, 4, 4)))
-
-
 def _fit(splits, model: nn.Module | None = None, **train):
     cfg = TrainConfig(**{"optimizer": "sgd", "lr": LR, "momentum": 0.0, "batch_size": 16,
                          "device": "cpu", **train})
@@ -113,7 +107,8 @@ class FrozenNet(nn.Module):
 
 def test_plateau_reduces_after_patience_epochs_without_improvement(splits):
     patience, factor, epochs = 2, 0.5, 9
-    _, res = _fit(splits, model=FrozenNet(16, splits.n_classes), max_epochs=epochs,
+    frozen = FrozenNet(math.prod(splits.input_shape), splits.n_classes)
+    _, res = _fit(splits, model=frozen, max_epochs=epochs,
                   scheduler="plateau", plateau_patience=patience, plateau_factor=factor)
     losses = [h.val_loss for h in res.history]
     assert len(set(losses)) == 1  # really a plateau

@@ -25,12 +25,6 @@ from tunetrack.models.trainer_core import CPU_EVAL_BATCH
 
 
 @pytest.fixture(scope="module")
-def splits():
-    # 96 samples -> 66 train / 15 val / 15 test, 4 classes of 1x8x8
-    return load_splits(DataConfig(name="synthetic", n_samples=96, n_classes=4))
-
-
-@pytest.fixture(scope="module")
 def noisy():
     # 3x3 pixels under heavy noise: classes overlap, a wide net overfits within ~5 epochs
     return load_splits(DataConfig(name="synthetic", n_samples=150, n_classes=4, shape=(1, 3, 3)))

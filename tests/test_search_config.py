@@ -6,16 +6,12 @@ import pytest
 import yaml
 
 from tunetrack.models.errors import TunetrackError
-from tunetrack.search.config import StudyFileError, load_study_file, parse_study
+from tunetrack.search.config import load_study_file
 from tunetrack.search.space import SearchSpace
 
+from .support import errors_of
+
 BASE = {"name": "t", "model": {"depth": {"int": [1, 3]}}}
-
-
-def errors_of(raw: dict) -> list[str]:
-    with pytest.raises(StudyFileError) as info:
-        parse_study(raw, "s.yaml")
-    return info.value.errors
 
 
 def with_train(**train) -> dict:

@@ -16,17 +16,12 @@ from typer.testing import CliRunner
 
 from tunetrack.models import choices
 from tunetrack.search.cli import app
-from tunetrack.search.config import StudyFileError, parse_study
+from tunetrack.search.config import parse_study
 
 from .studyfiles import tiny_study
+from .support import errors_of
 
 runner = CliRunner(env={"COLUMNS": "200"})
-
-
-def errors_of(raw: dict) -> list[str]:
-    with pytest.raises(StudyFileError) as info:
-        parse_study(raw, "s.yaml")
-    return info.value.errors
 
 
 def _augment(**augment) -> dict:

@@ -33,12 +33,33 @@ print("pyplot" if "matplotlib.pyplot" in sys.modules else "no-pyplot", alive)
 """
 
 
+def decoded(path, size: tuple[int, int]) -> np.ndarray:
+    """The PNG's pixels as (H, W, 3) ints, after checking its size in pixels (figure inches
+    x DPI) and that it is not blank: more than one colour and real contrast."""
+    image = Image.open(path)
+    assert image.size == size, path.name
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1 and pixels.std() > 5, path.name
+    return pixels
+
+
+def tile_pixels(pixels: np.ndarray) -> tuple[int, int]:
+    """(grey, colour) pixel counts: mid-grey with R = G = B, and strongly coloured."""
+    spread = pixels.max(axis=2) - pixels.min(axis=2)
+    grey = (spread == 0) & (pixels[..., 0] > 20) & (pixels[..., 0] < 235)
+    return int(grey.sum()), int((spread > 40).sum())
+
+
+MISCLASSIFIED_SIZE = (750, 840)  # a 5 x 5 grid of 1.5 x 1.6 inch cells, title strip, 100 dpi
+
+
 def test_figures_use_no_pyplot_and_memory_stays_flat(tmp_path):
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["no-pyplot", "3"]  # one reused figure per kind, after 10 "trials"
-    for name in ("cm.png", "mis.png", "curves.png"):
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    for name, size in (("cm.png", (450, 450)), ("mis.png", MISCLASSIFIED_SIZE),
+                       ("curves.png", (1000, 380))):
+        decoded(tmp_path / name, size)
 
 
 def test_reused_figures_show_the_new_data(tmp_path):
@@ -60,8 +81,12 @@ def test_figures_for_many_classes_and_colour_images(tmp_path):
                ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
     history["epoch"] = list(range(40))
     figures.draw_curves(tmp_path / "curves.png", history, None)
-    for name in ("cm.png", "mis.png", "curves.png"):
-        assert (tmp_path / name).stat().st_size > 1000
+    # 60 classes: the matrix grows to its 16 inch cap, plus an inch for the colour scale
+    decoded(tmp_path / "cm.png", (1700, 1600))
+    decoded(tmp_path / "curves.png", (1000, 380))
+    # the seven colour tiles fill about 7 x 105 x 105 pixels of the grid in colour
+    _, colour = tile_pixels(decoded(tmp_path / "mis.png", MISCLASSIFIED_SIZE))
+    assert colour > 7 * 80 * 80, colour
 
 
 def test_rgb_tiles_show_grey_for_fewer_than_three_channels():
@@ -77,7 +102,9 @@ def test_rgb_tiles_show_grey_for_fewer_than_three_channels():
 def test_misclassified_grid_of_two_channel_images(tmp_path):
     images = np.random.default_rng(4).random((3, 2, 8, 8), dtype=np.float32)
     figures.draw_misclassified(tmp_path / "mis.png", images, [0] * 3, [1] * 3, ["a", "b"])
-    assert (tmp_path / "mis.png").read_bytes()[:4] == b"\x89PNG"
+    grey, colour = tile_pixels(decoded(tmp_path / "mis.png", MISCLASSIFIED_SIZE))
+    # three grey tiles of about 100 x 100 pixels; colour only in the dark red labels
+    assert grey > 3 * 80 * 80 and colour < 1000, (grey, colour)
 
 
 def test_warm_up_files_draws_every_file_of_a_completed_trial(tmp_path):

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ from tunetrack.models import DataConfig
 from tunetrack.tracking import StudyTracker, promote
 from tunetrack.tracking import tags as T
 
+from .support import free_port
 from .tracking_support import log_trial
 
 pytestmark = pytest.mark.slow  # a server start alone takes 10-30 s on a small machine
 
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None) -> dict:

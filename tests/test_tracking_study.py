@@ -23,14 +23,13 @@ from tunetrack.models import (
     EpochResult,
     ModelConfig,
     TrainConfig,
-    Trainer,
     TrialConfig,
-    create,
-    load_splits,
 )
 from tunetrack.tracking import StudyTracker, compare_trials
 from tunetrack.tracking import tags as T
 from tunetrack.tracking.record import model_wanted
+
+from .tracking_support import cached_splits, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -39,58 +38,12 @@ TRIAL_ARTIFACTS = {"trial.yaml", "confusion_matrix.png", "confusion_matrix.csv",
                    "classification_report.json", "per_class_error.csv", "curves.png",
                    "misclassified.png", "history.csv", "lr.png", "first_layer.png",
                    "feature_maps.png", "per_class_error.png"}
-
-
+DIGITS = DataConfig(name="digits")
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return load_splits(DataConfig(name="digits"))
-
-
-def train(splits, *, epochs: int, lr: float, seed: int = 0, callbacks=()):
-    cfg = TrialConfig(data=DataConfig(name="digits"), model=ModelConfig(width=32, depth=1),
-                      train=TrainConfig(max_epochs=epochs, lr=lr, device="cpu", seed=seed))
-    model = create(cfg.model, splits.input_shape, splits.n_classes, splits.mean, splits.std,
-                   seed=seed)
-    trainer = Trainer(model, cfg.train, splits, callbacks=callbacks)
-    fit = trainer.fit()
-    return cfg, model, fit, trainer.evaluate(splits.test)
-
-
-def run_trial(tracker: StudyTracker, study: optuna.Study, splits, *, lr: float, epochs: int = 2,
-              outcome: str = "complete"):
-    """What `search.objective` does, in miniature: returns (trial number, run, model)."""
-    study.enqueue_trial({"train.lr": lr})
-    trial = study.ask()
-    trial.suggest_float("train.lr", 1e-4, 1.0, log=True)
-    cfg = TrialConfig(data=DataConfig(name="digits"))
-    run = tracker.trial_run(trial, trial.params, cfg, device="cpu",
-                            data_fingerprint=splits.fingerprint)
-
-    class Reporter:
-        def on_epoch_end(self, result: EpochResult) -> bool:
-            trial.report(result.val_accuracy, result.epoch)
-            if outcome == "fail" and result.epoch == 1:
-                raise RuntimeError("loss exploded")
-            return outcome == "prune" and result.epoch == 1
-
-    try:
-        _, model, fit, test_eval = train(splits, epochs=epochs, lr=lr, seed=trial.number,
-                                         callbacks=[run, Reporter()])
-    except RuntimeError as exc:
-        run.end("FAIL", f"RuntimeError: {exc}")
-        study.tell(trial, state=TrialState.FAIL)
-        return trial.number, run, None
-    if outcome == "prune":
-        run.end("PRUNED", "pruned at epoch 1 (median pruner)")
-        study.tell(trial, state=TrialState.PRUNED)
-        return trial.number, run, model
-    value = fit.best.val_accuracy
-    run.completed(values=value, model=model, splits=splits, test_eval=test_eval, fit=fit)
-    run.end("COMPLETE")
-    study.tell(trial, value)
-    return trial.number, run, model
+    return cached_splits(DIGITS)
 
 
 def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
@@ -106,7 +59,7 @@ def test_study_end_to_end(uri, splits, monkeypatch, tmp_path):
     outcomes = ["complete", "prune", "fail", "complete"]
     runs = {}
     for lr, outcome in zip([0.05, 0.02, 0.01, 0.003], outcomes, strict=True):
-        number, run, _ = run_trial(tracker, study, splits, lr=lr, outcome=outcome)
+        number, run, _ = run_trial(tracker, study, DIGITS, lr=lr, outcome=outcome, seed=None)
         runs[number] = run
     tracker.finish_study(study)
 
@@ -156,7 +109,8 @@ def test_study_end_to_end(uri, splits, monkeypatch, tmp_path):
     # trial.yaml replays the config; history.csv has one row per epoch
     local = Path(client.download_artifacts(runs[0].run_id, "trial.yaml", "."))
     assert TrialConfig.from_dict(yaml.safe_load(local.read_text())) == TrialConfig(
-        data=DataConfig(name="digits"))
+        data=DIGITS, model=ModelConfig(width=32, depth=1),
+        train=TrainConfig(max_epochs=2, lr=0.05, device="cpu", seed=0))
     history = pd.read_csv(client.download_artifacts(runs[0].run_id, "history.csv", "."))
     assert list(history["epoch"]) == [0, 1]
     report = json.loads(Path(client.download_artifacts(
@@ -353,7 +307,7 @@ def test_parent_stays_running_while_a_trial_of_the_study_runs(uri, splits):
     study = optuna.create_study(study_name="staggered", direction="maximize")
     tracker = StudyTracker(study_name="staggered", tracking_uri=uri)
     parent = tracker.start_study(study)
-    run_trial(tracker, study, splits, lr=0.05, epochs=1)
+    run_trial(tracker, study, DIGITS, lr=0.05, epochs=1)
     other_worker = study.ask()  # still RUNNING elsewhere
     tracker.finish_study(study)
     client = MlflowClient(uri)
@@ -370,7 +324,7 @@ def test_the_local_store_is_written_in_wal_mode(uri, splits):
     study = optuna.create_study(study_name="wal", direction="maximize")
     tracker = StudyTracker(study_name="wal", tracking_uri=uri)
     tracker.start_study(study)
-    run_trial(tracker, study, splits, lr=0.05, epochs=1)
+    run_trial(tracker, study, DIGITS, lr=0.05, epochs=1)
     tracker.finish_study(study)
     with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

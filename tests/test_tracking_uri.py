@@ -14,11 +14,7 @@ import pytest
 from tunetrack.models import TunetrackError
 from tunetrack.tracking import StudyTracker, check_reachable, resolve_tracking_uri
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .support import free_port
 
 
 def test_default_uri_is_sqlite_in_cwd(tmp_path, monkeypatch):
