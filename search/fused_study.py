@@ -90,7 +90,7 @@ class MemberTracking:
 
     def start(self, trial: optuna.Trial, sampled: dict, cfg: Any, group: str) -> Any:
         """The member's own run, tagged with its group (`GROUP_TAG`) when it is created."""
-        from tunetrack.tracking.trial_run import NullRun
+        from tunetrack.tracking.runs import NullRun
 
         if self.tracker is None:
             return NullRun()

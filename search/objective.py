@@ -89,7 +89,7 @@ class Objective:
         self.objectives = self.spec.search.objective_list
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        from tunetrack.tracking.trial_run import NullRun
+        from tunetrack.tracking.runs import NullRun
 
         try:  # Ctrl-C while sampling or creating the run: the FAIL trial still says why
             sampled = self.space.sample(trial)

@@ -30,7 +30,7 @@ from tunetrack.models import (
 )
 from tunetrack.tracking import StudyTracker, compare_trials
 from tunetrack.tracking import tags as T
-from tunetrack.tracking.record import model_wanted
+from tunetrack.tracking.runs import model_wanted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
