@@ -44,10 +44,10 @@ def trial_costs(folder: Path, repeats: int) -> dict[str, float]:
         create,
         load_splits,
     )
-    from tunetrack.tracking import figures, insight
-    from tunetrack.tracking.client import client_for
-    from tunetrack.tracking.model_io import log_pytorch_model
-    from tunetrack.tracking.record import CompletedTrial, write_tables
+    from tunetrack.tracking.pictures import figures, insight
+    from tunetrack.tracking.registry import log_pytorch_model
+    from tunetrack.tracking.runs.run_contents import CompletedTrial, write_tables
+    from tunetrack.tracking.store import client_for
 
     splits = load_splits(DataConfig(name="digits"))
     model = create(ModelConfig(width=128, depth=2), splits.input_shape, splits.n_classes,
@@ -89,7 +89,7 @@ def study_costs(study: optuna.Study, folder: Path, repeats: int) -> dict[str, fl
     """Each of the parent run's plots, plotly HTML and matplotlib PNG separately."""
     import matplotlib.pyplot as plt
 
-    from tunetrack.tracking.study_artifacts import plot_list, trials_frame
+    from tunetrack.tracking.pictures.study_plots import plot_list, trials_frame
 
     def png(function: Callable, name: str) -> None:
         axes = function(study)

@@ -1,7 +1,7 @@
 """Memory growth over many trials in one process: RSS after 5 vs after 100 small trials.
 
 Tracking is on (figures, artifacts, models: the usual leak suspects), so the tracking
-helper process (tracking/helper.py) is measured too, after it has caught up. On CUDA it
+helper process (tracking/runs/helper_link.py) is measured too, after it has caught up. On CUDA it
 also checks that allocated device memory returns to its baseline between trials.
 Prints one JSON line, the growth of both processes' RSS together in MB last (target < 150).
 Run: python -m bench.memory [--trials 100]
@@ -42,7 +42,7 @@ class Sampler:
             self.cuda.append(torch.cuda.memory_allocated())
         done = len(study.trials)
         if done in self.marks:
-            from tunetrack.tracking.helper import HELPER
+            from tunetrack.tracking.runs import HELPER
 
             gc.collect()
             self.rss[done] = round(rss_mb(), 1)

@@ -29,17 +29,17 @@ EVENTS: list[tuple[float, float, float, str]] = []  # start, end, cpu seconds, l
 STEPS = [  # module:attribute, label (first call only for the per-trial ones)
     ("tunetrack.search.config:load_study_file", "load_study_file"),
     ("tunetrack.search.runner:run_study", "run_study (everything)"),
-    ("tunetrack.tracking.study:start_helper", "start_helper (starts the helper)"),
+    ("tunetrack.tracking.runs.study:start_helper", "start_helper (starts the helper)"),
     ("tunetrack.models.data:load_splits", "load_splits"),
     ("tunetrack.search.shared_study:open_study_storage", "open_study_storage (Optuna)"),
     ("tunetrack.search.runner:create_or_load", "create_or_load (study row)"),
-    ("tunetrack.tracking.study:StudyTracker.start_study", "tracker.start_study (queued)"),
-    ("tunetrack.tracking.client:client_for", "client_for (MLflow client, store)"),
+    ("tunetrack.tracking.runs.study:StudyTracker.start_study", "tracker.start_study (queued)"),
+    ("tunetrack.tracking.store.client:client_for", "client_for (MLflow client, store)"),
     ("tunetrack.search.objective:Objective.__call__", "trial"),
     ("tunetrack.models.train:build_optimizer", "build_optimizer"),
     ("tunetrack.models.train:Trainer._train_epoch", "train epoch"),
-    ("tunetrack.tracking.study:StudyTracker.finish_study", "tracker.finish_study"),
-    ("tunetrack.tracking.study_artifacts:write_plots", "write_plots (study plots)"),
+    ("tunetrack.tracking.runs.study:StudyTracker.finish_study", "tracker.finish_study"),
+    ("tunetrack.tracking.pictures.study_plots:write_plots", "write_plots (study plots)"),
     ("tunetrack.search.cli:_print_summary", "_print_summary"),
 ]
 FIRST_ONLY = {"build_optimizer", "train epoch", "client_for (MLflow client, store)"}

@@ -234,7 +234,7 @@ def _load_study(name: str, storage: str | None, tracking_uri: str | None = None)
 def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False) -> None:
     """Refuse a tracking store of the wrong kind or half created; with `must_exist`, one
     that is not there (reading must not create it)."""
-    from tunetrack.tracking.uri import check_mlflow_store, resolve_tracking_uri
+    from tunetrack.tracking.store import check_mlflow_store, resolve_tracking_uri
 
     check_mlflow_store(resolve_tracking_uri(tracking_uri), must_exist=must_exist)
 
@@ -312,7 +312,7 @@ def run(
     if no_tracking:
         spec.tracking.enabled = False
     if spec.tracking.enabled and workers == 1:
-        from tunetrack.tracking.study import start_helper
+        from tunetrack.tracking.runs import start_helper
 
         start_helper(tracking_uri)  # it imports MLflow while this process imports the rest
     _quiet_libraries()
@@ -463,10 +463,10 @@ def compare(
 
 def _print_cost_to_target(study) -> None:
     """The device seconds the study spent until its best came within 90/95/99 % of the
-    final best (`tunetrack.tracking.cost_report`)."""
+    final best (`tunetrack.tracking.reading`)."""
     from rich.table import Table
 
-    from tunetrack.tracking.cost_report import cost_to_target
+    from tunetrack.tracking.reading import cost_to_target
 
     frame = cost_to_target(study)
     if frame.empty:
@@ -668,7 +668,7 @@ def server(
 ) -> None:
     """Start the MLflow tracking server workers log to (execs `mlflow server`; extra
     arguments after -- go to it)."""
-    from tunetrack.tracking.server import mlflow_server_argv, serve
+    from tunetrack.tracking.store import mlflow_server_argv, serve
 
     argv = mlflow_server_argv(backend_store_uri=backend_store_uri,
                               artifacts_destination=artifacts_destination, host=host,
@@ -695,7 +695,7 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
-    helper = sys.modules.get("tunetrack.tracking.helper")
+    helper = sys.modules.get("tunetrack.tracking.runs.helper_link")
     if helper is not None:
         try:
             helper.HELPER.close()  # everything the tracking helper was given is written
@@ -705,7 +705,7 @@ def main() -> None:
             code = 130
     import logging
 
-    uri = sys.modules.get("tunetrack.tracking.uri")
+    uri = sys.modules.get("tunetrack.tracking.store.sqlite")
     if uri is not None:
         uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files
     logging.shutdown()

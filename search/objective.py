@@ -120,7 +120,7 @@ class Objective:
     def start_run(self, trial: optuna.Trial, sampled: dict[str, Any], cfg: TrialConfig, *,
                   tags: dict[str, str] | None = None) -> TrialRun | NullRun:
         """The trial's MLflow child run (a `NullRun` when tracking is off)."""
-        from tunetrack.tracking.trial_run import NullRun
+        from tunetrack.tracking.runs import NullRun
 
         if self.tracker is None:
             return NullRun()

@@ -88,7 +88,7 @@ def _config(client: MlflowClient, run_id: str) -> TrialConfig:
     import yaml
 
     from tunetrack.models import TrialConfig
-    from tunetrack.tracking.client import quiet_downloads
+    from tunetrack.tracking.store import quiet_downloads
 
     with tempfile.TemporaryDirectory(prefix="tunetrack-reproduce-") as tmp, quiet_downloads():
         try:
@@ -154,10 +154,9 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     """Retrain the trial of MLflow run `run_id` and compare it with what was recorded."""
     from tunetrack.models import Trainer, create, load_splits
     from tunetrack.tracking import tags as T
-    from tunetrack.tracking.client import client_for
-    from tunetrack.tracking.helper import HELPER
     from tunetrack.tracking.provenance import THREADS, environment_differences
-    from tunetrack.tracking.uri import check_reachable, resolve_tracking_uri
+    from tunetrack.tracking.runs import HELPER
+    from tunetrack.tracking.store import check_reachable, client_for, resolve_tracking_uri
 
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise TunetrackError(f"--tolerance must be >= 0 but got {tolerance}")

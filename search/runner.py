@@ -135,7 +135,7 @@ def run_study(
     space = SearchSpace(spec)
     tracker = None
     if spec.tracking.enabled:
-        from tunetrack.tracking.study import StudyTracker, start_helper
+        from tunetrack.tracking.runs import StudyTracker, start_helper
 
         tracker = StudyTracker(
             study_name=spec.name,
@@ -161,7 +161,7 @@ def run_study(
     study = create_or_load(spec, space, backend, seed_offset)
     clean_up_dead_trials(study, tracking_uri=tracking_uri, track=spec.tracking.enabled)
     if tracker is not None:
-        from tunetrack.tracking.uri import check_mlflow_store
+        from tunetrack.tracking.store import check_mlflow_store
 
         check_mlflow_store(tracker.tracking_uri)  # a wrong file is refused before any trial
         tracker.start_study(study, wait=False)  # the helper creates the store and parent run

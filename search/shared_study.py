@@ -92,7 +92,7 @@ def _end_run_for(study_name: str, tracking_uri: str | None) -> EndRun:
 
 def _tracker(study_name: str, tracking_uri: str | None):
     from tunetrack.tracking import StudyTracker
-    from tunetrack.tracking.uri import check_mlflow_store
+    from tunetrack.tracking.store import check_mlflow_store
 
     tracker = StudyTracker(study_name=study_name, tracking_uri=tracking_uri)
     try:

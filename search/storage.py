@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 
 from tunetrack.models.errors import TunetrackError, first_line
-from tunetrack.tracking.uri import (
+from tunetrack.tracking.store import (
     SQLITE_MAGIC,
     other_kind,
     redact,

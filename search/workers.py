@@ -243,13 +243,13 @@ def check_before_launch(
     check_resume(spec, SearchSpace(spec), backend)
     if spec.tracking.enabled:
         from tunetrack.tracking import StudyTracker
-        from tunetrack.tracking.client import get_or_create_experiment
+        from tunetrack.tracking.store import get_or_create_experiment
 
         tracker = StudyTracker(
             study_name=spec.name, experiment=spec.tracking.experiment, tracking_uri=tracking_uri
         )
         tracker.check_reachable()
-        from tunetrack.tracking.uri import ensure_local_store
+        from tunetrack.tracking.store import ensure_local_store
 
         ensure_local_store(tracker.tracking_uri)  # two launches at once: created once
         if not tracker.tracking_uri.startswith(("http://", "https://")):  # a server migrates
@@ -366,6 +366,6 @@ def run_workers(
 
 
 def _shown(storage: str | None) -> str:
-    from tunetrack.tracking.uri import redact
+    from tunetrack.tracking.store import redact
 
     return redact(storage) if storage else DEFAULT_STORAGE

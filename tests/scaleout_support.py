@@ -185,7 +185,7 @@ STATE_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"
 def mlflow_store(folder: Path, experiment: str) -> str:
     """A local SQLite MLflow store with the experiment made (as `run --workers` does), so
     parallel workers do not race to create MLflow's schema."""
-    from tunetrack.tracking.client import client_for, get_or_create_experiment
+    from tunetrack.tracking.store import client_for, get_or_create_experiment
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     get_or_create_experiment(client_for(uri), experiment, uri)

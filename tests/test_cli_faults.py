@@ -150,7 +150,7 @@ def test_a_half_created_mlflow_store_is_refused_before_anything_runs(workdir, te
 
 
 def test_a_store_creation_cut_short_leaves_no_store(tmp_path, monkeypatch):
-    from tunetrack.tracking import uri
+    from tunetrack.tracking.store import uri
 
     def full_disk(db: Path, **_):
         db.write_bytes(b"SQLite format 3\x00 and then the disk was full")
@@ -296,7 +296,7 @@ def test_two_tracked_runs_started_together_on_a_fresh_study(tmp_path):
     assert len(params) == 6 and len(set(params)) == 6
     from mlflow import MlflowClient
 
-    from tunetrack.tracking.uri import check_mlflow_store
+    from tunetrack.tracking.store import check_mlflow_store
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     check_mlflow_store(uri, must_exist=True)

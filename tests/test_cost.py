@@ -16,7 +16,7 @@ from tunetrack.search import run_study
 from tunetrack.search.cli import app
 from tunetrack.search.config import parse_study
 from tunetrack.tracking import write_report
-from tunetrack.tracking.cost_report import cost_per_trial, cost_to_target
+from tunetrack.tracking.reading import cost_per_trial, cost_to_target
 
 from .studyfiles import tiny_study
 

@@ -114,7 +114,7 @@ def test_plain_postgresql_urls_use_psycopg_under_the_postgres_extra():
 @pytest.mark.postgres
 def test_plain_postgresql_url_opens_optuna_and_mlflow_stores(pg_url):  # noqa: F811
     from tunetrack.search.storage import open_storage
-    from tunetrack.tracking.uri import check_reachable
+    from tunetrack.tracking.store import check_reachable
 
     assert pg_url.startswith("postgresql://")  # the form Optuna's docs use
     check_reachable(pg_url)  # MLflow's backend-store check: SQLAlchemy + driver

@@ -15,7 +15,7 @@ from tunetrack.models import DataConfig, TunetrackError
 from tunetrack.search.cli import app
 from tunetrack.search.config import parse_study
 from tunetrack.tracking import StudyTracker, promote
-from tunetrack.tracking.promotion_stats import mcnemar_exact_p
+from tunetrack.tracking.registry import mcnemar_exact_p
 
 from .studyfiles import tiny_study
 from .tracking_support import log_trial

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from tunetrack.tracking.promotion_stats import (
+from tunetrack.tracking.registry import (
     bootstrap_difference_ci,
     discordant_counts,
     mcnemar_exact_p,

@@ -25,7 +25,7 @@ from tunetrack.search.workers import (
     parse_gpus,
     plan_workers,
 )
-from tunetrack.tracking.server import is_loopback, mlflow_server_argv
+from tunetrack.tracking.store import is_loopback, mlflow_server_argv
 
 from .scaleout_support import study_file
 

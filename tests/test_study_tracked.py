@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from tunetrack.models import DataConfig, load_splits
 from tunetrack.search.cli import app
-from tunetrack.tracking.model_io import load_pytorch_model, predict_logits
+from tunetrack.tracking.registry import load_pytorch_model, predict_logits
 
 from .studyfiles import write_study
 

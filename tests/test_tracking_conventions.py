@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tunetrack.models.config import DataConfig
-from tunetrack.tracking.datasets import dataset_inputs
+from tunetrack.tracking.runs import dataset_inputs
 
 from .studyfiles import write_study
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from optuna.study import StudyDirection
 
-from tunetrack.tracking.compare import direction_sign
-from tunetrack.tracking.record import _better, _dominates
+from tunetrack.tracking.directions import better, direction_sign, dominates
 
 
 def test_sign_sorts_best_first_for_either_direction():
@@ -18,10 +17,10 @@ def test_sign_sorts_best_first_for_either_direction():
 
 
 def test_better_and_dominates_follow_the_sign():
-    assert _better(0.9, 0.8, "MAXIMIZE") and not _better(0.8, 0.9, "MAXIMIZE")
-    assert _better(0.1, 0.2, "MINIMIZE") and not _better(0.2, 0.2, "MINIMIZE")
-    assert _dominates([0.9, 100], [0.8, 200], ["MAXIMIZE", "MINIMIZE"])
-    assert not _dominates([0.9, 300], [0.8, 200], ["MAXIMIZE", "MINIMIZE"])
+    assert better(0.9, 0.8, "MAXIMIZE") and not better(0.8, 0.9, "MAXIMIZE")
+    assert better(0.1, 0.2, "MINIMIZE") and not better(0.2, 0.2, "MINIMIZE")
+    assert dominates([0.9, 100], [0.8, 200], ["MAXIMIZE", "MINIMIZE"])
+    assert not dominates([0.9, 300], [0.8, 200], ["MAXIMIZE", "MINIMIZE"])
 
 
 def test_an_unknown_direction_is_a_bug_not_a_default():

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tunetrack.tracking import figures
+from tunetrack.tracking.pictures import figures
 
 SCRIPT = """
 import gc, sys
 from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
-from tunetrack.tracking import figures
+from tunetrack.tracking.pictures import figures
 out = Path(sys.argv[1])
 rng = np.random.default_rng(0)
 for i in range(10):
@@ -108,8 +108,8 @@ def test_misclassified_grid_of_two_channel_images(tmp_path):
 
 
 def test_warm_up_files_draws_every_file_of_a_completed_trial(tmp_path):
-    """The helper draws a made-up trial while the first real one trains (record.py)."""
-    from tunetrack.tracking.record import warm_up_files
+    """The helper draws a made-up trial while the first real one trains (run_contents.py)."""
+    from tunetrack.tracking.runs import warm_up_files
 
     warm_up_files(tmp_path)
     names = {p.name for p in tmp_path.iterdir()}

@@ -18,9 +18,9 @@ import optuna
 from mlflow import MlflowClient
 
 from tunetrack.tracking import tags as T
-from tunetrack.tracking.client import client_for
-from tunetrack.tracking.helper import HELPER
-from tunetrack.tracking.writer import Writer
+from tunetrack.tracking.helper_process import Writer
+from tunetrack.tracking.runs import HELPER
+from tunetrack.tracking.store import client_for
 
 from .studyfiles import wait_mid_trial, write_study
 
@@ -84,7 +84,7 @@ def test_after_a_failed_write_the_run_is_skipped_but_still_ended(uri, monkeypatc
         raise OSError("store is down")
 
     monkeypatch.setattr(client, "log_batch", down)
-    with caplog.at_level(logging.WARNING, logger="tunetrack.tracking.writer"):
+    with caplog.at_level(logging.WARNING, logger="tunetrack.tracking.helper_process"):
         for seq in (3, 4):  # two failures, one warning
             writer.dispatch(seq, "metrics", dict(run=0, rows=[("val_accuracy", 0.5, 1, 0)]))
         writer.close()
@@ -144,7 +144,7 @@ def test_the_helper_is_another_process_that_ignores_ctrl_c(uri):
 def test_helper_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent("""
         import time
-        from tunetrack.tracking.helper import HELPER
+        from tunetrack.tracking.runs import HELPER
         HELPER.start()
         print(HELPER.pid, flush=True)
         time.sleep(600)

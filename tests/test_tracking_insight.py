@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from tunetrack.models import ModelConfig, create
-from tunetrack.tracking import insight
-from tunetrack.tracking.record import CompletedTrial, write_trial_artifacts
+from tunetrack.tracking.pictures import insight
+from tunetrack.tracking.runs import CompletedTrial, write_trial_artifacts
 
 CLASSES = [f"class {i}" for i in range(10)]
 MODEL_PICTURES = ["feature_maps.png", "first_layer.png"]
@@ -114,8 +114,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from matplotlib.figure import Figure
 from tunetrack.models import ModelConfig, create
-from tunetrack.tracking import figures, insight
-from tunetrack.tracking.figures import MAX_REUSED
+from tunetrack.tracking.pictures import figures, insight
+from tunetrack.tracking.pictures.figures import MAX_REUSED
 torch.set_num_threads(1)
 out, rng, alive = Path(sys.argv[1]), np.random.default_rng(0), []
 classes = [str(i) for i in range(10)]

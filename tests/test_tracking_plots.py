@@ -6,10 +6,15 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tunetrack.tracking import study_artifacts
-from tunetrack.tracking.plot_drawer import ASIDE, PlotDrawer
-from tunetrack.tracking.report import build_report
-from tunetrack.tracking.study_artifacts import png_of, study_copy, write_plots
+from tunetrack.tracking.pictures import (
+    ASIDE,
+    PlotDrawer,
+    png_of,
+    study_copy,
+    study_plots,
+    write_plots,
+)
+from tunetrack.tracking.reading import build_report
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,7 @@ def test_the_study_copy_hands_out_trials_uncopied_and_unchanged(study) -> None:
 def test_the_report_shows_the_figures_just_drawn(study, tmp_path, monkeypatch) -> None:
     copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
     drawn = write_plots(copy, tmp_path)
-    monkeypatch.setattr(study_artifacts, "plot_list", lambda *_: pytest.fail("drawn again"))
+    monkeypatch.setattr(study_plots, "plot_list", lambda *_: pytest.fail("drawn again"))
     page, summary = build_report(copy, drawn=drawn)
     assert sorted(summary.plots) == sorted(drawn.figures)
     for name in drawn.figures:

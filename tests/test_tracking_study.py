@@ -27,7 +27,7 @@ from tunetrack.models import (
 )
 from tunetrack.tracking import StudyTracker, compare_trials
 from tunetrack.tracking import tags as T
-from tunetrack.tracking.record import model_wanted
+from tunetrack.tracking.runs import model_wanted
 
 from .tracking_support import cached_splits, run_trial
 

@@ -1,7 +1,7 @@
 """`StudyTracker`: one MLflow experiment per study, one shared parent run, a child per trial.
 
 The study process's side only: each call here queues a message for the helper process
-(`helper.py`, `writer.py`) and returns; nothing here imports MLflow.
+(`helper_link.py`, the `helper_process` room) and returns; nothing here imports MLflow.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from tunetrack.models import TunetrackError
 from tunetrack.models.errors import unknown
 
-from . import tags as T
-from .helper import HELPER
+from .. import tags as T
+from ..store import check_reachable, resolve_tracking_uri
+from .helper_link import HELPER
 from .trial_run import NullRun, TrialRun
-from .uri import check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
     import optuna
@@ -38,7 +38,7 @@ class StudyTracker:
         tracking_uri: store; default `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`.
         log_models: `all` (every completed trial), `best` (every trial that is the best
             so far when it completes; with several objectives, every trial that joins
-            the Pareto front) or `none` (see `record.model_wanted`).
+            the Pareto front) or `none` (see `run_contents.model_wanted`).
         system_metrics: also log CPU/GPU/memory use per trial (needs `psutil`).
     """
 
@@ -67,7 +67,7 @@ class StudyTracker:
     @property
     def client(self):
         """An `MlflowClient` of this store, for reading (imports MLflow here)."""
-        from .client import client_for
+        from ..store import client_for
 
         return client_for(self.tracking_uri)
 
@@ -107,7 +107,7 @@ class StudyTracker:
                   ) -> TrialRun | NullRun:
         """The trial's run: created by the helper while the trial trains. `tags`: more
         tags for the run (e.g. a fused member's group)."""
-        from .record import run_fields
+        from .run_contents import run_fields
 
         if self._parent is None and self._parent_id is None:
             raise RuntimeError("StudyTracker.start_study(study) must be called first")
@@ -140,7 +140,7 @@ class StudyTracker:
     def end_trial_run(self, run_id: str, state: str, reason: str) -> None:
         """End a trial's run by id, in this process (e.g. one left RUNNING by a killed
         worker)."""
-        from .writer import end_run
+        from ..store import end_run
 
         state = state.upper()
         if state not in T.RUN_STATUS:

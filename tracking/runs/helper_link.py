@@ -1,15 +1,16 @@
-"""The tracking helper: one child process per study process that does all MLflow writing.
+"""The study process's link to the tracking helper: one child process per study process
+that does all MLflow writing (its inside: the `helper_process` room).
 
 Why a process: logging a completed trial costs ~1 s of CPU (figures, the report, the
 model export) and every SQLite commit ~16 ms; done inline that doubled each trial, and a
 background *thread* did not help (matplotlib and MLflow hold the GIL). A one-thread CPU
 trial (or a GPU trial) leaves a core for the helper.
 
-How: `python -m tunetrack.tracking.helper`, started with `subprocess` (so it never
+How: `python -m tunetrack.tracking.helper_process`, started with `subprocess` (so it never
 re-imports the caller's `__main__`). The study process writes pickled messages
 `(seq, op, kwargs)` to the helper's stdin from a background thread and never waits for
 them; the helper answers `(seq, result)` on its own stdout once a message is done (its
-real stdout goes to stderr). `writer.Writer` handles the messages in order, slow work
+real stdout goes to stderr). Its `Writer` handles the messages in order, slow work
 (figures, models, study plots) on a second lane so a new trial's run is never queued
 behind them. `flush()` waits for every answer; interpreter exit does that too, so a
 study's record is complete when its process ends.
@@ -79,7 +80,7 @@ class Helper:
         env = {**FAST_FAIL_ENV, **os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
         env.update(dict.fromkeys(_THREAD_POOLS, "1"))  # the trials own the cores
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tunetrack.tracking.helper"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "tunetrack.tracking.helper_process"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env, start_new_session=True)
         for target, name in ((self._write_loop, "send"), (self._read_loop, "receive")):
             threading.Thread(target=target, args=(self._proc, self._outbox), daemon=True,
@@ -187,52 +188,3 @@ class Helper:
 
 HELPER = Helper()
 
-
-def serve() -> None:
-    """The helper's main loop: read messages until stdin closes, answer each when done."""
-    import gc
-    import signal
-
-    gc.disable()  # until warm-up has imported everything (Writer.warm_up; startup_gc.py)
-    from .writer import Writer
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(5)  # background work: the trials come first when they share a core
-    inbox = sys.stdin.buffer
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    lock = threading.Lock()
-
-    def answer(seq: int, value: Any) -> None:
-        with lock:
-            try:
-                answers.write(pickle.dumps((seq, value)))
-                answers.flush()
-            except OSError:
-                pass  # the study process is gone
-
-    writer = Writer(answer)
-    while True:
-        try:
-            seq, op, payload = pickle.load(inbox)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            break
-        try:
-            kwargs = pickle.loads(payload)
-        except Exception as exc:  # e.g. a class this process cannot import: say so, go on
-            _log.warning("MLflow logging failed: %s could not be read (%s)", op, exc)
-            answer(seq, None)
-            continue
-        writer.dispatch(seq, op, kwargs)
-    writer.close()
-    answers.close()
-    from .uri import checkpoint_wal
-
-    checkpoint_wal()  # mlflow.db whole without its -wal file
-    sys.stderr.flush()
-    os._exit(0)  # all written: skip tearing down torch, matplotlib and MLflow (~1 s)
-
-
-if __name__ == "__main__":
-    serve()

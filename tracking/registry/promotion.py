@@ -34,7 +34,7 @@ import numpy as np
 
 from tunetrack.models import TunetrackError
 
-from . import tags as T
+from .. import tags as T
 from .promotion_stats import PairedEvidence, paired_evidence
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def _ranked(study: optuna.Study) -> tuple[list[FrozenTrial], str]:
     front ordered by the first objective)."""
     from optuna.trial import TrialState
 
-    from .compare import direction_sign
+    from ..directions import direction_sign
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -128,7 +128,7 @@ def _registered(client: MlflowClient, name: str) -> RegisteredModel | None:
         if code == "RESOURCE_DOES_NOT_EXIST":
             return None
         if code == "INVALID_PARAMETER_VALUE":
-            from .client import first_line
+            from tunetrack.models.errors import first_line
 
             raise TunetrackError(f"invalid registered model name {name!r}: "
                                  f"{first_line(exc)}") from None
@@ -160,7 +160,7 @@ def _splits_of(client: MlflowClient, run: Run) -> Splits:
 
     from tunetrack.models import TrialConfig, load_splits
 
-    from .client import quiet_downloads
+    from ..store import quiet_downloads
 
     with tempfile.TemporaryDirectory(prefix="tunetrack-promote-") as tmp, quiet_downloads():
         try:
@@ -224,9 +224,8 @@ def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
     beats the champion: test accuracy gain >= `min_improvement` and exact McNemar p <
     `alpha`. Every decision (promoted or refused after a comparison) goes into the
     history; `dry_run` decides and changes nothing."""
-    from .client import client_for
-    from .helper import HELPER
-    from .uri import check_reachable, resolve_tracking_uri
+    from ..runs import HELPER
+    from ..store import check_reachable, client_for, resolve_tracking_uri
 
     _validate(model_name, alias, min_improvement, alpha)
     uri = resolve_tracking_uri(tracking_uri)
@@ -364,8 +363,7 @@ def promotion_history(model_name: str, *, alias: str | None = None,
     Entries written before promotion became statistical lack `decision` (they were all
     promotions) and the evidence numbers; they are returned as they are, marked promoted.
     """
-    from .client import client_for
-    from .uri import check_reachable, resolve_tracking_uri
+    from ..store import check_reachable, client_for, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)

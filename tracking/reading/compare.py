@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from tunetrack.models import TunetrackError
 
-from . import tags as T
+from .. import tags as T
+from ..directions import direction_sign
 
 COST_SHOWN = ("cost_device_seconds", "cost_peak_memory_mb")  # all of them: cost_report
 
@@ -23,13 +24,6 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 _log = logging.getLogger(__name__)
-_SIGNS = {"MINIMIZE": 1, "MAXIMIZE": -1}
-
-
-def direction_sign(direction: object) -> int:
-    """+1 to minimize, -1 to maximize (an `optuna.study.StudyDirection` or its name):
-    `sign * value` sorts best first and `sign * a < sign * b` means "a is better"."""
-    return _SIGNS[str(getattr(direction, "name", direction)).upper()]
 
 
 def _sort_key(trial: FrozenTrial, signs: list[int]) -> tuple:
@@ -51,9 +45,8 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
         return {}
     from mlflow.exceptions import MlflowException
 
-    from .client import client_for
-    from .helper import HELPER
-    from .uri import check_reachable, resolve_tracking_uri
+    from ..runs import HELPER
+    from ..store import check_reachable, client_for, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     try:

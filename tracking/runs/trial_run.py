@@ -3,7 +3,7 @@ raises and never waits on MLflow (`NullRun` when tracking is off or the helper i
 
 It is the trainer's epoch callback: `on_epoch_end` collects the epoch's metrics and hands
 them to the helper process at most once a second; it never stops training (pruning is the
-objective's business). What the run holds is decided in `record.py`.
+objective's business). What the run holds is decided in `run_contents.py`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import tags as T
-from .helper import HELPER
+from .. import tags as T
+from .helper_link import HELPER
 
 if TYPE_CHECKING:
     import optuna
@@ -120,8 +120,8 @@ class TrialRun(NullRun):
     def completed(self, *, values: float | list[float], model: Any, splits: Splits,
                   test_eval: Evaluation, fit: FitResult) -> None:
         """Queue the completed trial's record: final metrics, tables, figures and, when
-        `record.model_wanted` says so for `values`, the model."""
-        from .record import CompletedTrial, model_wanted
+        `run_contents.model_wanted` says so for `values`, the model."""
+        from .run_contents import CompletedTrial, model_wanted
 
         self._send_metrics()
         try:

@@ -31,9 +31,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 
 from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
 
-from . import tags as T
-from .client import first_line, quiet_downloads
+from .. import tags as T
+from ..store import quiet_downloads
 
 _log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # artifact name, as in runs:/<run_id>/model

@@ -8,7 +8,7 @@ or more cores), it imports matplotlib and Optuna's plots and draws each plot typ
 then, and when the study's `finish_study` arrives it draws the PNGs of `ASIDE` while the
 helper writes the last trial's files and draws the rest, the HTML files and the report.
 
-How: `python -m tunetrack.tracking.plot_drawer`, started with `subprocess` like the
+How: `python -m tunetrack.tracking.pictures.plot_drawer`, started with `subprocess` like the
 helper; one pickled request `(names, trials, directions)` on stdin, one pickled answer
 `{name: PNG bytes or "why not"}` on stdout. It exits when its stdin closes, so it never
 outlives the helper. A drawer that is gone is not an error: the helper draws everything.
@@ -47,9 +47,9 @@ class PlotDrawer:
         if cores < 2 or os.name == "nt":
             return None
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "tunetrack.tracking.plot_drawer"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tunetrack.tracking.pictures.plot_drawer"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             _log.info("no plot drawer process (%s): the helper draws every plot", exc)
             return None
@@ -98,7 +98,7 @@ def draw(names: list[str], trials: list, directions: list[str]) -> dict[str, Any
     """Each plot of `names` as PNG bytes, or the one-line reason it could not be drawn."""
     import optuna.visualization.matplotlib as vis_mpl
 
-    from .study_artifacts import png_or_why, study_copy
+    from .plot_png import png_or_why, study_copy
 
     study = study_copy("drawn", trials, directions)
     return {name: png_or_why(getattr(vis_mpl, f"plot_{name}"), study) for name in names}

@@ -24,8 +24,8 @@ from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import tags as T
-from .compare import direction_sign
+from .. import tags as T
+from ..directions import better, dominates
 
 if TYPE_CHECKING:
     import numpy as np
@@ -119,22 +119,30 @@ def write_trial_artifacts(out: Path, done: CompletedTrial) -> list[str]:
     curves of an empty history) is left out."""
     from tunetrack.models import classification_metrics
 
-    from . import figures, insight
+    from ..pictures import (
+        draw_confusion,
+        draw_curves,
+        draw_feature_maps,
+        draw_first_layer,
+        draw_lr_curve,
+        draw_misclassified,
+        draw_per_class_error,
+    )
 
     report = classification_metrics(done.y_true, done.y_pred, done.classes)
     history = write_tables(out, done, report)
-    figures.draw_confusion(out / "confusion_matrix.png", report.confusion, done.classes)
+    draw_confusion(out / "confusion_matrix.png", report.confusion, done.classes)
     support = report.confusion.sum(axis=1)
-    figures.draw_per_class_error(out / "per_class_error.png", {
+    draw_per_class_error(out / "per_class_error.png", {
         c: report.per_class_error[c] for c in done.classes}, support)
     if len(done.wrong_true):
-        figures.draw_misclassified(out / "misclassified.png", done.wrong_images,
+        draw_misclassified(out / "misclassified.png", done.wrong_images,
                                    done.wrong_true, done.wrong_pred, done.classes)
     if len(history):
-        figures.draw_curves(out / "curves.png", history, done.best_epoch)
-        figures.draw_lr_curve(out / "lr.png", history)
-    insight.draw_first_layer(out / "first_layer.png", done.model, done.images.shape[1:])
-    insight.draw_feature_maps(out / "feature_maps.png", done.model, done.images)
+        draw_curves(out / "curves.png", history, done.best_epoch)
+        draw_lr_curve(out / "lr.png", history)
+    draw_first_layer(out / "first_layer.png", done.model, done.images.shape[1:])
+    draw_feature_maps(out / "feature_maps.png", done.model, done.images)
     return sorted(p.name for p in out.iterdir())
 
 
@@ -178,18 +186,6 @@ def run_fields(trial_number: int, params: dict[str, object], config: TrialConfig
     return values, tags, yaml.dump(config.to_dict(), Dumper=dumper, sort_keys=False)
 
 
-def _better(a: float, b: float, direction: str) -> bool:
-    sign = direction_sign(direction)
-    return sign * a < sign * b
-
-
-def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """True when `a` is at least as good as `b` everywhere and better somewhere."""
-    pairs = list(zip(a, b, directions, strict=True))
-    return (all(not _better(y, x, d) for x, y, d in pairs)
-            and any(_better(x, y, d) for x, y, d in pairs))
-
-
 def model_wanted(policy: str, study: optuna.Study, value: float | Sequence[float]) -> bool:
     """Does a completed trial that reached `value` get its model logged? `all`: yes;
     `none`: no; `best`: when no completed trial of the study (any worker's) is better
@@ -203,8 +199,8 @@ def model_wanted(policy: str, study: optuna.Study, value: float | Sequence[float
     values = [value] if isinstance(value, Real) else list(value)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if len(directions) == 1:
-            if _better(trial.values[0], values[0], directions[0]):
+            if better(trial.values[0], values[0], directions[0]):
                 return False
-        elif _dominates(trial.values, values, directions):
+        elif dominates(trial.values, values, directions):
             return False
     return True

@@ -1,18 +1,18 @@
 """Files of a study for its parent run: Optuna plots, trials.csv, best params / Pareto front.
 
-Each plot is written twice: interactive HTML (plotly, plotly.js from the CDN so a file is
-~10 kB instead of ~4 MB) and a static PNG from Optuna's matplotlib twins (kaleido, which
-plotly needs for PNGs, is not a dependency). A plot that does not apply (too few trials,
+Each plot is written as interactive HTML (plotly, plotly.js from the CDN so a file is
+~10 kB instead of ~4 MB) and, except contour and rank (HTML only, `_grid_plots`), as a
+static PNG from Optuna's matplotlib twins (kaleido, which plotly needs for PNGs, is not a
+dependency). A plot that does not apply (too few trials,
 multi-objective study, nothing reported) is skipped with its reason, never an error.
-The dearest PNGs can be drawn by a second process meanwhile (`plot_drawer.py`).
+The dearest PNGs can be drawn by a second process meanwhile (`plot_drawer.py`); both draw
+through `plot_png.py`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 
 from tunetrack.models.errors import first_line
 
-from . import tags as T
+from .. import tags as T
+from .plot_png import png_of, png_or_why, study_copy
 
 if TYPE_CHECKING:
     from .plot_drawer import PlotDrawer
@@ -43,17 +44,6 @@ class StudySummary:
     written: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # plot -> reason
     figures: dict[str, Any] = field(default_factory=dict)  # plot -> its plotly figure
-
-
-def _pyplot():
-    """pyplot on the Agg canvas unless the program already chose a backend."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable | None]],
@@ -158,34 +148,6 @@ def _grid_plots(study: optuna.Study, complete: list, multi: bool, skipped: dict[
             for name in names}
 
 
-def png_of(mpl_fn: Callable, study: optuna.Study) -> bytes:
-    """The matplotlib twin of a plot as PNG bytes, in matplotlib's default style whatever
-    was drawn before (some of Optuna's plots switch the global style to ggplot), and
-    without minor ticks: matplotlib builds every tick as objects, and the log axes' minor
-    ticks were a quarter of the parallel coordinates' and a sixth of the slice plot's
-    drawing time (bench/README.md)."""
-    import io
-
-    import matplotlib
-
-    plt = _pyplot()
-    default = {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
-    with warnings.catch_warnings(), matplotlib.rc_context(default):
-        warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
-        axes = mpl_fn(study)
-        fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
-        for ax in fig.axes:
-            ax.minorticks_off()
-        try:
-            buffer = io.BytesIO()
-            # zlib level 1: 15 % larger files, 0.08 s less for the slice plot alone
-            fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight",
-                        pil_kwargs={"compress_level": 1})
-            return buffer.getvalue()
-        finally:
-            plt.close(fig)
-
-
 def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None, *,
                 drawing: bool = False,
                 meanwhile: Callable[[StudySummary], object] | None = None) -> StudySummary:
@@ -231,14 +193,6 @@ def write_plots(study: optuna.Study, out: Path, drawer: PlotDrawer | None = None
     return summary
 
 
-def png_or_why(mpl_fn: Callable, study: optuna.Study) -> bytes | str:
-    """`png_of`, or the one-line reason the plot could not be drawn."""
-    try:
-        return png_of(mpl_fn, study)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {first_line(exc)}"
-
-
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """`study.trials_dataframe()` with the MLflow run id of each trial as a column."""
     frame = study.trials_dataframe()
@@ -280,25 +234,6 @@ def write_study_artifacts(study: optuna.Study, out: Path, drawer: PlotDrawer | N
             T.ATTR_RUN_ID: best.user_attrs.get(T.ATTR_RUN_ID)}, indent=1, default=str))
         summary.written.append("best_params.json")
     return summary
-
-
-class _ReadOnlyTrials(optuna.storages.InMemoryStorage):
-    """In-memory storage that hands out its trials without copying them: Optuna's plots
-    ask for deep copies ~50 times per study drawing (0.25 s for 30 digits trials), and
-    nothing here changes a trial."""
-
-    def get_all_trials(self, study_id, deepcopy=True, states=None):
-        return super().get_all_trials(study_id, deepcopy=False, states=states)
-
-
-def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
-    """An in-memory study holding `trials` (FrozenTrials sent by the study process), to
-    read and draw, not to run."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
-    study = optuna.create_study(study_name=name, storage=_ReadOnlyTrials(),
-                                directions=[d.lower() for d in directions])
-    study.add_trials(trials)
-    return study
 
 
 def log_study_summary(client, parent_run_id: str, name: str, trials: list,

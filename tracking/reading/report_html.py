@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
-from . import tags as T
+from .. import tags as T
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from .study_artifacts import StudySummary
+    from ..pictures import StudySummary
 
 _log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _plot_divs(study: optuna.Study, summary: ReportSummary,
                drawn: StudySummary | None) -> list[str]:
     """Optuna's plotly figures as divs (no plotly.js: the page carries it once); those of
     `drawn` (the parent run's plots, just made) are used as they are."""
-    from .study_artifacts import plot_list
+    from ..pictures import plot_list
 
     if drawn is not None:
         plots = {name: (lambda _study, f=figure: f, None)
@@ -244,8 +244,14 @@ def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, by
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from .client import client_for, quiet_downloads
-    from .uri import check_reachable, redact, resolve_tracking_uri, sqlite_path
+    from ..store import (
+        check_reachable,
+        client_for,
+        quiet_downloads,
+        redact,
+        resolve_tracking_uri,
+        sqlite_path,
+    )
 
     uri = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(uri)
@@ -306,7 +312,7 @@ def _best_section(study: optuna.Study, best: FrozenTrial | None, tracking_uri: s
 def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: int = 10,
                  drawn: StudySummary | None = None) -> tuple[str, ReportSummary]:
     """The report's HTML text and what went into it; `drawn`: the study's plots as
-    `study_artifacts.write_plots` just made them (not made again)."""
+    `study_plots.write_plots` just made them (not made again)."""
     import optuna as _optuna
     import plotly
     from plotly.offline import get_plotlyjs

@@ -1,4 +1,5 @@
-"""One `MlflowClient` per store, and experiments created where their artifacts belong.
+"""One `MlflowClient` per store, experiments created where their artifacts belong, and a
+run ended with its Optuna state.
 
 Every call passes run ids explicitly: the fluent API's global active run is never used, so
 parallel trials (threads or processes) cannot log into each other's runs.
@@ -20,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
-from .uri import sqlite_path, use_wal
+from .. import tags as T
+from .sqlite import sqlite_path, use_wal
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,3 +105,12 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
             f"choose another tracking.experiment"
         )
     return experiment.experiment_id
+
+
+def end_run(client: MlflowClient, run_id: str, state: str, reason: str) -> None:
+    """Tag `optuna.state`/`optuna.reason` and end the run FINISHED / KILLED / FAILED."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(T.OPTUNA_STATE, state),
+                                   RunTag(T.OPTUNA_REASON, T.clip(reason))], synchronous=True)
+    client.set_terminated(run_id, T.RUN_STATUS[state])

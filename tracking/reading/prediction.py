@@ -1,7 +1,7 @@
 """Classify image files with a logged or registered model (e.g. `models:/NAME@champion`).
 
 Class names and the input shape travel inside the model (MLmodel metadata written by
-`record.CompletedTrial`), so any copy of the model is self-describing. Images are decoded
+`run_contents.CompletedTrial`), so any copy of the model is self-describing. Images are decoded
 by the same function the `imagefolder` dataset uses for training, so what the model sees
 here matches what it was trained on (same channel conversion, bilinear resize, [0, 1]).
 """
@@ -37,9 +37,8 @@ def predict(model_uri: str, path: str, *, top: int = 3, tracking_uri: str | None
 
     from tunetrack.models.data import decode_images
 
-    from .client import client_for
-    from .model_io import load_pytorch_model, predict_logits
-    from .uri import check_reachable, resolve_tracking_uri
+    from ..registry import load_pytorch_model, predict_logits
+    from ..store import check_reachable, client_for, resolve_tracking_uri
 
     if top < 1:
         raise TunetrackError(f"top must be >= 1 but got {top}")

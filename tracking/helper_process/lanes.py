@@ -1,0 +1,202 @@
+"""The helper's two lanes, one thread each, and the store's "down" state.
+
+Quick writes (parent and trial runs, epoch metrics, ends) go on one lane, slow work (a
+completed trial's files and model, the study's plots) on the other. Messages of one run
+stay in order: once a run has slow work, its later messages (its end) queue behind it.
+
+Failures never reach the study: a failed write prints one warning per (message, error
+type), skips the rest of that run's data (its end is still tried, so no run stays RUNNING
+for a blip that passed) and marks the store down; while it is down, each new run first
+probes the store with one quick request (and for a few seconds after a failure, new runs
+do not even try), so a dead server costs the study nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunetrack.models import TunetrackError
+from tunetrack.models.errors import first_line
+
+from ..store import check_reachable
+
+_log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5.0  # after a failure, new runs skip the store this long
+_SLOW_OPS = ("completed", "finish_study")
+_CONNECTION_HINTS = ("Max retries exceeded", "NewConnectionError", "Connection refused",
+                     "Failed to establish a new connection")
+
+
+def tracking_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the tracking store failed", as opposed to a bug in our code."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    errors: list[type[BaseException]] = [MlflowException, requests.RequestException, OSError]
+    with contextlib.suppress(ImportError):
+        import sqlalchemy.exc
+
+        errors.append(sqlalchemy.exc.DBAPIError)  # database-backed stores
+    return tuple(errors)
+
+
+def short_reason(exc: BaseException) -> str:
+    """One short line: MLflow wraps a refused connection in a paragraph of urllib3 text."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    if any(hint in text for hint in _CONNECTION_HINTS):
+        endpoint = text.split("API request to ", 1)[-1].split(" failed", 1)[0]
+        return f"cannot connect ({endpoint})" if endpoint != text else "cannot connect"
+    line = first_line(exc)
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+class _Skipped(Exception):
+    """A write not even tried: the store failed moments ago (already warned about)."""
+
+
+@dataclass
+class StudyState:
+    uri: str
+    name: str
+    start: dict[str, Any]  # the start_study message, to try again after a failure
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass
+class RunState:
+    study: StudyState
+    number: int
+    run_id: str | None = None
+    artifact_uri: str = ""
+    monitor: Any = None  # mlflow SystemMetricsMonitor
+    broken: bool = False  # a write failed: skip the rest of this run's data
+
+
+class Lanes:
+    """Runs each message `op(**kwargs)` as the method `op` of this object (a `Writer`) on
+    its lane, in order, and reports it with `answer(seq, result)`; a failure is warned
+    about once and marks the run broken and the store down."""
+
+    def __init__(self, answer: Callable[[int, Any], None]):
+        self._answer = answer
+        self._studies: dict[str, StudyState] = {}
+        self._runs: dict[int, RunState] = {}
+        self._slow_runs: set[int] = set()
+        self._down: dict[str, float] = {}  # store -> when its last write failed
+        self._warned: set[tuple[str, str]] = set()
+        self._errors: tuple[type[BaseException], ...] | None = None
+        self._lanes = [queue.Queue(), queue.Queue()]
+        for lane, name in zip(self._lanes, ("quick", "slow"), strict=True):
+            threading.Thread(target=self._work, args=(lane,), daemon=True,
+                             name=f"tunetrack-{name}").start()
+        # the slow lane imports torch and matplotlib once the quick lane has MLflow and
+        # the store (the first runs are what the first trials wait for)
+        self._quick_ready = threading.Event()
+        self._dispatched = 0
+        self._lanes[0].put((None, "open_store", {}))
+        self._lanes[1].put((None, "warm_up", {}))
+
+    def dispatch(self, seq: int, op: str, kwargs: dict[str, Any]) -> None:
+        self._dispatched += 1
+        run = kwargs.get("run")
+        slow = op in _SLOW_OPS or run in self._slow_runs
+        if op in _SLOW_OPS:  # after every quick write queued before it (the run's creation,
+            caught_up = threading.Event()  # the ends of other runs)
+            self._lanes[0].put((None, "signal", {"event": caught_up}))
+            self._lanes[1].put((None, "wait", {"event": caught_up}))
+        if op == "completed":
+            self._slow_runs.add(run)
+        self._lanes[slow].put((seq, op, kwargs))
+
+    def close(self) -> None:
+        """Return once every message is carried out (imports still running for nothing
+        are not waited for)."""
+        self._quick_ready.set()
+        if self._dispatched:
+            for lane in self._lanes:
+                lane.join()
+
+    def signal(self, event: threading.Event) -> None:
+        event.set()
+
+    def wait(self, event: threading.Event) -> None:
+        event.wait()
+
+    def _work(self, lane: queue.Queue) -> None:
+        trim = _malloc_trim()
+        while True:
+            seq, op, kwargs = lane.get()
+            try:
+                result = getattr(self, op)(**kwargs)
+            except Exception as exc:
+                self._failed(op, exc, kwargs)
+                result = None
+            if op in ("start_study", "create_run"):
+                self._quick_ready.set()  # failed or not: the slow lane may start
+            if seq is not None:
+                self._answer(seq, result)
+            del kwargs  # a completed trial's model and arrays go now
+            if op in _SLOW_OPS:
+                trim(0)
+            lane.task_done()
+
+    def _failed(self, op: str, exc: BaseException, kwargs: dict[str, Any]) -> None:
+        """One warning per (message, error type); the run's other data is skipped."""
+        run = self._runs.get(kwargs.get("run", -1))
+        if run is not None:
+            run.broken = True
+        if isinstance(exc, _Skipped):
+            return
+        if self._errors is None:
+            self._errors = tracking_errors()
+        store = isinstance(exc, (*self._errors, TunetrackError))
+        if store:
+            study = run.study if run else self._studies.get(kwargs.get("study", ""))
+            if study is not None:
+                self._down[study.uri] = time.monotonic()
+        kind = (op, type(exc).__name__)
+        where = f"{op} (trial {run.number})" if run is not None else op
+        if kind in self._warned:
+            _log.debug("MLflow %s failed again: %s", where, short_reason(exc))
+            return
+        self._warned.add(kind)
+        if not store:
+            _log.warning("MLflow logging failed in %s", where, exc_info=exc)
+            return
+        goes_on = "this trial goes on without tracking" if run else "the study goes on"
+        _log.warning("warning: MLflow tracking failed in %s: %s: %s; %s (Optuna still "
+                     "records every trial)", where, type(exc).__name__, short_reason(exc),
+                     goes_on)
+
+    def _answering(self, uri: str, *, new_run: bool = False) -> None:
+        """After a failure, one quick probe (no MLflow retries) before writing again; a
+        new run is not even tried for RETRY_AFTER_S (a store that answers the probe but
+        fails the writes would cost the helper seconds per trial)."""
+        failed_at = self._down.get(uri)
+        if failed_at is None:
+            return
+        if new_run and time.monotonic() - failed_at < RETRY_AFTER_S:
+            raise _Skipped(uri)
+        check_reachable(uri)  # raises TunetrackError while the store is down
+        del self._down[uri]
+
+
+def _malloc_trim() -> Callable[[int], object]:
+    """glibc's malloc_trim: each slow job frees a model and its figures' buffers, and with
+    two threads allocating, glibc otherwise keeps most of that memory in its arenas."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return lambda *_: None
+

@@ -1,0 +1,14 @@
+"""The model registry: `promote` a study's best model when it beats the champion on the
+test split by a margin the paired statistics (`promotion_stats`) back, its history, and
+the MLflow PyTorch model files themselves (`model_io`).
+"""
+
+from ..lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "promotion": ("DEFAULT_ALPHA", "PromotionResult", "evidence_lines", "promote",
+                  "promotion_history"),
+    "promotion_stats": ("PairedEvidence", "bootstrap_difference_ci", "discordant_counts",
+                        "mcnemar_exact_p", "paired_evidence"),
+    "model_io": ("FORMAT_TAG", "load_pytorch_model", "log_pytorch_model", "predict_logits"),
+})

@@ -1,0 +1,16 @@
+"""Where runs are kept: which MLflow store (`uri`: resolution, a fast reachability check
+before any training, the local store's creation and schema checks), SQLite files of both
+stores (`sqlite`: WAL, what a file holds, a file lock; search's Optuna storage uses them
+too), one `MlflowClient` per store (`client`) and `tunetrack server` (`server`).
+"""
+
+from ..lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "uri": ("DEFAULT_DB_FILE", "check_mlflow_store", "check_reachable", "ensure_local_store",
+            "redact", "resolve_tracking_uri"),
+    "sqlite": ("SQLITE_MAGIC", "checkpoint_wal", "file_lock", "other_kind", "shown_path",
+               "sqlite_path", "sqlite_tables", "sqlite_uri", "store_kind", "use_wal"),
+    "client": ("client_for", "end_run", "get_or_create_experiment", "quiet_downloads"),
+    "server": ("is_loopback", "mlflow_server_argv", "serve"),
+})
