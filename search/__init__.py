@@ -16,10 +16,14 @@ def __getattr__(name: str) -> Any:
         from .runner import run_study
 
         return run_study
-    if name in ("StudySpec", "load_study_file", "parse_study"):
-        from . import config
+    if name == "StudySpec":
+        from .config import StudySpec
 
-        return getattr(config, name)
+        return StudySpec
+    if name in ("load_study_file", "parse_study"):
+        from . import study_file
+
+        return getattr(study_file, name)
     if name == "SearchSpace":
         from .space import SearchSpace
 

@@ -245,8 +245,8 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
     """Check a study file and print its resolved search space (or every error found)."""
     from rich.table import Table
 
-    from .config import StudyFileError, load_study_file
     from .space import SearchSpace
+    from .study_file import StudyFileError, load_study_file
 
     try:
         spec = load_study_file(file)
@@ -298,8 +298,8 @@ def run(
     fuse: FuseOpt = None,
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
-    from .config import load_study_file
     from .runner import check_budget
+    from .study_file import load_study_file
 
     check_budget(trials, timeout)
     spec = load_study_file(file)
@@ -408,9 +408,9 @@ def worker(
 ) -> None:
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
-    from .config import load_study_file
     from .runner import check_budget
     from .stale_trials import Heartbeat
+    from .study_file import load_study_file
 
     check_budget(trials_total, timeout, trials_flag="--trials-total")
     spec = load_study_file(file)

@@ -17,7 +17,7 @@ import optuna
 
 from tunetrack.models.errors import TunetrackError
 
-from .config import StudySpec, load_study_file
+from .config import StudySpec
 from .first_trial_seed import FirstTrialSeeded
 from .progress import StudyProgress
 from .resume import check_resume, remember
@@ -25,6 +25,7 @@ from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
 from .stale_trials import record_owner
+from .study_file import load_study_file
 from .trial_budget import has_heartbeats
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]

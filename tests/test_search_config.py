@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from tunetrack.models.errors import TunetrackError
-from tunetrack.search.config import StudyFileError, load_study_file, parse_study
 from tunetrack.search.space import SearchSpace
+from tunetrack.search.study_file import StudyFileError, load_study_file, parse_study
 
 BASE = {"name": "t", "model": {"depth": {"int": [1, 3]}}}
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tunetrack.models import choices
 from tunetrack.search.cli import app
-from tunetrack.search.config import StudyFileError, parse_study
+from tunetrack.search.study_file import StudyFileError, parse_study
 
 from .studyfiles import tiny_study
 
