@@ -425,11 +425,12 @@ def worker(
     heartbeat = Heartbeat(heartbeat_interval, grace_period, max_retry)
     _quiet_libraries()
     from .reports import study_summary
+    from .runner import run_study
     from .shared_study import run_worker
 
-    study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
-                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads,
-                       progress=progress)
+    study = run_worker(spec, run_study, storage=storage, total=trials_total,
+                       tracking_uri=tracking_uri, device=device, timeout=timeout,
+                       heartbeat=heartbeat, threads=threads, progress=progress)
     if study is not None:
         typer.echo(study_summary(study))
 

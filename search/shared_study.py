@@ -21,6 +21,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -39,6 +40,7 @@ _log = logging.getLogger(__name__)
 WORKER_INDEX_ENV = "TUNETRACK_WORKER_INDEX"  # set by `tunetrack run --workers N`
 SEED_STRIDE = 100_003  # a prime: worker k's seeds never meet worker j's as trials add up
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # = tunetrack.tracking.tags.ATTR_PARENT_RUN_ID
+RunStudy = Callable[..., optuna.Study]  # `runner.run_study`
 
 
 def worker_label() -> str:
@@ -212,6 +214,7 @@ def _fail_stale(study: optuna.Study) -> list[int]:
 
 def run_worker(
     spec: StudySpec,
+    run_study: RunStudy,
     *,
     storage: str | None,
     total: int | None = None,
@@ -229,9 +232,12 @@ def run_worker(
     PRUNED trials, old and new. Returns the study, or None when it was already done.
     On a terminal (or with `progress=True`) a bar shows the study's finished trials, every
     worker's, and the running trial's epochs; otherwise one line per finished trial.
+
+    `run_study` is `runner.run_study`, passed in because the runner opens its storage and
+    cleans up dead trials with this module's functions: importing it here would close a
+    circle.
     """
     from .progress import StudyProgress
-    from .runner import run_study
 
     total = total or spec.search.n_trials
     stream = stream or sys.stdout  # at call time: the caller may have redirected it
