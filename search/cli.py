@@ -46,7 +46,7 @@ FuseOpt = Annotated[int | None, typer.Option(
 
 
 class OutputFormat(str, enum.Enum):
-    """`--format` of the reading commands (search/reports.py renders each)."""
+    """`--format` of the reading commands (search/command_output.py renders each)."""
 
     table = "table"
     json = "json"
@@ -333,7 +333,7 @@ def run(
 
 
 def _print_summary(study, spec, tracking_uri: str | None) -> None:
-    from .reports import study_summary
+    from .command_output import study_summary
 
     console = _console()
     console.print(study_summary(study))
@@ -353,7 +353,7 @@ def status(
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """The study's trials: state, value, test accuracy, epochs run, duration, params."""
-    from .reports import render, trial_records, trials_table
+    from .command_output import render, trial_records, trials_table
 
     records = trial_records(_load_study(study, storage))
     _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}")))
@@ -366,7 +366,7 @@ def best(
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Best value and parameters (the Pareto front for multi-objective studies)."""
-    from .reports import best_records, best_table, render
+    from .command_output import best_records, best_table, render
 
     records = best_records(_load_study(study, storage))
     _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}")))
@@ -376,7 +376,7 @@ def best(
 @user_errors
 def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
     """List the studies in the storage."""
-    from .reports import render, studies_table, study_records
+    from .command_output import render, studies_table, study_records
     from .storage import open_storage
 
     _emit(render(study_records(open_storage(storage, create=False)), fmt.value, studies_table))
@@ -424,7 +424,7 @@ def worker(
         spec.tracking.enabled = False
     heartbeat = Heartbeat(heartbeat_interval, grace_period, max_retry)
     _quiet_libraries()
-    from .reports import study_summary
+    from .command_output import study_summary
     from .runner import run_study
     from .shared_study import run_worker
 
@@ -449,7 +449,7 @@ def compare(
     run id; then (as a table) the device seconds spent to reach 90/95/99 % of the best."""
     from tunetrack.tracking import compare_trials
 
-    from .reports import render, rows_table
+    from .command_output import render, rows_table
 
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
@@ -648,7 +648,7 @@ def predict(
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 
-    from .reports import prediction_lines, prediction_records, render
+    from .command_output import prediction_lines, prediction_records, render
 
     predictions = predict_images(model_uri, path, top=top, tracking_uri=tracking_uri)
     _emit(render(prediction_records(predictions), fmt.value, prediction_lines))

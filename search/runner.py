@@ -8,7 +8,6 @@ never creates an empty study row or an orphan MLflow run.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
 from .first_trial_seed import FirstTrialSeeded
+from .optuna_warnings import quiet_experimental
 from .progress import StudyProgress
 from .resume import check_resume, remember
 from .samplers import make_pruner, make_sampler, most_epochs
@@ -81,8 +81,7 @@ def _name_metrics(study: optuna.Study, names: list[str]) -> None:
     """Optuna's dashboard and `trials_dataframe` show `val_accuracy`, not "Objective 0"."""
     if study.metric_names == names:
         return
-    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():  # set_metric_names is "experimental" in Optuna
         study.set_metric_names(names)
 
 

@@ -30,7 +30,7 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
-from .experimental import quiet_experimental
+from .optuna_warnings import quiet_experimental
 from .stale_trials import OWNER_ATTR, EndRun, Heartbeat, RetryStaleTrial, fail_dead_trials
 from .storage import open_storage
 from .trial_budget import SharedTrialBudget, finished_count, has_heartbeats

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import optuna
 
-from .experimental import quiet_experimental
+from .optuna_warnings import quiet_experimental
 
 _STATE = optuna.trial.TrialState
 FINISHED = (_STATE.COMPLETE, _STATE.PRUNED)

@@ -265,7 +265,7 @@ def summary_line(spec: StudySpec, storage: str | None, result: WorkersResult) ->
     """`N workers: exit codes ...; <study summary>` from what the storage holds now."""
     import optuna
 
-    from .reports import study_summary
+    from .command_output import study_summary
     from .storage import open_storage
 
     codes = ", ".join(_describe(rc) for rc in result.returncodes)
