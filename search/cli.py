@@ -14,11 +14,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from tunetrack.models.errors import TunetrackError
+
+if TYPE_CHECKING:
+    from .config import StudySpec
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
@@ -165,8 +168,6 @@ def user_errors(fn: F) -> F:
 def _say_interrupted() -> None:
     """One line; none from the workers of `run --workers N`, whose launcher prints the one
     summary line (with their exit codes) instead of N copies."""
-    import os
-
     from .shared_study import WORKER_INDEX_ENV
 
     if WORKER_INDEX_ENV not in os.environ:
@@ -299,18 +300,9 @@ def run(
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
     from .runner import check_budget
-    from .study_file import load_study_file
 
     check_budget(trials, timeout)
-    spec = load_study_file(file)
-    if fuse is not None:
-        from .fused_groups import override_fuse
-
-        override_fuse(spec, fuse)
-    if data is not None:
-        spec.dataset.path = data
-    if no_tracking:
-        spec.tracking.enabled = False
+    spec = _study_to_train(file, fuse=fuse, data=data, no_tracking=no_tracking)
     if spec.tracking.enabled and workers == 1:
         from tunetrack.tracking.study import start_helper
 
@@ -330,6 +322,24 @@ def run(
                       tracking_uri=tracking_uri, device=device, threads=threads,
                       progress=StudyProgress(spec.name, total, enabled=progress))
     _print_summary(study, spec, tracking_uri)
+
+
+def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
+                    no_tracking: bool) -> StudySpec:
+    """The study file with the overrides `run` and `worker` share (`--fuse` checked as the
+    file's value would be)."""
+    from .study_file import load_study_file
+
+    spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
+    if data is not None:
+        spec.dataset.path = data
+    if no_tracking:
+        spec.tracking.enabled = False
+    return spec
 
 
 def _print_summary(study, spec, tracking_uri: str | None) -> None:
@@ -410,18 +420,9 @@ def worker(
     together. Start as many as you like, on any host that reaches the storage."""
     from .runner import check_budget
     from .stale_trials import Heartbeat
-    from .study_file import load_study_file
 
     check_budget(trials_total, timeout, trials_flag="--trials-total")
-    spec = load_study_file(file)
-    if fuse is not None:
-        from .fused_groups import override_fuse
-
-        override_fuse(spec, fuse)
-    if data is not None:
-        spec.dataset.path = data
-    if no_tracking:
-        spec.tracking.enabled = False
+    spec = _study_to_train(file, fuse=fuse, data=data, no_tracking=no_tracking)
     heartbeat = Heartbeat(heartbeat_interval, grace_period, max_retry)
     _quiet_libraries()
     from .command_output import study_summary
@@ -682,8 +683,6 @@ def main() -> None:
     down torch (and torch._dynamo, where something imported it), Optuna and SQLAlchemy takes
     ~1 s on a 2-core machine and is the larger part of what a study waited for after its
     last trial."""
-    import os
-
     from .startup_gc import pause
 
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
@@ -704,8 +703,6 @@ def main() -> None:
             if code != 130:
                 _say_interrupted()
             code = 130
-    import logging
-
     uri = sys.modules.get("tunetrack.tracking.uri")
     if uri is not None:
         uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files
