@@ -33,7 +33,7 @@ from .config import StudySpec
 from .optuna_warnings import quiet_experimental
 from .stale_trials import OWNER_ATTR, EndRun, Heartbeat, RetryStaleTrial, fail_dead_trials
 from .storage import open_storage
-from .trial_budget import SharedTrialBudget, finished_count, has_heartbeats
+from .trial_budget import SharedTrialBudget, finished_count, finished_so_far, has_heartbeats
 
 _log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def run_worker(
                                   tracking_uri=tracking_uri, track=spec.tracking.enabled)
     if not has_heartbeats(backend):
         _log.info("%s: storage has no heartbeats; a killed worker's trial stays RUNNING", label)
-    done = _finished_so_far(backend, spec.name)
+    done = finished_so_far(backend, spec.name)
     if done >= total:
         print(f"[{label}] study {spec.name}: {done}/{total} trials finished, nothing to do",
               file=stream, flush=True)
@@ -278,11 +278,3 @@ def run_worker(
         threads=threads,
         progress=bar if bar.enabled else False,
     )
-
-
-def _finished_so_far(storage: optuna.storages.BaseStorage, name: str) -> int:
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return 0
-    return finished_count(study)

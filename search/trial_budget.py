@@ -83,6 +83,14 @@ def finished_count(study: optuna.Study) -> int:
     return _counts(study)[0]
 
 
+def finished_so_far(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """`finished_count` of the study `name` in `storage`; 0 while it does not exist yet."""
+    try:
+        return finished_count(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
+        return 0
+
+
 def _counts(study: optuna.Study) -> tuple[int, int, int]:
     """(finished, running, waiting) trials of the whole study, all workers together."""
     trials = study.get_trials(deepcopy=False)
