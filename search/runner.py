@@ -201,9 +201,8 @@ def _optimize(spec: StudySpec, study: optuna.Study, plain: Objective) -> Callabl
 
 def _trial_callbacks(bar: StudyProgress | None, callbacks: Sequence[TrialCallback],
                      max_total_trials: int | None) -> list[TrialCallback]:
-    """After each trial: the start-up GC pause ends, the bar moves, the caller's callbacks
-    run; with `max_total_trials`, Optuna stops every worker once the study has that many
-    finished trials (COMPLETE or PRUNED)."""
+    """After each trial: end the start-up GC pause, move the bar, the caller's callbacks,
+    and with `max_total_trials` stop once the study has that many finished trials."""
     from .startup_gc import resume as resume_gc
 
     out: list[TrialCallback] = [lambda *_: resume_gc()] + ([bar] if bar is not None else [])

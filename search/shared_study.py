@@ -233,10 +233,8 @@ def run_worker(
     On a terminal (or with `progress=True`) a bar shows the study's finished trials, every
     worker's, and the running trial's epochs; otherwise one line per finished trial.
 
-    `run_study` is `runner.run_study`, passed in because the runner opens its storage and
-    cleans up dead trials with this module's functions: importing it here would close a
-    circle.
-    """
+    `run_study` is `runner.run_study`, passed in: runner imports this module (storages,
+    dead trials), so importing it back would close a circle."""
     from .progress import StudyProgress
 
     total = total or spec.search.n_trials

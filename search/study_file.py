@@ -1,9 +1,6 @@
 """Study files (YAML) -> validated `StudySpec` objects, every problem reported at once.
 
-The schema (`config.StudySpec`) checks each field on its own; what needs the whole search
-space (conditions, values no trial could train with, `search.fuse`) is checked here, above
-`space` and `fused_groups`, which read the schema themselves.
-"""
+Above `config` (the schema): the checks that need the whole search space live here."""
 
 from __future__ import annotations
 
