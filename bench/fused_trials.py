@@ -122,9 +122,9 @@ def study(n_trials: int = 32, seeds: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> dict
     first would pay)."""
     import optuna
 
-    from tunetrack.search import config as study_config
     from tunetrack.search.fused_groups import GROUP_ATTR
     from tunetrack.search.runner import run_study
+    from tunetrack.search.study_file import load_study_file
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict = {"bench": "fused_trials", "row": "study digits", "trials": n_trials,
@@ -132,7 +132,7 @@ def study(n_trials: int = 32, seeds: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> dict
 
     def once(k: int, seed: int, trials: int, epochs: int | None = None
              ) -> tuple[float, optuna.Study]:
-        spec = study_config.load_study_file(STUDY)
+        spec = load_study_file(STUDY)
         spec.tracking.enabled = False
         spec.search.fuse, spec.seed = k, seed
         if epochs is not None:

@@ -27,7 +27,7 @@ T0, C0 = time.perf_counter(), time.process_time()
 EVENTS: list[tuple[float, float, float, str]] = []  # start, end, cpu seconds, label
 
 STEPS = [  # module:attribute, label (first call only for the per-trial ones)
-    ("tunetrack.search.config:load_study_file", "load_study_file"),
+    ("tunetrack.search.study_file:load_study_file", "load_study_file"),
     ("tunetrack.search.runner:run_study", "run_study (everything)"),
     ("tunetrack.tracking.runs.study:start_helper", "start_helper (starts the helper)"),
     ("tunetrack.models.data:load_splits", "load_splits"),

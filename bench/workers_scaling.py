@@ -28,7 +28,7 @@ from pathlib import Path
 
 import optuna
 
-from tunetrack.search.config import load_study_file
+from tunetrack.search.study_file import load_study_file
 from tunetrack.search.workers import available_cores, launch, plan_workers
 
 

@@ -6,22 +6,16 @@ study. Imported lazily so `tunetrack --help` stays instant.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["SearchSpace", "StudySpec", "load_study_file", "parse_study", "run_study"]
+_EXPORTS = {"SearchSpace": "space", "StudySpec": "config", "load_study_file": "study_file",
+            "parse_study": "study_file", "run_study": "runner"}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run_study":
-        from .runner import run_study
-
-        return run_study
-    if name in ("StudySpec", "load_study_file", "parse_study"):
-        from . import config
-
-        return getattr(config, name)
-    if name == "SearchSpace":
-        from .space import SearchSpace
-
-        return SearchSpace
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -14,11 +14,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from tunetrack.models.errors import TunetrackError
+
+if TYPE_CHECKING:
+    from .config import StudySpec
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
@@ -46,7 +49,7 @@ FuseOpt = Annotated[int | None, typer.Option(
 
 
 class OutputFormat(str, enum.Enum):
-    """`--format` of the reading commands (search/reports.py renders each)."""
+    """`--format` of the reading commands (search/command_output.py renders each)."""
 
     table = "table"
     json = "json"
@@ -165,8 +168,6 @@ def user_errors(fn: F) -> F:
 def _say_interrupted() -> None:
     """One line; none from the workers of `run --workers N`, whose launcher prints the one
     summary line (with their exit codes) instead of N copies."""
-    import os
-
     from .shared_study import WORKER_INDEX_ENV
 
     if WORKER_INDEX_ENV not in os.environ:
@@ -245,8 +246,8 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
     """Check a study file and print its resolved search space (or every error found)."""
     from rich.table import Table
 
-    from .config import StudyFileError, load_study_file
     from .space import SearchSpace
+    from .study_file import StudyFileError, load_study_file
 
     try:
         spec = load_study_file(file)
@@ -298,19 +299,10 @@ def run(
     fuse: FuseOpt = None,
 ) -> None:
     """Create or resume the study in FILE and run its trials (in N processes: --workers)."""
-    from .config import load_study_file
     from .runner import check_budget
 
     check_budget(trials, timeout)
-    spec = load_study_file(file)
-    if fuse is not None:
-        from .fused_groups import override_fuse
-
-        override_fuse(spec, fuse)
-    if data is not None:
-        spec.dataset.path = data
-    if no_tracking:
-        spec.tracking.enabled = False
+    spec = _study_to_train(file, fuse=fuse, data=data, no_tracking=no_tracking)
     if spec.tracking.enabled and workers == 1:
         from tunetrack.tracking.runs import start_helper
 
@@ -332,8 +324,26 @@ def run(
     _print_summary(study, spec, tracking_uri)
 
 
+def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
+                    no_tracking: bool) -> StudySpec:
+    """The study file with the overrides `run` and `worker` share (`--fuse` checked as the
+    file's value would be)."""
+    from .study_file import load_study_file
+
+    spec = load_study_file(file)
+    if fuse is not None:
+        from .fused_groups import override_fuse
+
+        override_fuse(spec, fuse)
+    if data is not None:
+        spec.dataset.path = data
+    if no_tracking:
+        spec.tracking.enabled = False
+    return spec
+
+
 def _print_summary(study, spec, tracking_uri: str | None) -> None:
-    from .reports import study_summary
+    from .command_output import study_summary
 
     console = _console()
     console.print(study_summary(study))
@@ -353,7 +363,7 @@ def status(
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """The study's trials: state, value, test accuracy, epochs run, duration, params."""
-    from .reports import render, trial_records, trials_table
+    from .command_output import render, trial_records, trials_table
 
     records = trial_records(_load_study(study, storage))
     _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}")))
@@ -366,7 +376,7 @@ def best(
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Best value and parameters (the Pareto front for multi-objective studies)."""
-    from .reports import best_records, best_table, render
+    from .command_output import best_records, best_table, render
 
     records = best_records(_load_study(study, storage))
     _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}")))
@@ -376,7 +386,7 @@ def best(
 @user_errors
 def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
     """List the studies in the storage."""
-    from .reports import render, studies_table, study_records
+    from .command_output import render, studies_table, study_records
     from .storage import open_storage
 
     _emit(render(study_records(open_storage(storage, create=False)), fmt.value, studies_table))
@@ -408,28 +418,20 @@ def worker(
 ) -> None:
     """Join (or create) the study in FILE; run trials until it has enough, all workers
     together. Start as many as you like, on any host that reaches the storage."""
-    from .config import load_study_file
     from .runner import check_budget
     from .stale_trials import Heartbeat
 
     check_budget(trials_total, timeout, trials_flag="--trials-total")
-    spec = load_study_file(file)
-    if fuse is not None:
-        from .fused_groups import override_fuse
-
-        override_fuse(spec, fuse)
-    if data is not None:
-        spec.dataset.path = data
-    if no_tracking:
-        spec.tracking.enabled = False
+    spec = _study_to_train(file, fuse=fuse, data=data, no_tracking=no_tracking)
     heartbeat = Heartbeat(heartbeat_interval, grace_period, max_retry)
     _quiet_libraries()
-    from .reports import study_summary
+    from .command_output import study_summary
+    from .runner import run_study
     from .shared_study import run_worker
 
-    study = run_worker(spec, storage=storage, total=trials_total, tracking_uri=tracking_uri,
-                       device=device, timeout=timeout, heartbeat=heartbeat, threads=threads,
-                       progress=progress)
+    study = run_worker(spec, run_study, storage=storage, total=trials_total,
+                       tracking_uri=tracking_uri, device=device, timeout=timeout,
+                       heartbeat=heartbeat, threads=threads, progress=progress)
     if study is not None:
         typer.echo(study_summary(study))
 
@@ -448,7 +450,7 @@ def compare(
     run id; then (as a table) the device seconds spent to reach 90/95/99 % of the best."""
     from tunetrack.tracking import compare_trials
 
-    from .reports import render, rows_table
+    from .command_output import render, rows_table
 
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
@@ -647,7 +649,7 @@ def predict(
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 
-    from .reports import prediction_lines, prediction_records, render
+    from .command_output import prediction_lines, prediction_records, render
 
     predictions = predict_images(model_uri, path, top=top, tracking_uri=tracking_uri)
     _emit(render(prediction_records(predictions), fmt.value, prediction_lines))
@@ -681,8 +683,6 @@ def main() -> None:
     down torch (and torch._dynamo, where something imported it), Optuna and SQLAlchemy takes
     ~1 s on a 2-core machine and is the larger part of what a study waited for after its
     last trial."""
-    import os
-
     from .startup_gc import pause
 
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
@@ -703,8 +703,6 @@ def main() -> None:
             if code != 130:
                 _say_interrupted()
             code = 130
-    import logging
-
     uri = sys.modules.get("tunetrack.tracking.store.sqlite")
     if uri is not None:
         uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files

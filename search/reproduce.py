@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from tunetrack.models import EpochResult, TrialConfig
+    from tunetrack.models import EpochResult, FitResult, Splits, TrialConfig
 
 REPRODUCES = "tunetrack.reproduces"
 ROLE_REPRODUCTION = "reproduction"
@@ -152,7 +152,6 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
               tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
               log: bool = True) -> Reproduction:
     """Retrain the trial of MLflow run `run_id` and compare it with what was recorded."""
-    from tunetrack.models import Trainer, create, load_splits
     from tunetrack.tracking import tags as T
     from tunetrack.tracking.provenance import THREADS, environment_differences
     from tunetrack.tracking.runs import HELPER
@@ -168,15 +167,11 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     tags = run.data.tags
     cfg = _config(client, run_id)
     recorded = _recorded_history(client, run_id)
-    splits = load_splits(cfg.data)  # a missing dataset raises its own one-line error
-    fingerprint = tags.get(T.DATA_FINGERPRINT)
-    if fingerprint and fingerprint != splits.fingerprint:
-        raise TunetrackError(f"the data of run {run_id} changed since it was trained "
-                             f"(fingerprint {fingerprint} then, {splits.fingerprint} now); "
-                             f"it cannot be reproduced")
+    splits = _same_data(cfg, tags.get(T.DATA_FINGERPRINT), run_id)
     recorded_device = tags.get(T.DEVICE, cfg.train.device)
     dev = _device(recorded_device, device)
     epochs = len(recorded["val_accuracy"])
+    recorded_test = run.data.metrics.get("test_accuracy")
     with _threads(tags.get(THREADS), dev):
         now_env = T.runtime_tags()
         differences = environment_differences(tags, now_env)
@@ -187,15 +182,8 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
         if str(dev) != recorded_device:
             differences.append(f"device: {recorded_device} -> {dev}")
         exact = not differences and dev.type == "cpu"
-        cfg.train.device = str(dev)
-        started = time.perf_counter()
-        model = create(cfg.model, splits.input_shape, splits.n_classes, splits.mean,
-                       splits.std, seed=cfg.train.seed)
-        trainer = Trainer(model, cfg.train, splits, callbacks=[_StopAfter(epochs)], device=dev)
-        fit = trainer.fit()
-        recorded_test = run.data.metrics.get("test_accuracy")
-        test_now = trainer.evaluate(splits.test).accuracy if recorded_test is not None else None
-        seconds = time.perf_counter() - started
+        fit, test_now, seconds = _retrain(cfg, splits, dev, epochs,
+                                          test=recorded_test is not None)
 
     result = Reproduction(run_id=run_id, device=str(dev), exact=exact, reproduced=False,
                           epochs_recorded=epochs, epochs_now=fit.epochs_run,
@@ -204,42 +192,11 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
              f"{tags.get(T.STUDY, '?')}")
     result.lines.append(f"run {run_id} ({where}): rebuilt from trial.yaml, data "
                         f"fingerprint {splits.fingerprint} matches")
-    if exact:
-        result.lines.append("environment: as recorded (versions, CPU, threads, code) on "
-                            "CPU: expecting a bit-exact replay")
-    else:
-        result.lines.append(f"environment differs: {'; '.join(differences) or 'none'}"
-                            f"{'' if differences else ' (but not on CPU)'}; comparing "
-                            f"within tolerance {tolerance:g}")
+    result.lines.append(_environment_line(exact, differences, tolerance))
     result.lines.append(f"retrained {fit.epochs_run} epoch(s) on {dev} in {seconds:.1f} s")
-    problems: list[str] = []
-    if fit.epochs_run != epochs:
-        problems.append(f"ran {fit.epochs_run} epoch(s), the original {epochs}")
-    if exact:
-        result.first_difference = _first_difference(recorded, fit.history)
-        if result.first_difference:
-            problems.append(f"not bit-exact: first difference at {result.first_difference}")
-        else:
-            result.lines.append(f"validation history: bit-exact ({min(epochs, fit.epochs_run)}"
-                                f" epochs of train/val loss and accuracy)")
-    else:
-        gaps = [abs(a - b.val_accuracy) for a, b in zip(recorded["val_accuracy"],
-                                                        fit.history, strict=False)]
-        worst = max(gaps, default=0.0)
-        result.lines.append(f"validation accuracy: largest per-epoch difference {worst:.4g}")
-        if worst > tolerance:
-            epoch = gaps.index(worst)
-            problems.append(f"val_accuracy at epoch {epoch} differs by {worst:.4g} > "
-                            f"tolerance {tolerance:g}")
+    problems = _compare_history(result, recorded, fit.history, tolerance)
     if recorded_test is not None and test_now is not None:
-        result.test_accuracy = (recorded_test, test_now)
-        off = abs(recorded_test - test_now)
-        same = recorded_test == test_now if exact else off <= tolerance
-        result.lines.append(f"test accuracy: recorded {recorded_test:.4f}, now {test_now:.4f}"
-                            f" ({'equal' if off == 0 else f'differs by {off:.4g}'})")
-        if not same:
-            problems.append(f"test accuracy differs by {off:.4g}"
-                            f"{'' if exact else f' > tolerance {tolerance:g}'}")
+        problems += _compare_test(result, recorded_test, test_now, tolerance)
     result.reproduced = not problems
     result.lines += [f"not reproduced: {p}" for p in problems]
     if log:
@@ -249,6 +206,83 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
                             f"({REPRODUCES}={run_id})")
     result.lines.append("reproduced" if result.reproduced else "NOT reproduced")
     return result
+
+
+def _environment_line(exact: bool, differences: list[str], tolerance: float) -> str:
+    """Which comparison the verdict uses, and why: only an unchanged CPU replays bit-exact."""
+    if exact:
+        return ("environment: as recorded (versions, CPU, threads, code) on CPU: expecting a "
+                "bit-exact replay")
+    return (f"environment differs: {'; '.join(differences) or 'none'}"
+            f"{'' if differences else ' (but not on CPU)'}; comparing within tolerance "
+            f"{tolerance:g}")
+
+
+def _same_data(cfg: TrialConfig, fingerprint: str | None, run_id: str) -> Splits:
+    """The trial's splits, refused when they are not the data the run was trained on: no
+    retraining could then tell a changed trainer from changed data."""
+    from tunetrack.models import load_splits
+
+    splits = load_splits(cfg.data)  # a missing dataset raises its own one-line error
+    if fingerprint and fingerprint != splits.fingerprint:
+        raise TunetrackError(f"the data of run {run_id} changed since it was trained "
+                             f"(fingerprint {fingerprint} then, {splits.fingerprint} now); "
+                             f"it cannot be reproduced")
+    return splits
+
+
+def _retrain(cfg: TrialConfig, splits: Splits, dev: Any, epochs: int,
+             *, test: bool) -> tuple[FitResult, float | None, float]:
+    """(the fit, test accuracy, seconds) of the trial trained again on `dev` for the
+    recorded number of epochs; the test split is read only where the original read it."""
+    from tunetrack.models import Trainer, create
+
+    cfg.train.device = str(dev)
+    started = time.perf_counter()
+    model = create(cfg.model, splits.input_shape, splits.n_classes, splits.mean,
+                   splits.std, seed=cfg.train.seed)
+    trainer = Trainer(model, cfg.train, splits, callbacks=[_StopAfter(epochs)], device=dev)
+    fit = trainer.fit()
+    test_now = trainer.evaluate(splits.test).accuracy if test else None
+    return fit, test_now, time.perf_counter() - started
+
+
+def _compare_history(result: Reproduction, recorded: dict[str, list[float]],
+                     history: list[EpochResult], tolerance: float) -> list[str]:
+    """What differs in the per-epoch history (bit for bit when exact, else validation
+    accuracy within `tolerance`); the line saying how close it came goes to `result`."""
+    epochs, now = result.epochs_recorded, len(history)
+    problems = [f"ran {now} epoch(s), the original {epochs}"] if now != epochs else []
+    if result.exact:
+        result.first_difference = _first_difference(recorded, history)
+        if result.first_difference:
+            problems.append(f"not bit-exact: first difference at {result.first_difference}")
+        else:
+            result.lines.append(f"validation history: bit-exact ({min(epochs, now)}"
+                                f" epochs of train/val loss and accuracy)")
+        return problems
+    gaps = [abs(a - b.val_accuracy) for a, b in zip(recorded["val_accuracy"],
+                                                    history, strict=False)]
+    worst = max(gaps, default=0.0)
+    result.lines.append(f"validation accuracy: largest per-epoch difference {worst:.4g}")
+    if worst > tolerance:
+        problems.append(f"val_accuracy at epoch {gaps.index(worst)} differs by {worst:.4g} > "
+                        f"tolerance {tolerance:g}")
+    return problems
+
+
+def _compare_test(result: Reproduction, recorded: float, now: float,
+                  tolerance: float) -> list[str]:
+    """The test accuracy then and now (equal when exact, else within `tolerance`)."""
+    result.test_accuracy = (recorded, now)
+    off = abs(recorded - now)
+    result.lines.append(f"test accuracy: recorded {recorded:.4f}, now {now:.4f}"
+                        f" ({'equal' if off == 0 else f'differs by {off:.4g}'})")
+    same = recorded == now if result.exact else off <= tolerance
+    if same:
+        return []
+    return [f"test accuracy differs by {off:.4g}"
+            f"{'' if result.exact else f' > tolerance {tolerance:g}'}"]
 
 
 def _log(client: MlflowClient, original: Run, history: list[EpochResult],

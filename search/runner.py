@@ -8,24 +8,29 @@ never creates an empty study row or an orphan MLflow run.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from tunetrack.models.errors import TunetrackError
 
-from .config import StudySpec, load_study_file
+from .config import StudySpec
 from .first_trial_seed import FirstTrialSeeded
+from .optuna_warnings import quiet_experimental
 from .progress import StudyProgress
 from .resume import check_resume, remember
 from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
 from .stale_trials import record_owner
+from .study_file import load_study_file
 from .trial_budget import has_heartbeats
+
+if TYPE_CHECKING:
+    from .objective import Objective
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -80,8 +85,7 @@ def _name_metrics(study: optuna.Study, names: list[str]) -> None:
     """Optuna's dashboard and `trials_dataframe` show `val_accuracy`, not "Objective 0"."""
     if study.metric_names == names:
         return
-    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():  # set_metric_names is "experimental" in Optuna
         study.set_metric_names(names)
 
 
@@ -168,34 +172,45 @@ def run_study(
     n_trials = n_trials or spec.search.n_trials
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
     plain = Objective(spec, space, splits, dev, tracker, progress=bar)
-    objective = _owned(plain, study)
-    all_callbacks: list[Any] = [lambda *_: resume_gc()] + ([bar] if bar is not None else [])
-    all_callbacks += list(callbacks)
-    if max_total_trials is not None:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        all_callbacks.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
-    optimize = study.optimize
-    if spec.search.fuse > 1:  # K trials at a time as one model (search/fused_study.py)
-        from functools import partial
-
-        from .fused_study import optimize_fused
-
-        optimize = partial(optimize_fused, study, plain,
-                           mark_owner=_owned(lambda trial: None, study))
+    optimize = _optimize(spec, study, plain)
     try:
         with bar if bar is not None else contextlib.nullcontext():
             optimize(
-                objective,
+                _owned(plain, study),
                 n_trials=n_trials,
                 timeout=timeout or spec.search.timeout_s,
                 catch=(torch.cuda.OutOfMemoryError,),
-                callbacks=all_callbacks,
+                callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
             )
     finally:
         resume_gc()
         if tracker is not None:
             tracker.finish_study(study)
     return study
+
+
+def _optimize(spec: StudySpec, study: optuna.Study, plain: Objective) -> Callable[..., None]:
+    """`study.optimize`, or with `search.fuse: K` its fused twin, which trains K trials at a
+    time as one model (search/fused_study.py) and marks each member's owner itself."""
+    if spec.search.fuse > 1:
+        from .fused_study import optimize_fused
+
+        return partial(optimize_fused, study, plain, mark_owner=_owned(lambda trial: None, study))
+    return study.optimize
+
+
+def _trial_callbacks(bar: StudyProgress | None, callbacks: Sequence[TrialCallback],
+                     max_total_trials: int | None) -> list[TrialCallback]:
+    """After each trial: end the start-up GC pause, move the bar, the caller's callbacks,
+    and with `max_total_trials` stop once the study has that many finished trials."""
+    from .startup_gc import resume as resume_gc
+
+    out: list[TrialCallback] = [lambda *_: resume_gc()] + ([bar] if bar is not None else [])
+    out += list(callbacks)
+    if max_total_trials is not None:
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        out.append(optuna.study.MaxTrialsCallback(max_total_trials, states=states))
+    return out
 
 
 def _owned(objective: Callable[[optuna.Trial], Any], study: optuna.Study):

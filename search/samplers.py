@@ -19,7 +19,7 @@ from tunetrack.models.config import TrainConfig
 from tunetrack.models.errors import unknown
 
 from .config import PrunerSpec, SearchSpec, StudySpec
-from .experimental import quiet_experimental
+from .optuna_warnings import quiet_experimental
 from .space import SearchSpace
 
 _s = optuna.samplers

@@ -21,6 +21,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -29,16 +30,17 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
-from .experimental import quiet_experimental
+from .optuna_warnings import quiet_experimental
 from .stale_trials import OWNER_ATTR, EndRun, Heartbeat, RetryStaleTrial, fail_dead_trials
 from .storage import open_storage
-from .trial_budget import SharedTrialBudget, finished_count, has_heartbeats
+from .trial_budget import SharedTrialBudget, finished_count, finished_so_far, has_heartbeats
 
 _log = logging.getLogger(__name__)
 
 WORKER_INDEX_ENV = "TUNETRACK_WORKER_INDEX"  # set by `tunetrack run --workers N`
 SEED_STRIDE = 100_003  # a prime: worker k's seeds never meet worker j's as trials add up
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # = tunetrack.tracking.tags.ATTR_PARENT_RUN_ID
+RunStudy = Callable[..., optuna.Study]  # `runner.run_study`
 
 
 def worker_label() -> str:
@@ -212,6 +214,7 @@ def _fail_stale(study: optuna.Study) -> list[int]:
 
 def run_worker(
     spec: StudySpec,
+    run_study: RunStudy,
     *,
     storage: str | None,
     total: int | None = None,
@@ -229,9 +232,10 @@ def run_worker(
     PRUNED trials, old and new. Returns the study, or None when it was already done.
     On a terminal (or with `progress=True`) a bar shows the study's finished trials, every
     worker's, and the running trial's epochs; otherwise one line per finished trial.
-    """
+
+    `run_study` is `runner.run_study`, passed in: runner imports this module (storages,
+    dead trials), so importing it back would close a circle."""
     from .progress import StudyProgress
-    from .runner import run_study
 
     total = total or spec.search.n_trials
     stream = stream or sys.stdout  # at call time: the caller may have redirected it
@@ -241,7 +245,7 @@ def run_worker(
                                   tracking_uri=tracking_uri, track=spec.tracking.enabled)
     if not has_heartbeats(backend):
         _log.info("%s: storage has no heartbeats; a killed worker's trial stays RUNNING", label)
-    done = _finished_so_far(backend, spec.name)
+    done = finished_so_far(backend, spec.name)
     if done >= total:
         print(f"[{label}] study {spec.name}: {done}/{total} trials finished, nothing to do",
               file=stream, flush=True)
@@ -272,11 +276,3 @@ def run_worker(
         threads=threads,
         progress=bar if bar.enabled else False,
     )
-
-
-def _finished_so_far(storage: optuna.storages.BaseStorage, name: str) -> int:
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return 0
-    return finished_count(study)

@@ -33,7 +33,7 @@ import optuna
 
 from tunetrack.models.errors import TunetrackError, first_line
 
-from .experimental import quiet_experimental
+from .optuna_warnings import quiet_experimental
 
 _log = logging.getLogger(__name__)
 

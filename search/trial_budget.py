@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import optuna
 
-from .experimental import quiet_experimental
+from .optuna_warnings import quiet_experimental
 
 _STATE = optuna.trial.TrialState
 FINISHED = (_STATE.COMPLETE, _STATE.PRUNED)
@@ -81,6 +81,14 @@ def has_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
 def finished_count(study: optuna.Study) -> int:
     """COMPLETE + PRUNED trials of the whole study: what the budget counts."""
     return _counts(study)[0]
+
+
+def finished_so_far(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """`finished_count` of the study `name` in `storage`; 0 while it does not exist yet."""
+    try:
+        return finished_count(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
+        return 0
 
 
 def _counts(study: optuna.Study) -> tuple[int, int, int]:

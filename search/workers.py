@@ -232,12 +232,10 @@ def check_before_launch(
     on a fresh database do not race to create the same schema. A study file that no longer
     describes the existing study is one error here, not one per worker.
     """
-    import optuna
-
     from .resume import check_resume
     from .space import SearchSpace
     from .storage import open_storage
-    from .trial_budget import finished_count
+    from .trial_budget import finished_so_far
 
     backend = open_storage(storage)
     check_resume(spec, SearchSpace(spec), backend)
@@ -255,17 +253,14 @@ def check_before_launch(
         if not tracker.tracking_uri.startswith(("http://", "https://")):  # a server migrates
             get_or_create_experiment(tracker.client, tracker.experiment_name,
                                      tracker.tracking_uri)
-    try:
-        return finished_count(optuna.load_study(study_name=spec.name, storage=backend))
-    except KeyError:
-        return 0
+    return finished_so_far(backend, spec.name)
 
 
 def summary_line(spec: StudySpec, storage: str | None, result: WorkersResult) -> str:
     """`N workers: exit codes ...; <study summary>` from what the storage holds now."""
     import optuna
 
-    from .reports import study_summary
+    from .command_output import study_summary
     from .storage import open_storage
 
     codes = ", ".join(_describe(rc) for rc in result.returncodes)

@@ -16,7 +16,7 @@ def free_port() -> int:
 
 def errors_of(raw: dict) -> list[str]:
     """The error lines of a study file that must not validate (fails when it validates)."""
-    from tunetrack.search.config import StudyFileError, parse_study
+    from tunetrack.search.study_file import StudyFileError, parse_study
 
     with pytest.raises(StudyFileError) as info:
         parse_study(raw, "s.yaml")

@@ -14,7 +14,7 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.cost import CostMeter
 from tunetrack.search import run_study
 from tunetrack.search.cli import app
-from tunetrack.search.config import parse_study
+from tunetrack.search.study_file import parse_study
 from tunetrack.tracking import write_report
 from tunetrack.tracking.reading import cost_per_trial, cost_to_target
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tunetrack.models import DataConfig, TunetrackError
 from tunetrack.search.cli import app
-from tunetrack.search.config import parse_study
+from tunetrack.search.study_file import parse_study
 from tunetrack.tracking import StudyTracker, promote
 from tunetrack.tracking.registry import mcnemar_exact_p
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tunetrack.search import config as study_config
 from tunetrack.search import fused_study
 from tunetrack.search.fused_groups import GROUP_ATTR
 from tunetrack.search.pruning_round import PruningRound, StudyAsRead
 from tunetrack.search.runner import run_study
+from tunetrack.search.study_file import load_study_file
 
 from .studyfiles import write_study
 
@@ -36,7 +36,7 @@ def _fused_study(tmp_path, name: str, pruner: dict, monkeypatch, *, rounds: bool
     monkeypatch.setattr(PruningRound, "report", counted_report)
     file = write_study(tmp_path, name, n_trials=14, max_epochs=6,
                        search={"fuse": 4, "sampler": "random", "pruner": pruner})
-    spec = study_config.load_study_file(file)
+    spec = load_study_file(file)
     study = run_study(spec, storage=f"sqlite:///{tmp_path}/{name}.db")
     monkeypatch.undo()
     return study, calls

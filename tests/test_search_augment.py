@@ -10,9 +10,9 @@ import pytest
 
 from tunetrack.models import AugmentConfig
 from tunetrack.search import load_study_file, parse_study, run_study
-from tunetrack.search.config import StudyFileError
 from tunetrack.search.samplers import make_sampler
 from tunetrack.search.space import SearchSpace
+from tunetrack.search.study_file import StudyFileError
 
 from .studyfiles import tiny_study
 

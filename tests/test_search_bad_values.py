@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from tunetrack.search.cli import app
-from tunetrack.search.config import parse_study
+from tunetrack.search.study_file import parse_study
 
 from .studyfiles import tiny_study
 
@@ -160,6 +160,6 @@ def test_metric_params_is_fine_as_one_of_several_objectives():
 def test_merge_keys_may_still_be_overridden(tmp_path):
     file = tmp_path / "merge.yaml"
     file.write_text("name: merge\ntrain:\n  <<: {lr: 0.5, max_epochs: 2}\n  lr: 0.01\n")
-    from tunetrack.search.config import load_study_file
+    from tunetrack.search.study_file import load_study_file
 
     assert load_study_file(file).train.lr == 0.01

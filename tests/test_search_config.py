@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from tunetrack.models.errors import TunetrackError
-from tunetrack.search.config import load_study_file
 from tunetrack.search.space import SearchSpace
+from tunetrack.search.study_file import load_study_file
 
 from .support import errors_of
 

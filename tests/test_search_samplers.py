@@ -10,9 +10,10 @@ import optuna
 import pytest
 
 from tunetrack.models import TunetrackError
-from tunetrack.search.config import PRUNER_NAMES, SAMPLER_NAMES, parse_study
+from tunetrack.search.config import PRUNER_NAMES, SAMPLER_NAMES
 from tunetrack.search.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from tunetrack.search.space import SearchSpace
+from tunetrack.search.study_file import parse_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 S, P = optuna.samplers, optuna.pruners

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from tunetrack.search.config import parse_study
 from tunetrack.search.space import SearchSpace
+from tunetrack.search.study_file import parse_study
 
 from .studyfiles import tiny_study
 

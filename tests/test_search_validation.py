@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tunetrack.models import choices
 from tunetrack.search.cli import app
-from tunetrack.search.config import parse_study
+from tunetrack.search.study_file import parse_study
 
 from .studyfiles import tiny_study
 from .support import errors_of

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from tunetrack.models import choices
 from tunetrack.search import run_study
-from tunetrack.search.config import StudyFileError, load_study_file, parse_study
 from tunetrack.search.space import SearchSpace
+from tunetrack.search.study_file import StudyFileError, load_study_file, parse_study
 
 from .transfer_support import make_image_folder, save_weights
 

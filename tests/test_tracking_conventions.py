@@ -37,10 +37,10 @@ def test_study_names_its_metrics(tracked):
 
 
 def test_multi_objective_studies_name_every_metric(tmp_path):
-    from tunetrack.search.config import load_study_file
     from tunetrack.search.runner import create_or_load
     from tunetrack.search.space import SearchSpace
     from tunetrack.search.storage import open_storage
+    from tunetrack.search.study_file import load_study_file
 
     file = write_study(tmp_path, "pareto", search={
         "objectives": [{"metric": "val_accuracy"}, {"metric": "params"}], "sampler": "nsga2"})

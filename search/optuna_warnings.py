@@ -1,9 +1,9 @@
 """Optuna's `ExperimentalWarning`, silenced in one scoped place.
 
 tunetrack uses features Optuna still marks experimental (TPE `group`, QMC, `PatientPruner`,
-heartbeats, the stale-trial retry callback, `fail_stale_trials`); the warning tells a
-tunetrack user nothing they could act on. `warnings.catch_warnings` restores the filters on
-exit, so the caller's own warning settings are never changed.
+heartbeats, the stale-trial retry callback, `fail_stale_trials`, `set_metric_names`); the
+warning tells a tunetrack user nothing they could act on. `warnings.catch_warnings`
+restores the filters on exit, so the caller's own warning settings are never changed.
 """
 
 from __future__ import annotations
