@@ -207,7 +207,7 @@ class TrainConfig(Checked):
     plateau_patience: int = 3  # plateau
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    eval_batch_size: int = 4096  # CPU: at most CPU_EVAL_BATCH (train.py)
+    eval_batch_size: int = 4096  # CPU: at most CPU_EVAL_BATCH (trainer_core.py)
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16); CPU: fp32
     compile: bool = False  # torch.compile the model
     seed: int = 0

@@ -284,3 +284,41 @@ def test_ctrl_c_leaves_no_mlflow_run_running(tmp_path):
     assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert [r.data.tags[T.OPTUNA_TRIAL] for r in failed] == [str(trials[-1].number)]
+
+
+def test_two_workers_logging_one_dataset_at_once_lose_no_run(uri, monkeypatch, caplog):
+    """The loser of the dataset-insert race (a unique-key error from MLflow's store) links
+    the dataset on a second try: no warning, the store is not marked down, and the next
+    trial's run is created at once."""
+    from mlflow.exceptions import MlflowException
+
+    from tunetrack.models import DataConfig
+
+    answers = _Answers()
+    writer = Writer(answers)
+    _start(writer, uri)
+    writer.close()
+    client = client_for(uri)
+    real, calls = client.log_inputs, []
+
+    def racing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:  # what the slower worker's insert gets from SQLite
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "log_inputs", racing)
+    with caplog.at_level(logging.WARNING, logger="tunetrack.tracking.helper_process"):
+        for run in (0, 1):
+            writer.dispatch(2 + run, "create_run", dict(
+                run=run, study="s", number=run, params={}, tags={T.OPTUNA_TRIAL: str(run),
+                T.DATA_FINGERPRINT: "abc"}, trial_yaml="", system_metrics_s=None,
+                data=DataConfig(name="digits")))
+            writer.dispatch(4 + run, "end", dict(run=run, state="COMPLETE", reason=""))
+        writer.close()
+    assert len(calls) == 3 and not caplog.records
+    for seq in (2, 3):
+        run = MlflowClient(uri).get_run(answers[seq])
+        assert run.info.status == "FINISHED"
+        assert len(run.inputs.dataset_inputs) == 3  # train, validation, test

@@ -125,8 +125,7 @@ class Writer(Lanes):
             client.log_batch(me.run_id, params=items[start:start + MAX_PARAMS],
                              synchronous=True)
         if data is not None:
-            client.log_inputs(me.run_id, datasets=dataset_inputs(
-                data, tags.get(T.DATA_FINGERPRINT, "")))
+            _log_inputs(client, me.run_id, dataset_inputs(data, tags.get(T.DATA_FINGERPRINT, "")))
         with tempfile.TemporaryDirectory(prefix="tunetrack-trial-") as tmp:
             (Path(tmp) / "trial.yaml").write_text(trial_yaml)
             self._upload(me, Path(tmp))
@@ -234,6 +233,22 @@ class Writer(Lanes):
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
                           folder, drawn.skipped)
 
+
+
+def _log_inputs(client: Any, run_id: str, inputs: list) -> None:
+    """`log_inputs`, once more after a lost race: MLflow's store looks a dataset up and then
+    inserts it, so when two workers' first trials log the same dataset at once the slower
+    insert fails on the datasets table's unique key; the dataset exists by then, and a
+    second call links it. (Counted as a store failure, the race marked the store down and
+    that worker's next trials ran without runs.)"""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as exc:
+        if "unique constraint" not in str(exc).lower():
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def _report_into(study: Any, folder: Path, tracking_uri: str, drawn: Any) -> None:
