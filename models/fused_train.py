@@ -18,7 +18,6 @@ This module knows nothing of Optuna: the search side passes callbacks and a refi
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ from typing import Any
 
 import torch
 
-from .augment import augment_batch, mix_batch
 from .config import ModelConfig, TrainConfig
 from .data import Splits
 from .errors import TunetrackError
@@ -186,24 +184,15 @@ class FusedTrainer(TrainerCore):
         values = [s.cfg.label_smoothing for s in self.slots]
         self.smoothing = (torch.tensor(values, device=self.device) if any(values) else None)
 
-    def _autocast(self):
-        """bf16 autocast where on; otherwise no context at all (a disabled `autocast` still
-        cost ~17 us per step to enter and leave: 2 % of a digits MLP group's step)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     # ---- one epoch ----------------------------------------------------------------------
 
     def _train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        cfg, net, k = self.cfg, self.net, self.net.k
+        net, k = self.net, self.net.k
         net.train()
         # each batch's numbers are kept and added up once at the end of the epoch: the
         # running sums were 6 small operations per step (~5 % of a digits MLP group's)
         losses_seen, predicted, targets = [], [], []
-        for x, y in self.train_data.iterate(cfg.batch_size, self.gen):
-            x = augment_batch(x, cfg.augment, self.aug_gen)
-            mix = mix_batch(x, y, cfg.augment, self.aug_gen)
+        for x, y, mix in self.train_batches():
             labels = (((y, 1.0),) if mix is None
                       else ((mix.y_a, mix.lam), (mix.y_b, 1 - mix.lam)))
             x = x if mix is None else mix.x
@@ -211,7 +200,7 @@ class FusedTrainer(TrainerCore):
                 losses, logits = net.train_step(x, functools.partial(
                     member_loss_grad, targets=labels, smoothing=self.smoothing))
             else:
-                with self._autocast():
+                with self.autocast():
                     logits = net(x)
                 losses = mixed_losses(logits, labels, self.smoothing)
                 net.flat_grad.zero_()
@@ -238,7 +227,7 @@ class FusedTrainer(TrainerCore):
         correct = torch.zeros(k, device=self.device, dtype=torch.long)
         seen = 0
         for x, y in self.val_data.iterate(self.eval_batch_size):
-            with self._autocast():
+            with self.autocast():
                 logits = net(x).float()
             loss_sum += mixed_losses(logits, ((y, 1.0),), None) * len(y)
             correct += (logits.argmax(-1) == y).sum(1)

@@ -7,6 +7,7 @@ tensors and are read once per epoch. Callers (Optuna pruning, MLflow logging) pl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Sequence
@@ -16,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment_batch, mix_batch
 from .batches import ResidentBatches, StreamingBatches
 from .config import TrainConfig
 from .data import Split, Splits
@@ -70,9 +70,6 @@ class Trainer(TrainerCore):
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = build_optimizer(param_groups(self.model, cfg.lr), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype,
-                              enabled=self.amp_dtype is not None)
 
     def _train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         cfg, model = self.cfg, self.model
@@ -81,11 +78,8 @@ class Trainer(TrainerCore):
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
-        for x, y in self.train_data.iterate(cfg.batch_size, self.gen):
-            # training split only: evaluation (`_predict`) neither augments nor mixes
-            x = augment_batch(x, cfg.augment, self.aug_gen)
-            mix = mix_batch(x, y, cfg.augment, self.aug_gen)
-            with self._autocast():
+        for x, y, mix in self.train_batches():
+            with self.autocast():
                 logits = self.forward(x if mix is None else mix.x)
                 if mix is None:
                     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -114,8 +108,7 @@ class Trainer(TrainerCore):
         self.model.eval()
         logits, labels = [], []
         for x, y in data.iterate(self.eval_batch_size):
-            with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                enabled=autocast and self.amp_dtype is not None):
+            with self.autocast() if autocast else contextlib.nullcontext():
                 logits.append(self.forward(x).float())
             labels.append(y)
         out, y = torch.cat(logits), torch.cat(labels)

@@ -15,13 +15,15 @@ Nothing here knows Optuna or MLflow: callers plug in through `EpochCallback`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from .augment import Mix, augment_batch, mix_batch
 from .batches import ResidentBatches, StreamingBatches, count_train_batches
 from .config import TrainConfig
 from .data import Split, Splits
@@ -191,6 +193,22 @@ class TrainerCore:
             workers = 2 if self.device.type == "cuda" else 0
             return StreamingBatches(split, self.device, workers, self.channels_last)
         return ResidentBatches(split, self.device, self.channels_last)
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Mix | None]]:
+        """One epoch's training batches in the data stream's order, augmented, and mixed
+        where mixup/cutmix draw (training split only: evaluation neither augments nor
+        mixes)."""
+        augment = self.cfg.augment
+        for x, y in self.train_data.iterate(self.cfg.batch_size, self.gen):
+            x = augment_batch(x, augment, self.aug_gen)
+            yield x, y, mix_batch(x, y, augment, self.aug_gen)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast where it is on; otherwise no context at all (a disabled `autocast`
+        still cost ~17 us per step to enter and leave: 2 % of a digits MLP group's step)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def fit(self):
         """Train (`_fit`) with denormals flushed on CPU (`device.flushed_denormals`)."""
