@@ -244,25 +244,12 @@ def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, by
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from ..store import (
-        check_reachable,
-        client_for,
-        quiet_downloads,
-        redact,
-        resolve_tracking_uri,
-        sqlite_path,
-    )
+    from ..store import open_client, quiet_downloads
 
-    uri = resolve_tracking_uri(tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():  # asking MLflow would create an empty store
-        return [], (f"no MLflow store at {redact(uri)}; pass --tracking-uri (or set "
-                    f"MLFLOW_TRACKING_URI) to the store the study logged to")
     try:
-        check_reachable(uri)
+        _, client = open_client(tracking_uri, must_exist=True)
     except TunetrackError as exc:
         return [], str(exc)
-    client = client_for(uri)
     pictures = []
     try:
         with tempfile.TemporaryDirectory(prefix="tunetrack-report-") as tmp, \
