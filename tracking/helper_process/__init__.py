@@ -1,8 +1,5 @@
-"""The tracking helper process (`python -m tunetrack.tracking.helper_process`, started by
-`runs.HELPER`): every MLflow write of a study, off the trials' path. `lanes` runs messages on
-a quick and a slow lane and keeps the store's "down" state, `writer` turns each message into
-MLflow calls, `parent_run` finds or creates the study's shared parent run under a lock.
-"""
+"""The helper process (`python -m tunetrack.tracking.helper_process`, started by
+`runs.HELPER`): every MLflow write of a study, off the trials' path."""
 
 from ..lazy import lazy_exports
 

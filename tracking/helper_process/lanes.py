@@ -101,7 +101,6 @@ class Lanes:
         # the store (the first runs are what the first trials wait for)
         self._quick_ready = threading.Event()
         self._dispatched = 0
-        self._lanes[0].put((None, "open_store", {}))
         self._lanes[1].put((None, "warm_up", {}))
 
     def dispatch(self, seq: int, op: str, kwargs: dict[str, Any]) -> None:

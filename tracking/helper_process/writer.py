@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunetrack.models.errors import first_line
 
 from .. import tags as T
-from ..store import client_for, end_run
+from ..store import client_for, end_run  # MLflow's client, before the first message
 from .lanes import Lanes, RunState, StudyState
 from .parent_run import find_or_create
 
@@ -54,11 +54,6 @@ class Writer(Lanes):
         super().close()
         if self._drawer is not None:
             self._drawer.close()
-
-    def open_store(self) -> None:
-        """Import MLflow's client before anything else (the first message is often a
-        start_study, then the first trial's run)."""
-        from ..store import client_for  # noqa: F401
 
     def warm_up(self) -> None:
         """Import what the slow lane needs, and draw a made-up trial's files once, while

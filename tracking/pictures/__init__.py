@@ -1,8 +1,5 @@
-"""Pictures: a completed trial's figures (`figures`, `insight`) and a study's plots for its
-parent run and report (`study_plots`, drawn through `plot_png`; the dearest PNGs in a
-second process beside the helper, `plot_drawer`). Heavy (matplotlib, Optuna's plots):
-loaded on first use.
-"""
+"""A trial's figures (`figures`, `insight`) and a study's plots (`study_plots`, partly drawn
+in a second process, `plot_drawer`); heavy (matplotlib, Optuna's plots): loaded on first use."""
 
 from ..lazy import lazy_exports
 

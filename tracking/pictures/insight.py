@@ -1,8 +1,8 @@
 """Pictures of a trained model's insides: what its first layer learned (each hidden unit's
 input weights as an image, or the first conv filters) and what its first layers make of a
 few test images (feature maps). The charts of a trial's numbers (curves, confusion,
-per-class error, learning rate, misclassified images) are in `figures`; `record` says
-which files a completed trial gets.
+per-class error, learning rate, misclassified images) are in `figures`; `run_contents`
+says which files a completed trial gets.
 
 Pure functions of a model and numpy arrays, so they run in whichever process draws a
 trial's artifacts (a CPU copy of the model is enough), under `figures`' rules: the object
@@ -39,32 +39,28 @@ _ACTIVATIONS = ("ReLU", "ReLU6", "GELU", "LeakyReLU", "PReLU", "Tanh", "ELU", "S
 # --- mosaics -------------------------------------------------------------------------
 
 
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Each tile (first axis) stretched min to max onto [0, 1] on its own."""
+    flat = values.reshape(len(values), -1)
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    span = high - low
+    span[span == 0] = 1.0
+    per_tile = (-1,) + (1,) * (values.ndim - 1)
+    return (values - low.reshape(per_tile)) / span.reshape(per_tile)
+
+
 def _colour(values: np.ndarray, cmap: str, *, symmetric: bool) -> np.ndarray:
     """(N, h, w) -> (N, h, w, 3) through `cmap`, each tile scaled on its own: weights
     around 0 (symmetric: white = 0, red > 0, blue < 0), activations min to max."""
     import matplotlib
 
-    flat = values.reshape(len(values), -1)
     if symmetric:
-        scale = np.abs(flat).max(axis=1)
+        scale = np.abs(values.reshape(len(values), -1)).max(axis=1)
         scale[scale == 0] = 1.0
         unit = 0.5 + 0.5 * values / scale[:, None, None]
     else:
-        low, high = flat.min(axis=1), flat.max(axis=1)
-        span = high - low
-        span[span == 0] = 1.0
-        unit = (values - low[:, None, None]) / span[:, None, None]
+        unit = _stretch(values)
     return matplotlib.colormaps[cmap](unit)[..., :3]
-
-
-def _rgb(values: np.ndarray) -> np.ndarray:
-    """(N, 3, h, w) weights -> (N, h, w, 3) images, each stretched to [0, 1]."""
-    flat = values.reshape(len(values), -1)
-    low, high = flat.min(axis=1), flat.max(axis=1)
-    span = high - low
-    span[span == 0] = 1.0
-    unit = (values - low[:, None, None, None]) / span[:, None, None, None]
-    return unit.transpose(0, 2, 3, 1)
 
 
 def _resize(tiles: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -193,7 +189,8 @@ def draw_first_layer(path: Path, model: nn.Module, input_shape: Sequence[int]) -
         units = weight
         what = f"{min(len(units), MAX_UNITS)} of {layer.out_channels} filters"
     if units.shape[1] == 3:
-        tiles, columns, colour = _rgb(units[:MAX_UNITS]), 0, "colour, stretched per tile"
+        tiles = _stretch(units[:MAX_UNITS]).transpose(0, 2, 3, 1)  # (N, h, w, 3) images
+        columns, colour = 0, "colour, stretched per tile"
     else:
         per_channel = units.reshape(-1, *units.shape[2:])[:MAX_UNITS]
         tiles = _colour(per_channel, "RdBu_r", symmetric=True)

@@ -1,7 +1,5 @@
-"""Reading a study back: the ranked trials table (`compare`), the self-contained HTML
-report (`report_html`) with its cost section (`cost_report`), and predictions of a logged
-model (`prediction`).
-"""
+"""Reading a study back: the ranked trials table (`compare`), the HTML report (`report_html`,
+`cost_report`) and a logged model's predictions (`prediction`)."""
 
 from ..lazy import lazy_exports
 

@@ -46,16 +46,15 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
     from mlflow.exceptions import MlflowException
 
     from ..runs import HELPER
-    from ..store import check_reachable, client_for, resolve_tracking_uri
+    from ..store import open_client
 
-    uri = resolve_tracking_uri(tracking_uri)
     try:
-        check_reachable(uri)
+        _, client = open_client(tracking_uri)
     except TunetrackError as exc:
         _log.warning("compare_trials: no MLflow metrics (%s)", exc)
         return {}
     HELPER.flush()  # runs this process is still writing
-    client, found = client_for(uri), {}
+    found = {}
     for run_id in run_ids:
         try:
             found[run_id] = client.get_run(run_id).data.metrics

@@ -7,6 +7,9 @@ Every trial records its cost as Optuna user attributes (`cost_device_seconds`, .
 seconds of every one of them (pruned and failed trials spent compute too), and note when
 the best-so-far value of the first objective first came within a fraction of the study's
 final best: value >= f * best when maximising, value <= best / f when minimising.
+
+The report's other sections use its small HTML pieces too (`metric_names`, `plotly_div`,
+`table_html`): `report_html` imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -130,17 +133,31 @@ def cost_figure(study: optuna.Study):
                       annotation_position="bottom right")
     fig.update_layout(title="Cost to target", template="plotly_white",
                       xaxis_title="device seconds spent (cumulative, completion order)",
-                      yaxis_title=_first_metric(study), height=380)
+                      yaxis_title=metric_names(study)[0], height=380)
     return fig
 
 
-def _first_metric(study: optuna.Study) -> str:
+def metric_names(study: optuna.Study) -> list[str]:
+    """Objective names: Optuna's own, else the study file's (kept in the user attrs)."""
     names = getattr(study, "metric_names", None)
     if names:
-        return str(names[0])
+        return [str(n) for n in names]
     search = study.user_attrs.get("spec", {}).get("search", {})
     objectives = search.get("objectives") or [{"metric": search.get("metric", "value")}]
-    return str(objectives[0].get("metric", "value"))
+    return [str(o.get("metric", f"value {i}")) for i, o in enumerate(objectives)]
+
+
+def plotly_div(figure, div_id: str, **options) -> str:
+    """A plotly figure as a report div: no plotly.js (the page carries it once)."""
+    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                          default_width="100%", **options,
+                          config={"displaylogo": False, "responsive": True})
+
+
+def table_html(frame: pd.DataFrame, classes: str) -> str:
+    """A report table: numbers to 4 significant digits, "-" for a missing value."""
+    return frame.to_html(index=False, na_rep="-", border=0, classes=classes,
+                         float_format=lambda v: f"{v:.4g}")
 
 
 def cost_section_html(study: optuna.Study) -> str:
@@ -151,29 +168,24 @@ def cost_section_html(study: optuna.Study) -> str:
         return head + '<p class="note">No finished trial yet.</p></section>'
     parts = [f"<p>Device seconds = training + evaluation time of a trial; summed over "
              f"every finished trial (pruned and failed ones too) in completion order. "
-             f"Target: within a fraction of the final best {html.escape(_first_metric(study))}"
+             f"Target: within a fraction of the final best {html.escape(metric_names(study)[0])}"
              f"{' (first objective)' if len(study.directions) > 1 else ''}.</p>"]
     targets = cost_to_target(study)
     if targets.empty:
         parts.append('<p class="note">No cost to target: no completed trial with a '
                      'positive best value.</p>')
     else:
-        parts.append('<h3>Cost to target</h3><div class="scroll">' + targets.to_html(
-            index=False, border=0, classes="cost-to-target", na_rep="-",
-            float_format=lambda v: f"{v:.4g}") + "</div>")
+        parts.append('<h3>Cost to target</h3><div class="scroll">'
+                     f'{table_html(targets, "cost-to-target")}</div>')
     figure = cost_figure(study)
     if figure is not None:
-        div = figure.to_html(full_html=False, include_plotlyjs=False, div_id="plot-cost",
-                             default_width="100%", config={"displaylogo": False,
-                                                           "responsive": True})
-        parts.append(f'<figure><div class="plot">{div}</div><figcaption>Best value so far '
-                     f'against the device seconds spent; dashed lines are the targets.'
-                     f'</figcaption></figure>')
+        parts.append(f'<figure><div class="plot">{plotly_div(figure, "plot-cost")}</div>'
+                     f'<figcaption>Best value so far against the device seconds spent; '
+                     f'dashed lines are the targets.</figcaption></figure>')
     missing = unmeasured(study)
     if missing:
         parts.append(f'<p class="note">{missing} finished trial(s) have no cost record '
                      f'(run before tunetrack measured cost); counted as 0 s.</p>')
-    parts.append('<h3>Cost per trial</h3><div class="scroll">' + per_trial.to_html(
-        index=False, border=0, classes="cost-per-trial", na_rep="-",
-        float_format=lambda v: f"{v:.4g}") + "</div>")
+    parts.append('<h3>Cost per trial</h3><div class="scroll">'
+                 f'{table_html(per_trial, "cost-per-trial")}</div>')
     return head + "".join(parts) + "</section>"

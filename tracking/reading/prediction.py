@@ -38,15 +38,14 @@ def predict(model_uri: str, path: str, *, top: int = 3, tracking_uri: str | None
     from tunetrack.models.data import decode_images
 
     from ..registry import load_pytorch_model, predict_logits
-    from ..store import check_reachable, client_for, resolve_tracking_uri
+    from ..store import open_client
 
     if top < 1:
         raise TunetrackError(f"top must be >= 1 but got {top}")
     files = _image_files(Path(path).expanduser())  # bad paths fail before loading a model
-    uri = resolve_tracking_uri(tracking_uri)
-    if model_uri.startswith(("models:/", "runs:/")):
-        check_reachable(uri)
-    model, metadata = load_pytorch_model(model_uri, client_for(uri))
+    # a store is asked only for a model it holds, not for a plain folder or artifact URI
+    _, client = open_client(tracking_uri, check=model_uri.startswith(("models:/", "runs:/")))
+    model, metadata = load_pytorch_model(model_uri, client)
     classes, shape = metadata.get("classes"), metadata.get("input_shape")
     if not classes or not shape:
         raise TunetrackError(f"model {model_uri} carries no class names / input shape; it was "

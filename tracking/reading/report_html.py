@@ -29,6 +29,7 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
 from .. import tags as T
+from .cost_report import cost_section_html, metric_names, plotly_div, table_html
 
 if TYPE_CHECKING:
     import optuna
@@ -115,16 +116,6 @@ def _kv_table(rows: list[tuple[str, object]]) -> str:
     return f'<table class="kv">{body}</table>'
 
 
-def _metric_names(study: optuna.Study) -> list[str]:
-    """Objective names: Optuna's own, else the study file's (kept in the user attrs)."""
-    names = getattr(study, "metric_names", None)
-    if names:
-        return list(names)
-    search = study.user_attrs.get("spec", {}).get("search", {})
-    objectives = search.get("objectives") or [{"metric": search.get("metric", "value")}]
-    return [str(o.get("metric", f"value {i}")) for i, o in enumerate(objectives)]
-
-
 def _best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best completed trial; of a multi-objective study the Pareto-optimal trial with
     the lowest number (the front has no single best)."""
@@ -143,7 +134,7 @@ def _summary_section(study: optuna.Study, best: FrozenTrial | None) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state for t in trials)
     states = ", ".join(f"{counts[s]} {s.name.lower()}" for s in TrialState if counts[s])
-    names = _metric_names(study)
+    names = metric_names(study)
     directions = ", ".join(f"{d.name.lower()} {n}" for d, n in
                            zip(study.directions, names + [""] * len(study.directions),
                                strict=False))
@@ -188,10 +179,7 @@ def _plot_divs(study: optuna.Study, summary: ReportSummary,
             warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings
             try:
                 figure = plotly_fn(study)
-                div = figure.to_html(full_html=False, include_plotlyjs=False,
-                                     div_id=f"plot-{name}", default_width="100%",
-                                     default_height="480px",
-                                     config={"displaylogo": False, "responsive": True})
+                div = plotly_div(figure, f"plot-{name}", default_height="480px")
             except Exception as exc:  # e.g. importances of a constant parameter
                 summary.skipped[name] = f"{type(exc).__name__}: {first_line(exc)}"
                 _log.info("report plot %s skipped: %s", name, summary.skipped[name])
@@ -217,8 +205,7 @@ def _trials_section(study: optuna.Study, tracking_uri: str | None, top: int) -> 
     if not len(frame):
         return ('<section id="top-trials"><h2>Top trials</h2>'
                 '<p class="note">The study has no trial yet.</p></section>')
-    table = frame.to_html(index=False, na_rep="-", border=0, classes="trials",
-                          float_format=lambda v: f"{v:.4g}")
+    table = table_html(frame, "trials")
     return (f'<section id="top-trials"><h2>Top {len(frame)} trials</h2>'
             f'<p>Completed trials by value, then pruned trials by their last reported '
             f'value, then the rest.</p><div class="scroll">{table}</div></section>')
@@ -244,25 +231,12 @@ def _pictures(run_id: str, tracking_uri: str | None) -> tuple[list[tuple[str, by
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from ..store import (
-        check_reachable,
-        client_for,
-        quiet_downloads,
-        redact,
-        resolve_tracking_uri,
-        sqlite_path,
-    )
+    from ..store import open_client, quiet_downloads
 
-    uri = resolve_tracking_uri(tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():  # asking MLflow would create an empty store
-        return [], (f"no MLflow store at {redact(uri)}; pass --tracking-uri (or set "
-                    f"MLFLOW_TRACKING_URI) to the store the study logged to")
     try:
-        check_reachable(uri)
+        _, client = open_client(tracking_uri, must_exist=True)
     except TunetrackError as exc:
         return [], str(exc)
-    client = client_for(uri)
     pictures = []
     try:
         with tempfile.TemporaryDirectory(prefix="tunetrack-report-") as tmp, \
@@ -316,8 +290,6 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: i
     import optuna as _optuna
     import plotly
     from plotly.offline import get_plotlyjs
-
-    from .cost_report import cost_section_html
 
     summary = ReportSummary()
     best = _best_trial(study)

@@ -1,7 +1,5 @@
-"""The model registry: `promote` a study's best model when it beats the champion on the
-test split by a margin the paired statistics (`promotion_stats`) back, its history, and
-the MLflow PyTorch model files themselves (`model_io`).
-"""
+"""The model registry: `promote` when the paired statistics (`promotion_stats`) back it,
+its history, and the MLflow PyTorch model files (`model_io`)."""
 
 from ..lazy import lazy_exports
 

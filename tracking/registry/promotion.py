@@ -81,9 +81,18 @@ def _validate(model_name: str, alias: str, min_improvement: float, alpha: float)
         raise TunetrackError(f"alpha must be in (0, 1) but got {alpha}")
 
 
-def _ranked(study: optuna.Study) -> tuple[list[FrozenTrial], str]:
-    """Completed trials, best validation objective first (multi-objective: the Pareto
-    front ordered by the first objective)."""
+@dataclass
+class _Candidate:
+    trial: FrozenTrial  # the best ranked completed trial with a logged model
+    run: Run
+    model_id: str
+    note: str  # how it was chosen, appended to every message
+
+
+def _find_candidate(client: MlflowClient, study: optuna.Study) -> _Candidate:
+    """The best completed trial (validation objective: test never selects) whose run has a
+    logged model; multi-objective: the Pareto front ranked by the first objective."""
+    from mlflow.exceptions import MlflowException
     from optuna.trial import TrialState
 
     from ..directions import direction_sign
@@ -92,16 +101,10 @@ def _ranked(study: optuna.Study) -> tuple[list[FrozenTrial], str]:
     if not complete:
         raise TunetrackError(f"study {study.study_name!r} has no completed trial to promote")
     sign = direction_sign(study.directions[0])
-    if len(study.directions) == 1:
-        return sorted(complete, key=lambda t: (sign * t.values[0], t.number)), ""
-    front = sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
-    return front, " (multi-objective: Pareto front ranked by the first objective)"
-
-
-def _candidate(client: MlflowClient, ranked: list[FrozenTrial]) -> tuple[FrozenTrial, Run, str]:
-    """The best ranked trial whose run has a logged model, and the model id."""
-    from mlflow.exceptions import MlflowException
-
+    multi = len(study.directions) > 1
+    ranked = sorted(study.best_trials if multi else complete,
+                    key=lambda t: (sign * t.values[0], t.number))
+    note = " (multi-objective: Pareto front ranked by the first objective)" if multi else ""
     for trial in ranked:
         run_id = trial.user_attrs.get(T.ATTR_RUN_ID)
         if not run_id:
@@ -112,7 +115,10 @@ def _candidate(client: MlflowClient, ranked: list[FrozenTrial]) -> tuple[FrozenT
             continue
         model_id = run.data.tags.get(T.MODEL_ID)
         if model_id:
-            return trial, run, model_id
+            if trial is not ranked[0]:
+                note += (f"; best trial #{ranked[0].number} has no logged model, so trial "
+                         f"#{trial.number} (the best one with a model) is the candidate")
+            return _Candidate(trial, run, model_id, note)
     raise TunetrackError(
         f"no completed trial of the study has a logged model in MLflow ({len(ranked)} "
         f"checked); run it with tracking.log_models 'best' or 'all'")
@@ -155,22 +161,32 @@ def _champion(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         raise
 
 
-def _splits_of(client: MlflowClient, run: Run) -> Splits:
+def _test_split(client: MlflowClient, candidate: _Candidate) -> Splits:
+    """The test split, rebuilt from the candidate's `trial.yaml`; refused when the data
+    changed since the candidate was trained (its accuracy would not be comparable)."""
     import yaml
 
     from tunetrack.models import TrialConfig, load_splits
 
     from ..store import quiet_downloads
 
+    run_id = candidate.run.info.run_id
     with tempfile.TemporaryDirectory(prefix="tunetrack-promote-") as tmp, quiet_downloads():
         try:
-            local = client.download_artifacts(run.info.run_id, "trial.yaml", tmp)
+            local = client.download_artifacts(run_id, "trial.yaml", tmp)
         except Exception as exc:
-            raise TunetrackError(f"run {run.info.run_id} has no readable trial.yaml "
+            raise TunetrackError(f"run {run_id} has no readable trial.yaml "
                                  f"({type(exc).__name__}); cannot rebuild its test split") \
                 from None
         raw = yaml.safe_load(Path(local).read_text())
-    return load_splits(TrialConfig.from_dict(raw).data)
+    splits = load_splits(TrialConfig.from_dict(raw).data)
+    trained_on = candidate.run.data.tags.get(T.DATA_FINGERPRINT)
+    if trained_on and trained_on != splits.fingerprint:
+        raise TunetrackError(
+            f"the data of trial #{candidate.trial.number} changed since it was trained "
+            f"(fingerprint {trained_on} then, {splits.fingerprint} now); cannot evaluate it "
+            f"fairly")
+    return splits
 
 
 def _test_correct(model_uri: str, client: MlflowClient, splits: Splits) -> np.ndarray:
@@ -225,102 +241,115 @@ def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
     `alpha`. Every decision (promoted or refused after a comparison) goes into the
     history; `dry_run` decides and changes nothing."""
     from ..runs import HELPER
-    from ..store import check_reachable, client_for, resolve_tracking_uri
+    from ..store import open_client
 
     _validate(model_name, alias, min_improvement, alpha)
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    client = client_for(uri)
+    _, client = open_client(tracking_uri)
     HELPER.flush()  # runs this process is still writing
-    ranked, ranking_note = _ranked(study)
-    trial, run, model_id = _candidate(client, ranked)
-    note = ranking_note
-    if trial is not ranked[0]:
-        note += (f"; best trial #{ranked[0].number} has no logged model, so trial "
-                 f"#{trial.number} (the best one with a model) is the candidate")
+    candidate = _find_candidate(client, study)
     registered = _registered(client, model_name)
     if registered is not None:
         _check_owner(registered, study.study_name)
     champion = _champion(client, model_name, alias) if registered is not None else None
-
-    splits = _splits_of(client, run)
-    trained_on = run.data.tags.get(T.DATA_FINGERPRINT)
-    if trained_on and trained_on != splits.fingerprint:
-        raise TunetrackError(
-            f"the data of trial #{trial.number} changed since it was trained (fingerprint "
-            f"{trained_on} then, {splits.fingerprint} now); cannot evaluate it fairly")
-    candidate_correct = _test_correct(f"models:/{model_id}", client, splits)
-    candidate_acc = _accuracy(candidate_correct)
+    splits = _test_split(client, candidate)
+    correct = _test_correct(f"models:/{candidate.model_id}", client, splits)
+    accuracy = _accuracy(correct)
     entry: dict[str, Any] = {
-        "at": _now(), "alias": alias, "study": study.study_name, "trial": trial.number,
-        "run_id": run.info.run_id, "n": len(candidate_correct),
-        "candidate_test_accuracy": round(candidate_acc, 6), "alpha": alpha,
+        "at": _now(), "alias": alias, "study": study.study_name,
+        "trial": candidate.trial.number, "run_id": candidate.run.info.run_id,
+        "n": len(correct), "candidate_test_accuracy": round(accuracy, 6), "alpha": alpha,
         "min_improvement": min_improvement,
         "champion_version": str(champion.version) if champion is not None else None}
-    stamp = "dry run: " if dry_run else ""
-
-    def refuse(reason: str, champion_acc: float | None, evidence: PairedEvidence | None = None,
-               record: bool = True) -> PromotionResult:
-        decision = {**entry, "decision": "refused", "version": None, "reason": reason}
-        if record and not dry_run:
-            _record(client, model_name, alias, decision)
-        return PromotionResult(False, None, candidate_acc, champion_acc,
-                               f"{stamp}not promoted: {reason}{note}", evidence,
-                               decision if record else None, dry_run)
-
+    decider = _Decider(client, study, model_name, alias, dry_run, registered, candidate,
+                       splits.fingerprint, accuracy, entry)
     if champion is None:
-        reason = f"first champion: {model_name}@{alias} does not exist yet, nothing to compare"
-        decision = {**entry, "decision": "promoted", "replaced": None, "reason": reason}
-        if dry_run:
-            return PromotionResult(False, None, candidate_acc, None,
-                                   f"dry run: would promote trial #{trial.number} ({reason})"
-                                   f"{note}", None, decision, True)
-        version = _register(client, model_name=model_name, alias=alias, study=study,
-                            trial=trial, run=run, model_id=model_id,
-                            fingerprint=splits.fingerprint, candidate_acc=candidate_acc,
-                            champion=None, registered=registered, decision=decision)
-        return PromotionResult(True, version, candidate_acc, None,
-                               f"promoted trial #{trial.number} as {model_name} version "
-                               f"{version} @{alias}: test accuracy {candidate_acc:.4f}, "
-                               f"{reason}{note}", None, decision)
+        return decider.promoted(f"first champion: {model_name}@{alias} does not exist yet, "
+                                f"nothing to compare")
+    return _challenge(decider, champion, splits, correct, min_improvement, alpha)
 
+
+@dataclass
+class _Decider:
+    """One promotion past the candidate's own evaluation, and the two ways it ends."""
+
+    client: MlflowClient
+    study: optuna.Study
+    model_name: str
+    alias: str
+    dry_run: bool
+    registered: RegisteredModel | None
+    candidate: _Candidate
+    fingerprint: str  # of the test split both models are judged on
+    accuracy: float  # the candidate's test accuracy
+    entry: dict[str, Any]  # the history entry so far
+
+    def refused(self, reason: str, champion_acc: float | None,
+                evidence: PairedEvidence | None = None, record: bool = True
+                ) -> PromotionResult:
+        """Not promoted; the decision is recorded unless `record` is False or a dry run."""
+        decision = {**self.entry, "decision": "refused", "version": None, "reason": reason}
+        if record and not self.dry_run:
+            _record(self.client, self.model_name, self.alias, decision)
+        stamp = "dry run: " if self.dry_run else ""
+        return PromotionResult(False, None, self.accuracy, champion_acc,
+                               f"{stamp}not promoted: {reason}{self.candidate.note}",
+                               evidence, decision if record else None, self.dry_run)
+
+    def promoted(self, reason: str, champion: ModelVersion | None = None,
+                 champion_acc: float | None = None, evidence: PairedEvidence | None = None
+                 ) -> PromotionResult:
+        """Registered and aliased (`_register`) over `champion` (None: the first one); a
+        dry run only says it would be."""
+        trial = self.candidate.trial.number
+        decision = {**self.entry, "decision": "promoted",
+                    "replaced": str(champion.version) if champion is not None else None,
+                    "reason": reason}
+        if self.dry_run:
+            why = f" over version {champion.version}: {reason}" if champion else f" ({reason})"
+            message, version = f"dry run: would promote trial #{trial}{why}", None
+        else:
+            version = _register(self, champion, decision)
+            why = (f", replacing version {champion.version}: {reason}" if champion
+                   else f": test accuracy {self.accuracy:.4f}, {reason}")
+            message = f"promoted trial #{trial} as {self.model_name} version {version} " \
+                      f"@{self.alias}{why}"
+        return PromotionResult(not self.dry_run, version, self.accuracy, champion_acc,
+                               message + self.candidate.note, evidence, decision, self.dry_run)
+
+
+def _challenge(decider: _Decider, champion: ModelVersion, splits: Splits,
+               candidate_correct: np.ndarray, min_improvement: float, alpha: float
+               ) -> PromotionResult:
+    """The evidence against the current champion: both models on the same test images,
+    then both gates (`_judge`). Nothing to compare when the candidate already is the
+    champion or the champion was trained on other data."""
+    name, alias = decider.model_name, decider.alias
     champion_model = champion.tags.get(T.MODEL_ID) or getattr(champion, "model_id", None)
-    if champion_model == model_id:
-        result = refuse(f"trial #{trial.number} is already {model_name}@{alias} (version "
-                        f"{champion.version}); nothing to do", candidate_acc, record=False)
+    if champion_model == decider.candidate.model_id:
+        result = decider.refused(f"trial #{decider.candidate.trial.number} is already "
+                                 f"{name}@{alias} (version {champion.version}); nothing to "
+                                 f"do", decider.accuracy, record=False)
         result.version = str(champion.version)
         return result
     champion_fp = champion.tags.get(T.DATA_FINGERPRINT)
     if champion_fp != splits.fingerprint:
-        return refuse(f"champion {model_name}@{alias} (version {champion.version}) was "
-                      f"trained on other data (fingerprint {champion_fp}, candidate "
-                      f"{splits.fingerprint}); their test accuracies are not comparable", None)
+        return decider.refused(f"champion {name}@{alias} (version {champion.version}) was "
+                               f"trained on other data (fingerprint {champion_fp}, "
+                               f"candidate {splits.fingerprint}); their test accuracies are "
+                               f"not comparable", None)
     try:
-        champion_correct = _test_correct(f"models:/{model_name}@{alias}", client, splits)
+        champion_correct = _test_correct(f"models:/{name}@{alias}", decider.client, splits)
     except TunetrackError as exc:
-        raise TunetrackError(f"current champion {model_name}@{alias} (version "
-                             f"{champion.version}) cannot be evaluated: {exc}; delete "
-                             f"that alias to start over") from None
+        raise TunetrackError(f"current champion {name}@{alias} (version {champion.version}) "
+                             f"cannot be evaluated: {exc}; delete that alias to start over") \
+            from None
     champion_acc = _accuracy(champion_correct)
     evidence = paired_evidence(champion_correct, candidate_correct)
-    entry.update(_evidence_entry(evidence))
+    decider.entry.update(_evidence_entry(evidence))
     wins, reason = _judge(evidence, min_improvement, alpha)
     if not wins:
-        return refuse(reason, champion_acc, evidence)
-    decision = {**entry, "decision": "promoted", "replaced": str(champion.version),
-                "reason": reason}
-    if dry_run:
-        return PromotionResult(False, None, candidate_acc, champion_acc,
-                               f"dry run: would promote trial #{trial.number} over version "
-                               f"{champion.version}: {reason}{note}", evidence, decision, True)
-    version = _register(client, model_name=model_name, alias=alias, study=study, trial=trial,
-                        run=run, model_id=model_id, fingerprint=splits.fingerprint,
-                        candidate_acc=candidate_acc, champion=champion,
-                        registered=registered, decision=decision)
-    return PromotionResult(True, version, candidate_acc, champion_acc,
-                           f"promoted trial #{trial.number} as {model_name} version {version} "
-                           f"@{alias}, replacing version {champion.version}: {reason}{note}",
-                           evidence, decision)
+        return decider.refused(reason, champion_acc, evidence)
+    return decider.promoted(reason, champion, champion_acc, evidence)
 
 
 def evidence_lines(result: PromotionResult) -> list[str]:
@@ -363,11 +392,10 @@ def promotion_history(model_name: str, *, alias: str | None = None,
     Entries written before promotion became statistical lack `decision` (they were all
     promotions) and the evidence numbers; they are returned as they are, marked promoted.
     """
-    from ..store import check_reachable, client_for, resolve_tracking_uri
+    from ..store import open_client
 
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    registered = _registered(client_for(uri), model_name)
+    uri, client = open_client(tracking_uri)
+    registered = _registered(client, model_name)
     if registered is None:
         raise TunetrackError(f"no registered model {model_name!r} in {uri}; promote a study "
                              f"first (tunetrack promote STUDY)")
@@ -387,17 +415,19 @@ def promotion_history(model_name: str, *, alias: str | None = None,
     return sorted(rows, key=lambda e: (str(e.get("at", "")), e["seq"], e["alias"]))
 
 
-def _register(client: MlflowClient, *, model_name: str, alias: str, study: optuna.Study,
-              trial: FrozenTrial, run: Run, model_id: str, fingerprint: str,
-              candidate_acc: float, champion: ModelVersion | None,
-              registered: RegisteredModel | None, decision: dict[str, Any]) -> str:
+def _register(decider: _Decider, champion: ModelVersion | None, decision: dict[str, Any]
+              ) -> str:
     """Create the version, move the alias, write the history; undo all of it on error."""
     from mlflow.exceptions import MlflowException
 
+    client, model_name, alias, study = (decider.client, decider.model_name, decider.alias,
+                                        decider.study)
+    trial, run, model_id = (decider.candidate.trial, decider.candidate.run,
+                            decider.candidate.model_id)
     created_model = created_version = None
     alias_moved = False
     try:
-        if registered is None:
+        if decider.registered is None:
             try:
                 client.create_registered_model(model_name, tags={T.STUDY: study.study_name},
                                                description=f"best models of study "
@@ -411,8 +441,8 @@ def _register(client: MlflowClient, *, model_name: str, alias: str, study: optun
         val = run.data.metrics.get("best_val_accuracy")
         version_tags: dict[str, Any] = {
             T.STUDY: study.study_name, T.TRIAL: trial.number, T.MODEL_ID: model_id,
-            "test_accuracy": f"{candidate_acc:.6f}", "objective_value": trial.values[0],
-            T.DATA_FINGERPRINT: fingerprint, f"tunetrack.promoted.{alias}": when,
+            "test_accuracy": f"{decider.accuracy:.6f}", "objective_value": trial.values[0],
+            T.DATA_FINGERPRINT: decider.fingerprint, f"tunetrack.promoted.{alias}": when,
             f"tunetrack.promoted_over.{alias}": champion.version if champion else "none",
         }
         if decision.get("p_value") is not None:

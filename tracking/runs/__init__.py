@@ -1,8 +1,5 @@
-"""The study process's side of tracking: `StudyTracker` (the study and its shared parent
-run), `TrialRun` (a trial's run, the trainer's epoch callback), `HELPER` (the link to the
-helper process that does all MLflow writing) and `run_contents` (the one place that decides
-what a trial's run holds). Nothing here imports MLflow.
-"""
+"""The study process's side of tracking (`StudyTracker`, `TrialRun`, the `HELPER` link,
+`run_contents`); nothing here imports MLflow."""
 
 from ..lazy import lazy_exports
 

@@ -119,30 +119,22 @@ def write_trial_artifacts(out: Path, done: CompletedTrial) -> list[str]:
     curves of an empty history) is left out."""
     from tunetrack.models import classification_metrics
 
-    from ..pictures import (
-        draw_confusion,
-        draw_curves,
-        draw_feature_maps,
-        draw_first_layer,
-        draw_lr_curve,
-        draw_misclassified,
-        draw_per_class_error,
-    )
+    from .. import pictures
 
     report = classification_metrics(done.y_true, done.y_pred, done.classes)
     history = write_tables(out, done, report)
-    draw_confusion(out / "confusion_matrix.png", report.confusion, done.classes)
+    pictures.draw_confusion(out / "confusion_matrix.png", report.confusion, done.classes)
     support = report.confusion.sum(axis=1)
-    draw_per_class_error(out / "per_class_error.png", {
+    pictures.draw_per_class_error(out / "per_class_error.png", {
         c: report.per_class_error[c] for c in done.classes}, support)
     if len(done.wrong_true):
-        draw_misclassified(out / "misclassified.png", done.wrong_images,
-                                   done.wrong_true, done.wrong_pred, done.classes)
+        pictures.draw_misclassified(out / "misclassified.png", done.wrong_images,
+                                    done.wrong_true, done.wrong_pred, done.classes)
     if len(history):
-        draw_curves(out / "curves.png", history, done.best_epoch)
-        draw_lr_curve(out / "lr.png", history)
-    draw_first_layer(out / "first_layer.png", done.model, done.images.shape[1:])
-    draw_feature_maps(out / "feature_maps.png", done.model, done.images)
+        pictures.draw_curves(out / "curves.png", history, done.best_epoch)
+        pictures.draw_lr_curve(out / "lr.png", history)
+    pictures.draw_first_layer(out / "first_layer.png", done.model, done.images.shape[1:])
+    pictures.draw_feature_maps(out / "feature_maps.png", done.model, done.images)
     return sorted(p.name for p in out.iterdir())
 
 

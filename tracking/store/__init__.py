@@ -1,8 +1,5 @@
-"""Where runs are kept: which MLflow store (`uri`: resolution, a fast reachability check
-before any training, the local store's creation and schema checks), SQLite files of both
-stores (`sqlite`: WAL, what a file holds, a file lock; search's Optuna storage uses them
-too), one `MlflowClient` per store (`client`) and `tunetrack server` (`server`).
-"""
+"""Where runs are kept: the store's URI and checks (`uri`), SQLite files of both stores
+(`sqlite`, shared with search), the client (`client`) and `tunetrack server` (`server`)."""
 
 from ..lazy import lazy_exports
 
@@ -11,6 +8,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
             "redact", "resolve_tracking_uri"),
     "sqlite": ("SQLITE_MAGIC", "checkpoint_wal", "file_lock", "other_kind", "shown_path",
                "sqlite_path", "sqlite_tables", "sqlite_uri", "store_kind", "use_wal"),
-    "client": ("client_for", "end_run", "get_or_create_experiment", "quiet_downloads"),
+    "client": ("client_for", "end_run", "get_or_create_experiment", "open_client",
+               "quiet_downloads"),
     "server": ("is_loopback", "mlflow_server_argv", "serve"),
 })

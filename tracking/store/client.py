@@ -23,6 +23,7 @@ from tunetrack.models.errors import first_line
 
 from .. import tags as T
 from .sqlite import sqlite_path, use_wal
+from .uri import check_reachable, redact, resolve_tracking_uri
 
 
 @functools.lru_cache(maxsize=8)
@@ -35,6 +36,22 @@ def client_for(tracking_uri: str) -> MlflowClient:
         if db is not None:
             use_wal(db)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry)
+
+
+def open_client(tracking_uri: str | None = None, *, check: bool = True,
+                must_exist: bool = False) -> tuple[str, MlflowClient]:
+    """(resolved URI, its client) for reading a study back: checked first unless `check`
+    is False (`check_reachable`: a dead server fails in one line, not after MLflow's
+    minutes of retries). `must_exist`: a missing SQLite file is an error too, since asking
+    MLflow would create an empty store."""
+    uri = resolve_tracking_uri(tracking_uri)
+    db = sqlite_path(uri)
+    if must_exist and db is not None and not db.exists():
+        raise TunetrackError(f"no MLflow store at {redact(uri)}; pass --tracking-uri (or set "
+                             f"MLFLOW_TRACKING_URI) to the store the study logged to")
+    if check:
+        check_reachable(uri)
+    return uri, client_for(uri)
 
 
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"

@@ -25,16 +25,8 @@ from pathlib import Path
 from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
-from .sqlite import (
-    SQLITE_MAGIC,
-    file_lock,
-    other_kind,
-    shown_path,
-    sqlite_path,
-    sqlite_tables,
-    sqlite_uri,
-    store_kind,
-)
+from . import sqlite
+from .sqlite import sqlite_path, sqlite_uri
 
 DEFAULT_DB_FILE = "mlflow.db"
 _DB_SCHEMES = ("postgresql", "mysql", "mssql")
@@ -128,10 +120,10 @@ def _check_sqlite(uri: str) -> None:
             raise TunetrackError(f"tracking URI {uri}: {path} is a folder, not a database file")
         try:
             with path.open("rb") as handle:
-                head = handle.read(len(SQLITE_MAGIC))
+                head = handle.read(len(sqlite.SQLITE_MAGIC))
         except OSError as exc:
             raise TunetrackError(f"tracking URI {uri}: cannot read {path} ({exc})") from None
-        if head and head != SQLITE_MAGIC:
+        if head and head != sqlite.SQLITE_MAGIC:
             raise TunetrackError(f"tracking URI {uri}: {path} is not an SQLite database")
         if not os.access(path, os.W_OK):
             raise TunetrackError(f"tracking URI {uri}: {path} is not writable")
@@ -171,10 +163,10 @@ def _check_database(uri: str, timeout: float) -> None:
     except Exception as exc:  # driver errors have no common base class
         raise TunetrackError(f"cannot connect to tracking database {redact(uri)}: "
                              f"{first_line(exc)}") from None
-    if store_kind(tables) == "optuna":  # other programs' tables may share a server database
+    if sqlite.store_kind(tables) == "optuna":  # other programs' tables may share a server database
         raise TunetrackError(f"tracking URI {redact(uri)}: the database is a tunetrack/Optuna "
                              f"study storage, not an MLflow store")
-    if store_kind(tables) == "mlflow":
+    if sqlite.store_kind(tables) == "mlflow":
         _check_schema(tables, revision, f"the database {redact(uri)}", uri)
 
 
@@ -214,22 +206,22 @@ def check_mlflow_store(uri: str, *, must_exist: bool = False) -> None:
     path = sqlite_path(uri)
     if path is None or (path.exists() and path.is_dir()):
         return
-    read = sqlite_tables(path) if path.exists() else (frozenset(), None)
+    read = sqlite.sqlite_tables(path) if path.exists() else (frozenset(), None)
     if read is None:
         raise TunetrackError(f"tracking URI {uri}: {path} is not an SQLite database")
     tables, revision = read
-    kind = store_kind(tables)
+    kind = sqlite.store_kind(tables)
     if kind == "empty":
         if must_exist:
-            raise TunetrackError(f"no MLflow store at {shown_path(path)}; run `tunetrack run "
-                                 f"FILE` first, or pass --tracking-uri / set "
+            raise TunetrackError(f"no MLflow store at {sqlite.shown_path(path)}; run "
+                                 f"`tunetrack run FILE` first, or pass --tracking-uri / set "
                                  f"MLFLOW_TRACKING_URI to the store the study logged to")
         return
     if kind != "mlflow":
-        raise TunetrackError(f"tracking URI {uri}: {other_kind(path, tables)}, not an MLflow "
-                             f"store; point --tracking-uri at the MLflow store (default "
+        raise TunetrackError(f"tracking URI {uri}: {sqlite.other_kind(path, tables)}, not an "
+                             f"MLflow store; point --tracking-uri at the MLflow store (default "
                              f"sqlite:///mlflow.db)")
-    _check_schema(tables, revision, shown_path(path), uri)
+    _check_schema(tables, revision, sqlite.shown_path(path), uri)
 
 
 def _check_schema(tables: frozenset[str], revision: str | None, where: str, uri: str) -> None:
@@ -260,7 +252,7 @@ def ensure_local_store(uri: str) -> None:
     check_mlflow_store(uri)
     if path.exists() and path.stat().st_size:
         return
-    with file_lock(path.with_name(f".{path.name}.lock")):
+    with sqlite.file_lock(path.with_name(f".{path.name}.lock")):
         check_mlflow_store(uri)
         if path.exists() and path.stat().st_size:
             return  # another process created it while we waited
