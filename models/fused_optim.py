@@ -24,29 +24,23 @@ from torch import nn
 
 from .config import TrainConfig
 from .errors import TunetrackError
-from .optimizers import build_optimizer, build_scheduler
+from .optimizers import Stepper, build_optimizer, build_scheduler
 
 # optimizer state per kind, one [K, P] tensor each (rows of members of other kinds unused)
 _STATE = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
           "adamw": ("exp_avg", "exp_avg_sq"), "rmsprop": ("square_avg", "momentum_buffer")}
 
 
-class MemberSchedule:
-    """One member's learning rate (and momentum/beta1) over time, from torch's schedulers.
-
-    Steps where the unfused `Trainer` steps its scheduler: `after_batch` (OneCycleLR),
-    `after_epoch(val_loss)` (ReduceLROnPlateau with the loss, the others without).
-    """
+class MemberSchedule(Stepper):
+    """One member's learning rate (and momentum/beta1) over time, from torch's schedulers,
+    stepped where the unfused `Trainer` steps its own (`Stepper`)."""
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int):
         self.cfg = cfg
         self._dummy = nn.Parameter(torch.zeros(1))
         self.optimizer = build_optimizer([self._dummy], cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
+        super().__init__(build_scheduler(self.optimizer, cfg, steps_per_epoch))
         self.optimizer.step()  # no gradient, no change; schedulers expect a step before theirs
-        sched = torch.optim.lr_scheduler
-        self.per_batch = isinstance(self.scheduler, sched.OneCycleLR)
-        self.plateau = isinstance(self.scheduler, sched.ReduceLROnPlateau)
 
     @property
     def group(self) -> dict:
@@ -55,19 +49,6 @@ class MemberSchedule:
     @property
     def lr(self) -> float:
         return float(self.group["lr"])
-
-    def after_batch(self) -> bool:
-        """Step a per-batch schedule; True when the hyperparameters changed."""
-        if self.per_batch and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
-            self.scheduler.step()
-            return True
-        return False
-
-    def after_epoch(self, val_loss: float) -> None:
-        if self.plateau:
-            self.scheduler.step(val_loss)
-        elif self.scheduler is not None and not self.per_batch:
-            self.scheduler.step()
 
     def hyper(self) -> dict:
         """This step's hyperparameters (lr, weight decay, momentum/betas, ...) as floats."""

@@ -127,6 +127,30 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig,
     return SCHEDULER_BUILDERS[cfg.scheduler](opt, cfg, steps_per_epoch)
 
 
+class Stepper:
+    """When a scheduler steps, as PyTorch documents it and both trainers do: OneCycleLR after
+    every batch (never past its last step), ReduceLROnPlateau after every epoch with the
+    validation loss, the others after every epoch; None steps nothing."""
+
+    def __init__(self, scheduler: Scheduler | None):
+        self.scheduler = scheduler
+        self.per_batch = isinstance(scheduler, _sched.OneCycleLR)
+        self.plateau = isinstance(scheduler, _sched.ReduceLROnPlateau)
+
+    def after_batch(self) -> bool:
+        """Step a per-batch schedule; True when the hyperparameters changed."""
+        if self.per_batch and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
+            self.scheduler.step()
+            return True
+        return False
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.plateau:
+            self.scheduler.step(val_loss)
+        elif self.scheduler is not None and not self.per_batch:
+            self.scheduler.step()
+
+
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of |w| over weight matrices/kernels (biases and norm scales are not penalised)."""
     weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]

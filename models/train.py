@@ -20,7 +20,7 @@ from torch import nn
 from .batches import ResidentBatches, StreamingBatches
 from .config import TrainConfig
 from .data import Split, Splits
-from .optimizers import build_optimizer, build_scheduler, l1_penalty, param_groups
+from .optimizers import Stepper, build_optimizer, build_scheduler, l1_penalty, param_groups
 from .trainer_core import (
     EpochBook,
     EpochCallback,
@@ -70,6 +70,7 @@ class Trainer(TrainerCore):
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = build_optimizer(param_groups(self.model, cfg.lr), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.stepper = Stepper(self.scheduler)
 
     def _train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         cfg, model = self.cfg, self.model
@@ -77,7 +78,6 @@ class Trainer(TrainerCore):
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
         for x, y, mix in self.train_batches():
             with self.autocast():
                 logits = self.forward(x if mix is None else mix.x)
@@ -94,8 +94,7 @@ class Trainer(TrainerCore):
             else:
                 total.backward()
                 self.optimizer.step()
-            if onecycle and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
-                self.scheduler.step()
+            self.stepper.after_batch()
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.argmax(1) == (y if mix is None else mix.dominant_labels())).sum()
             seen += len(y)
@@ -147,11 +146,7 @@ class Trainer(TrainerCore):
             book.observe(res, lambda: copy.deepcopy(self.model.state_dict()))
             if book.done:
                 break
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(res.val_loss)
-            elif self.scheduler is not None and not isinstance(
-                    self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
-                self.scheduler.step()
+            self.stepper.after_epoch(res.val_loss)
             book.decide(res)
         if book.best_state is not None:
             self.model.load_state_dict(book.best_state)
