@@ -31,6 +31,12 @@ _STATE = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
           "adamw": ("exp_avg", "exp_avg_sq"), "rmsprop": ("square_avg", "momentum_buffer")}
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in _STATE:
+        raise TunetrackError(f"train.optimizer must be one of {', '.join(_STATE)} to fuse "
+                             f"trials but got {kind!r}")
+
+
 class MemberSchedule(Stepper):
     """One member's learning rate (and momentum/beta1) over time, from torch's schedulers,
     stepped where the unfused `Trainer` steps its own (`Stepper`)."""
@@ -75,11 +81,8 @@ class FusedOptimizer:
     def __init__(self, flat: torch.Tensor, grad: torch.Tensor, l1_mask: torch.Tensor,
                  schedules: Sequence[MemberSchedule]):
         self.schedules = list(schedules)
-        kinds = {s.cfg.optimizer for s in self.schedules}
-        unknown_kinds = sorted(kinds - set(_STATE))
-        if unknown_kinds:
-            raise TunetrackError(f"train.optimizer must be one of {', '.join(_STATE)} to fuse "
-                                 f"trials but got {unknown_kinds[0]!r}")
+        for schedule in self.schedules:
+            _check_kind(schedule.cfg.optimizer)
         names = {name for kind in _STATE for name in _STATE[kind]}
         self.state = {name: torch.zeros_like(flat) for name in sorted(names)}
         # Adam's step counts: one [K] tensor (one add per step, not K), each member's count
@@ -113,9 +116,7 @@ class FusedOptimizer:
 
     def replace(self, k: int, schedule: MemberSchedule) -> None:
         """A new member in slot k: fresh state, its own schedule."""
-        if schedule.cfg.optimizer not in _STATE:
-            raise TunetrackError(f"train.optimizer must be one of {', '.join(_STATE)} to fuse "
-                                 f"trials but got {schedule.cfg.optimizer!r}")
+        _check_kind(schedule.cfg.optimizer)
         for buffer in self.state.values():
             buffer[k].zero_()
         self.step_counts[k] = 0
