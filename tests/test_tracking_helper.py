@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,7 +218,10 @@ def test_a_failing_tracking_server_loses_no_optuna_data(tmp_path):
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     warnings_ = [line for line in done.stderr.splitlines() if "MLflow tracking failed" in line]
     assert warnings_ and all("Optuna still records every trial" in w for w in warnings_)
-    assert len(warnings_) == len(set(w.split(":")[0] for w in warnings_)) <= 4, warnings_
+    # one warning per (message, error type): under load the store may also fail a trial's
+    # own message (e.g. create_run), which is another kind and warned about once too
+    kinds = [re.search(r"failed in (\w+).*?: (\w+):", w).groups() for w in warnings_]
+    assert len(kinds) == len(set(kinds)) <= 4, warnings_
 
 
 # ---- nothing left to write when the process exits -------------------------------------------
