@@ -61,6 +61,8 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", case_sensitive=False,
                  help="table for people; json or csv for scripts"),
 ]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="every column in full, however wide [default: fit the terminal]")]
 ProgressOpt = Annotated[
     bool | None,
     typer.Option("--progress/--no-progress",
@@ -134,12 +136,19 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             handler.setFormatter(logging.Formatter(fmt))
 
 
-def _emit(rendered: Any) -> None:
-    """A rich renderable to the console; JSON / CSV text verbatim (no wrapping, no markup)."""
+def _emit(rendered: Any, *, wide: bool = False) -> None:
+    """A rich renderable to the console (`wide`: as wide as it is, for a pager or a file);
+    JSON / CSV text verbatim (no wrapping, no markup)."""
     if isinstance(rendered, str):
         typer.echo(rendered, nl=not rendered.endswith("\n"))
     else:
-        _console().print(rendered)
+        _console(wide=wide).print(rendered)
+
+
+def _fit_width(wide: bool) -> int | None:
+    """The width tables must fit: the terminal's (COLUMNS where set, 80 when not a
+    terminal); None with --wide."""
+    return None if wide else _console().width
 
 
 def user_errors(fn: F) -> F:
@@ -186,10 +195,10 @@ def _raised_by_interrupt(exc: BaseException | None) -> bool:
     return False
 
 
-def _console():
+def _console(*, wide: bool = False):
     from rich.console import Console
 
-    return Console()
+    return Console(width=100_000) if wide else Console()
 
 
 def _quiet_libraries() -> None:
@@ -360,36 +369,44 @@ def _print_summary(study, spec, tracking_uri: str | None) -> None:
 @user_errors
 def status(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
-    fmt: FormatOpt = OutputFormat.table,
+    fmt: FormatOpt = OutputFormat.table, wide: WideOpt = False,
 ) -> None:
-    """The study's trials: state, value, test accuracy, epochs run, duration, params."""
+    """The study's trials, one line each: state, value, test accuracy, epochs run,
+    duration, params."""
     from .command_output import render, trial_records, trials_table
 
     records = trial_records(_load_study(study, storage))
-    _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}")))
+    width = _fit_width(wide)
+    _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}", width)),
+          wide=wide)
 
 
 @app.command()
 @user_errors
 def best(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
-    fmt: FormatOpt = OutputFormat.table,
+    fmt: FormatOpt = OutputFormat.table, wide: WideOpt = False,
 ) -> None:
     """Best value and parameters (the Pareto front for multi-objective studies)."""
     from .command_output import best_records, best_table, render
 
     records = best_records(_load_study(study, storage))
-    _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}")))
+    width = _fit_width(wide)
+    _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}", width)),
+          wide=wide)
 
 
 @app.command()
 @user_errors
-def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
+def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table,
+            wide: WideOpt = False) -> None:
     """List the studies in the storage."""
     from .command_output import render, studies_table, study_records
     from .storage import open_storage
 
-    _emit(render(study_records(open_storage(storage, create=False)), fmt.value, studies_table))
+    width = _fit_width(wide)
+    _emit(render(study_records(open_storage(storage, create=False)), fmt.value,
+                 lambda r: studies_table(r, width)), wide=wide)
 
 
 @app.command()
@@ -445,45 +462,37 @@ def compare(
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = OutputFormat.table,
+    wide: WideOpt = False,
 ) -> None:
-    """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
-    run id; then (as a table) the device seconds spent to reach 90/95/99 % of the best."""
-    from tunetrack.tracking import compare_trials
+    """Top trials side by side: value, full run id, test accuracy, epochs, duration, cost,
+    params; then the device seconds spent to reach 90/95/99 % of the best. With -f json:
+    {"trials": [...], "cost_to_target": [...]}; with -f csv, a `section` column."""
+    from rich.console import Group
 
-    from .command_output import render, rows_table
+    from tunetrack.tracking import compare_trials
+    from tunetrack.tracking.reading import cost_to_target
+
+    from .command_output import cost_table, render_sections, rows_table
 
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
     frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
     if csv is not None:
         frame.to_csv(csv, index=False)
-    records = frame.to_dict("records")
-    _emit(render(records, fmt.value, lambda r: rows_table(r, f"top {len(r)} trials of {study}")))
-    if fmt is OutputFormat.table:  # JSON / CSV stay one parseable document
-        _print_cost_to_target(loaded)
+    sections = {"trials": frame.to_dict("records"),
+                "cost_to_target": cost_to_target(loaded).to_dict("records")}
+    width = _fit_width(wide)
 
+    def tables(parts: dict[str, list[dict[str, Any]]]) -> Group:
+        shown = [rows_table(parts["trials"], f"top {len(parts['trials'])} trials of {study}",
+                            width)]
+        if parts["cost_to_target"]:
+            shown.append(cost_table(parts["cost_to_target"], f"cost to target of {study} "
+                                    f"(device seconds, finished trials in completion order)",
+                                    width))
+        return Group(*shown)
 
-def _print_cost_to_target(study) -> None:
-    """The device seconds the study spent until its best came within 90/95/99 % of the
-    final best (`tunetrack.tracking.reading`)."""
-    from rich.table import Table
-
-    from tunetrack.tracking.reading import cost_to_target
-
-    frame = cost_to_target(study)
-    if frame.empty:
-        return
-    table = Table(title=f"cost to target of {study.study_name} (device seconds, all "
-                        f"finished trials in completion order)")
-    for column in ("target", "value", "reached by trial", "trials finished",
-                   "device seconds", "share of total"):
-        table.add_column(column)
-    for row in frame.itertuples(index=False):
-        table.add_row(row.target, f"{row.target_value:.4g}", str(row.trial),
-                      str(row.trials_finished), f"{row.device_seconds:.2f}",
-                      "-" if row.share_of_total != row.share_of_total
-                      else f"{row.share_of_total:.0%}")
-    _console().print(table)
+    _emit(render_sections(sections, fmt.value, tables), wide=wide)
 
 
 @app.command()

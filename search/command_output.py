@@ -13,10 +13,12 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from rich.table import Table
+from rich.text import Text
 
 _STATE = optuna.trial.TrialState
 Record = dict[str, Any]
@@ -133,18 +135,36 @@ def to_csv(records: list[Record]) -> str:
     return buffer.getvalue()
 
 
-def render(records: list[Record], fmt: str,
-           table: Callable[[list[Record]], Table | str]) -> Table | str:
-    """The records as `table(records)` (a rich Table, or lines of text), or as JSON / CSV."""
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         from tunetrack.models.errors import TunetrackError
 
         raise TunetrackError(f"format must be one of {', '.join(FORMATS)} but got {fmt!r}")
+
+
+def render(records: list[Record], fmt: str,
+           table: Callable[[list[Record]], Table | str]) -> Table | str:
+    """The records as `table(records)` (a rich Table, or lines of text), or as JSON / CSV."""
+    _check_format(fmt)
     if fmt == "json":
         return to_json(records)
     if fmt == "csv":
         return to_csv(records)
     return table(records)
+
+
+def render_sections(sections: dict[str, list[Record]], fmt: str,
+                    table: Callable[[dict[str, list[Record]]], Any]) -> Any:
+    """A command whose result has several parts (`compare`: trials and cost to target):
+    one JSON object with a list per part, or one CSV whose first column `section` names
+    the part of each row, so scripts still read one document."""
+    _check_format(fmt)
+    if fmt == "json":
+        return json.dumps(_clean(sections), indent=2, allow_nan=False)
+    if fmt == "csv":
+        return to_csv([{"section": name, **r} for name, rows in sections.items()
+                       for r in rows])
+    return table(sections)
 
 
 def _num(value: Any, spec: str = ".4f") -> str:
@@ -162,53 +182,165 @@ def _value_text(record: Record) -> str:
     return ", ".join(_num(v) for v in values) if any(v is not None for v in values) else "-"
 
 
-def trials_table(records: list[Record], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("#", "state", "value", "test acc", "epochs", "duration", "params / reason"):
-        table.add_column(column)
-    for r in records:
-        detail = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
-        if r["reason"]:
-            detail += f"  [dim]({r['reason']})[/]"
-        duration = "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}s"
-        table.add_row(str(r["number"]), r["state"], _value_text(r), _num(r["test_accuracy"]),
-                      _num(r["epochs"]), duration, detail)
+@dataclass
+class Column:
+    """One column of a table that must fit the terminal: `keep` columns are never dropped
+    nor cut (ids a user copies); the others are dropped highest `drop` first until the rest
+    fits; the one `flex` column (free text) is cut with an ellipsis instead of wrapped, so
+    every row stays one line."""
+
+    header: str
+    cells: list[str]
+    keep: bool = False
+    drop: int = 0
+    flex: bool = False
+    justify: str = "left"
+
+    @property
+    def natural(self) -> int:
+        return max([len(self.header), *(len(c) for c in self.cells)])
+
+
+def _table_width(columns: list[Column], flex_width: int | None = None) -> int:
+    """Rich's default box: one space either side of each cell, one rule between columns
+    and at both edges."""
+    return sum((flex_width if c.flex and flex_width is not None else c.natural) + 3
+               for c in columns) + 1
+
+
+FLEX_MIN = 12  # below this a free-text column says nothing; drop others first
+
+
+def fit_table(title: str, columns: list[Column], *, width: int | None) -> Table:
+    """The columns as a rich Table no wider than `width` (None: all of them, `--wide`).
+
+    Rich alone squeezes every column to a sliver when a table is too wide (headers `n…`,
+    run ids `b2bb…`); choosing which columns to show keeps the rest readable and the ids
+    whole. A caption names what was left out."""
+    shown = list(columns)
+    if width is not None:
+        def too_wide() -> bool:
+            return _table_width(shown, FLEX_MIN) > width
+
+        while too_wide() and any(not c.keep for c in shown):
+            shown.remove(max((c for c in shown if not c.keep),
+                             key=lambda c: (c.drop, shown.index(c))))
+    hidden = [c.header for c in columns if c not in shown]
+    table = Table(title=title, caption=(f"not shown to fit {width} columns: "
+                                        f"{', '.join(hidden)} (--wide shows all)")
+                  if hidden else None)
+    fixed = _table_width([c for c in shown if not c.flex])
+    for c in shown:
+        if c.flex:
+            room = None if width is None else max(FLEX_MIN, width - fixed - 3)
+            table.add_column(c.header, no_wrap=True, overflow="ellipsis", max_width=room,
+                             justify=c.justify)  # type: ignore[arg-type]
+        else:
+            table.add_column(c.header, no_wrap=True, min_width=c.natural,
+                             justify=c.justify)  # type: ignore[arg-type]
+    for row in zip(*(c.cells for c in shown), strict=True):
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
-def best_table(records: list[Record], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("parameter")
+def short_names(names: list[str]) -> dict[str, str]:
+    """Dotted parameter names by their last part (`train.lr` -> `lr`) where that is
+    unambiguous, else in full."""
+    last = [n.rsplit(".", 1)[-1] for n in names]
+    return {n: s if last.count(s) == 1 else n for n, s in zip(names, last, strict=True)}
+
+
+def trials_table(records: list[Record], title: str, width: int | None = None) -> Table:
+    """One line per trial; the parameters (short names) and the reason share the last
+    column, cut to fit; `--wide` or `-f json` give them in full."""
+    names = short_names(sorted({k for r in records for k in r["params"]}))
+    details = []
     for r in records:
-        table.add_column(f"trial {r['number']}")
-    rows = [("value", [_value_text(r) for r in records]),
-            ("test accuracy", [_short(r["test_accuracy"] or "-") for r in records])]
+        params = " ".join(f"{names[k]}={_short(v)}" for k, v in sorted(r["params"].items()))
+        details.append(f"({r['reason']}) {params}" if r["reason"] else params)
+    columns = [
+        Column("#", [str(r["number"]) for r in records], keep=True, justify="right"),
+        Column("state", [r["state"] for r in records], keep=True),
+        Column("value", [_value_text(r) for r in records], keep=True),
+        Column("test acc", [_num(r["test_accuracy"]) for r in records], drop=2),
+        Column("epochs", [_num(r["epochs"]) for r in records], drop=3, justify="right"),
+        Column("duration", ["-" if r["duration_s"] is None else f"{r['duration_s']:.1f}s"
+                            for r in records], drop=4, justify="right"),
+        Column("params / reason", details, flex=True, drop=1),
+    ]
+    return fit_table(title, columns, width=width)
+
+
+def best_table(records: list[Record], title: str, width: int | None = None) -> Table:
+    """Parameters down, trials across (several for a Pareto front): trials that do not fit
+    are named in the caption."""
     names = sorted({k for r in records for k in r["params"]})
-    rows += [(n, [_short(r["params"].get(n, "-")) for r in records]) for n in names]
-    for name, cells in rows:
-        table.add_row(name, *cells)
-    return table
+    columns = [Column("parameter", ["value", "test accuracy", *names], keep=True)]
+    for i, r in enumerate(records):
+        cells = [_value_text(r), _short(r["test_accuracy"] or "-"),
+                 *(_short(r["params"].get(n, "-")) for n in names)]
+        columns.append(Column(f"trial {r['number']}", cells, keep=i == 0, drop=i))
+    return fit_table(title, columns, width=width)
 
 
-def studies_table(records: list[Record]) -> Table:
-    table = Table(title="studies")
-    for column in ("name", "trials", "best value", "directions"):
-        table.add_column(column)
-    for r in records:
-        best = ", ".join(_num(v) for v in r["best_values"]) if r["best_values"] else "-"
-        table.add_row(r["name"], str(r["trials"]), best, ", ".join(r["directions"]))
-    return table
+def studies_table(records: list[Record], width: int | None = None) -> Table:
+    columns = [
+        Column("name", [r["name"] for r in records], keep=True),
+        Column("trials", [str(r["trials"]) for r in records], keep=True, justify="right"),
+        Column("best value", [", ".join(_num(v) for v in r["best_values"])
+                              if r["best_values"] else "-" for r in records], drop=2),
+        Column("directions", [", ".join(r["directions"]) for r in records], drop=1),
+    ]
+    return fit_table("studies", columns, width=width)
 
 
-def rows_table(records: list[Record], title: str) -> Table:
-    """A flat table of records with the same keys (`compare`): floats to 4 digits."""
-    table = Table(title=title)
-    for column in records[0] if records else ():
-        table.add_column(str(column).removeprefix("params_"))
-    for r in records:
-        table.add_row(*("-" if v is None or v != v else f"{v:.4g}" if isinstance(v, float)
-                        else str(v) for v in r.values()))
-    return table
+# `compare`'s columns: (header, drop rank: highest first); number and run id always shown
+_COMPARE_COLUMNS = {"number": ("#", 0), "state": ("state", 7), "test_accuracy": ("test acc", 4),
+                    "epochs": ("epochs", 5), "duration_s": ("seconds", 6),
+                    "cost_device_seconds": ("device s", 8),
+                    "cost_peak_memory_mb": ("peak MB", 9), "run_id": ("run id", 0)}
+
+
+def _cell(value: Any) -> str:
+    return ("-" if value is None or value != value else f"{value:.4g}"
+            if isinstance(value, float) else str(value))
+
+
+def rows_table(records: list[Record], title: str, width: int | None = None) -> Table:
+    """`compare`: number, value(s) and the full run id always; then test accuracy,
+    epochs, duration, state and cost; the parameters (short names) first to go."""
+    keys = list(records[0]) if records else []
+    params = [k for k in keys if k not in _COMPARE_COLUMNS and k != "value"
+              and not k.startswith("value_")]
+    names = short_names([k.removeprefix("params_") for k in params])
+    columns = []
+    for key in keys:
+        cells = [_cell(r[key]) for r in records]
+        if key == "value" or key.startswith("value_") or key in ("number", "run_id"):
+            columns.append(Column(_COMPARE_COLUMNS.get(key, (key, 0))[0], cells, keep=True))
+        elif key in _COMPARE_COLUMNS:
+            columns.append(Column(_COMPARE_COLUMNS[key][0], cells, drop=_COMPARE_COLUMNS[key][1]))
+        else:  # parameters: the last one goes first
+            columns.append(Column(names[key.removeprefix("params_")], cells,
+                                  drop=10 + params.index(key)))
+    return fit_table(title, columns, width=width)
+
+
+def cost_table(records: list[Record], title: str, width: int | None = None) -> Table:
+    """`compare`'s second table: the device seconds until the best came within 90/95/99 %
+    of the final best."""
+    columns = [
+        Column("target", [r["target"] for r in records], keep=True),
+        Column("value", [f"{r['target_value']:.4g}" for r in records], keep=True),
+        Column("trial", [str(r["trial"]) for r in records], keep=True, justify="right"),
+        Column("finished", [str(r["trials_finished"]) for r in records], drop=2,
+               justify="right"),
+        Column("device s", [f"{r['device_seconds']:.2f}" for r in records], keep=True,
+               justify="right"),
+        Column("share", [_num(r["share_of_total"], ".0%") for r in records], drop=1,
+               justify="right"),
+    ]
+    return fit_table(title, columns, width=width)
 
 
 def prediction_lines(records: list[Record]) -> str:

@@ -96,7 +96,9 @@ def test_json_of_status_best_studies_and_compare_parses(storage):
                                  "--format", "json", "--tracking-uri", "sqlite:///m.db"])
     assert result.exit_code == 0, result.output
     top = json.loads(result.stdout)
-    assert [(t["number"], t["value"]) for t in top] == [(1, 0.95), (2, 0.93)]
+    assert [(t["number"], t["value"]) for t in top["trials"]] == [(1, 0.95), (2, 0.93)]
+    assert [c["target"] for c in top["cost_to_target"]][:3] == [
+        "90% of best", "95% of best", "99% of best"]
 
 
 def test_csv_has_a_header_and_one_row_per_trial(storage):
@@ -190,3 +192,55 @@ def test_shared_bar_counts_every_workers_trials(storage):
         raise KeyError("made")
 
     bar.poll(not_yet, every_s=0.0)  # a study no worker has created yet: no error
+
+
+RUN_ID = "0123456789abcdef0123456789abcdef"  # MLflow run ids are 32 hex digits
+
+
+@pytest.fixture
+def wide_study(storage):
+    """Study `made` plus a study with many long parameters and run ids, as a real one."""
+    study = optuna.create_study(study_name="wide", storage=storage, direction="maximize")
+    dists = {f"train.{name}": FloatDistribution(1e-6, 1.0, log=True) for name in (
+        "learning_rate", "weight_decay", "momentum", "step_gamma", "l1", "label_smoothing")}
+    dists["model.activation"] = optuna.distributions.CategoricalDistribution(
+        ["leaky_relu", "relu"])
+    for i in range(6):
+        params = {k: 1.234567e-4 * (i + 1) for k in dists if k != "model.activation"}
+        study.add_trial(optuna.trial.create_trial(
+            params={**params, "model.activation": "leaky_relu"}, distributions=dists,
+            value=0.9 + i / 100, user_attrs={"test_accuracy": 0.9, "epochs_run": 30,
+                                             "mlflow_run_id": RUN_ID[:-1] + str(i),
+                                             "cost_device_seconds": 12.5 * i,
+                                             "cost_peak_memory_mb": 123.4}))
+    return storage
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+@pytest.mark.parametrize("command", [["compare", "wide", "--top", "5"], ["status", "wide"],
+                                     ["best", "wide"], ["studies"], ["status", "made"]])
+def test_tables_fit_the_terminal_and_keep_run_ids_whole(wide_study, command, columns):
+    result = CliRunner(env={"COLUMNS": str(columns)}).invoke(
+        app, [*command, "--storage", wide_study, "--tracking-uri", "sqlite:///m.db"]
+        if command[0] == "compare" else [*command, "--storage", wide_study])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, result.stdout
+    if command[0] == "compare":
+        assert all(RUN_ID[:-1] + str(i) in result.stdout for i in range(1, 6))
+        assert "cost to target" in result.stdout
+        assert "--wide" in result.stdout or columns > 80  # the parameters did not fit
+    if command[:2] == ["status", "wide"]:  # one line per trial, not one per parameter
+        rows = [line for line in lines if "COMPLETE" in line]
+        assert len(rows) == 6 and len(lines) <= 6 + 7
+
+
+def test_wide_shows_every_column_in_full(wide_study):
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(
+        app, ["compare", "wide", "--wide", "--storage", wide_study, "--tracking-uri",
+              "sqlite:///m.db"])
+    assert result.exit_code == 0, result.output
+    assert "label_smoothing" in result.stdout and "peak MB" in result.stdout
+    status = CliRunner(env={"COLUMNS": "80"}).invoke(
+        app, ["status", "wide", "--wide", "--storage", wide_study]).stdout
+    assert "activation=leaky_relu" in status and "…" not in status
