@@ -8,6 +8,7 @@ only Optuna's storage here: no torch, no mlflow, so these commands answer instan
 
 from __future__ import annotations
 
+import csv
 import datetime
 import io
 import json
@@ -38,10 +39,12 @@ def _values(values: Sequence[float] | None, n_objectives: int) -> Record:
     return {f"value_{i}": v for i, v in enumerate(values)}
 
 
-def trial_records(study: optuna.Study) -> list[Record]:
+def trial_records(study: optuna.Study, *, dead: frozenset[int] = frozenset()) -> list[Record]:
     """Every trial: number, state, value(s), test accuracy, epochs run, duration, params,
-    and why it did not complete."""
+    and why it did not complete (`dead`: RUNNING trials whose process is gone, which a
+    read leaves as they are and names the command that cleans them up)."""
     n = len(study.directions)
+    repair = f"process gone; `tunetrack repair {study.study_name}` fails and retries it"
     return [
         {
             "number": t.number,
@@ -51,7 +54,7 @@ def trial_records(study: optuna.Study) -> list[Record]:
             "epochs": t.user_attrs.get("epochs_run"),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "params": dict(t.params),
-            "reason": t.user_attrs.get("reason"),
+            "reason": repair if t.number in dead else t.user_attrs.get("reason"),
         }
         for t in study.get_trials(deepcopy=False)
     ]
@@ -89,8 +92,10 @@ def study_records(storage: optuna.storages.BaseStorage) -> list[Record]:
 
 
 def prediction_records(predictions: list[tuple[str, list[tuple[str, float]]]]) -> list[Record]:
-    return [{"image": image, "predictions": [{"label": label, "probability": p}
-                                             for label, p in ranked]}
+    """One record per image: the top class and its probability as their own fields (one
+    CSV row per image, columns a spreadsheet sorts by), then the ranked list."""
+    return [{"image": image, "label": ranked[0][0], "probability": ranked[0][1],
+             "predictions": [{"label": label, "probability": p} for label, p in ranked]}
             for image, ranked in predictions]
 
 
@@ -119,8 +124,6 @@ def to_json(records: list[Record]) -> str:
 def to_csv(records: list[Record]) -> str:
     """One row per record; nested mappings become dotted columns (`params.train.lr`),
     lists are written as JSON."""
-    import pandas as pd
-
     flat = []
     for record in _clean(records):
         row: Record = {}
@@ -130,8 +133,12 @@ def to_csv(records: list[Record]) -> str:
             else:
                 row[key] = json.dumps(value) if isinstance(value, list) else value
         flat.append(row)
+    columns = list(dict.fromkeys(key for row in flat for key in row))
     buffer = io.StringIO()
-    pd.DataFrame(flat).to_csv(buffer, index=False)
+    # the csv module, not pandas: a column with gaps keeps its integers (18, not 18.0)
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
     return buffer.getvalue()
 
 
@@ -151,6 +158,15 @@ def render(records: list[Record], fmt: str,
     if fmt == "csv":
         return to_csv(records)
     return table(records)
+
+
+def render_one(record: Record, fmt: str, text: Callable[[], Any]) -> Any:
+    """A command with one result (`promote`, `reproduce`, `report`, `repair`): `text()` for
+    people, one JSON object, or a CSV header and one row."""
+    _check_format(fmt)
+    if fmt == "json":
+        return json.dumps(_clean(record), indent=2, allow_nan=False)
+    return to_csv([record]) if fmt == "csv" else text()
 
 
 def render_sections(sections: dict[str, list[Record]], fmt: str,
@@ -343,11 +359,88 @@ def cost_table(records: list[Record], title: str, width: int | None = None) -> T
     return fit_table(title, columns, width=width)
 
 
+def history_table(entries: list[Record], title: str, width: int | None = None) -> Table:
+    """`history`: when, alias, decision, version and p always; the other evidence dropped
+    (counts first) where the terminal is narrow."""
+    def col(header: str, cells: list[str], drop: int = 0) -> Column:
+        return Column(header, cells, keep=not drop, drop=drop)
+
+    def diff(e: Record) -> str:
+        ci = e.get("ci95")
+        return "-" if e.get("difference") is None else (
+            f"{e['difference']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+
+    columns = [
+        col("at", [str(e.get("at", "-")) for e in entries]),
+        col("alias", [e["alias"] for e in entries]),
+        col("decision", [e["decision"] for e in entries]),
+        col("version", [str(e.get("version") or "-") for e in entries]),
+        col("champion", [str(e.get("champion_version") or e.get("replaced") or "-")
+                         for e in entries], 5),
+        col("trial", [str(e.get("trial", "-")) for e in entries], 6),
+        col("n", [str(e.get("n", "-")) for e in entries], 7),
+        col("candidate", [_num(e.get("candidate_test_accuracy")) for e in entries], 3),
+        col("champion acc", [_num(e.get("champion_test_accuracy")) for e in entries], 4),
+        col("difference [95% CI]", [diff(e) for e in entries], 2),
+        col("b", [str(e.get("b_champion_only", "-")) for e in entries], 8),
+        col("c", [str(e.get("c_candidate_only", "-")) for e in entries], 8),
+        col("p", [_num(e.get("p_value"), ".3g") for e in entries]),
+    ]
+    return fit_table(title, columns, width=width)
+
+
+def promotion_record(result: Any) -> Record:
+    """`promote -f json|csv`: the decision, the numbers behind it, and the message."""
+    ev = result.evidence
+    return {"promoted": result.promoted, "dry_run": result.dry_run, "version": result.version,
+            "candidate_test_accuracy": result.candidate_accuracy,
+            "champion_test_accuracy": result.champion_accuracy,
+            **({"difference": ev.difference, "ci95": [ev.ci_low, ev.ci_high],
+                "b_champion_only": ev.champion_only, "c_candidate_only": ev.candidate_only,
+                "p_value": ev.p_value} if ev is not None else {}),
+            "decision": result.decision, "message": result.message}
+
+
+def reproduction_record(result: Any) -> Record:
+    """`reproduce -f json|csv`: the verdict and the numbers behind it."""
+    recorded, now = result.test_accuracy or (None, None)
+    return {"run_id": result.run_id, "reproduced": result.reproduced, "exact": result.exact,
+            "device": result.device, "epochs_recorded": result.epochs_recorded,
+            "epochs_now": result.epochs_now, "test_accuracy_recorded": recorded,
+            "test_accuracy_now": now, "first_difference": result.first_difference,
+            "environment_differences": list(result.environment_differences),
+            "reproduction_run_id": result.reproduction_run_id, "lines": list(result.lines)}
+
+
 def prediction_lines(records: list[Record]) -> str:
     """`IMAGE: label p, label p` per image: greppable, one line each."""
     return "".join(f"{r['image']}: " + ", ".join(
         f"{p['label']} {p['probability']:.3f}" for p in r["predictions"]) + "\n"
         for r in records)
+
+
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+
+
+def mlflow_ui_hint(tracking_uri: str | None) -> str:
+    """How to see the runs, for the tracking URI's kind: a server (http/https) already
+    serves its UI, so open its URL; a database or a folder needs `mlflow ui` on it first
+    (passwords never printed); Databricks has its own workspace UI."""
+    uri = tracking_uri or "sqlite:///mlflow.db"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')} in a browser"
+    if uri.startswith("databricks"):
+        return "open the experiment in your Databricks workspace"
+    from tunetrack.tracking.store import redact
+
+    if "://" not in uri and not uri.startswith("file:"):
+        from pathlib import Path
+
+        uri = Path(uri).expanduser().resolve().as_uri()  # a folder: mlflow ui wants file://
+    where = " (this folder)" if tracking_uri is None else ""
+    return (f"store {redact(uri)}{where}; open the UI with `mlflow ui --backend-store-uri "
+            f"{redact(uri)} --host {UI_HOST} --port {UI_PORT}` and browse "
+            f"http://{UI_HOST}:{UI_PORT}")
 
 
 def study_summary(study: optuna.Study) -> str:

@@ -31,7 +31,8 @@ def storage(tmp_path, monkeypatch):
     """A SQLite storage with study `made`: three complete trials, one pruned, one failed,
     written through Optuna's API (no training)."""
     monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "TUNETRACK_STORAGE", "TUNETRACK_LOG_LEVEL"):
+    for var in ("MLFLOW_TRACKING_URI", "TUNETRACK_STORAGE", "OPTUNA_STORAGE",
+                "TUNETRACK_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)
     url = f"sqlite:///{tmp_path}/t.db"
     study = optuna.create_study(study_name="made", storage=url, direction="maximize")
@@ -244,3 +245,95 @@ def test_wide_shows_every_column_in_full(wide_study):
     status = CliRunner(env={"COLUMNS": "80"}).invoke(
         app, ["status", "wide", "--wide", "--storage", wide_study]).stdout
     assert "activation=leaky_relu" in status and "…" not in status
+
+
+def test_validate_prints_json_and_csv(tmp_path):
+    file = write_study(tmp_path, "made")
+    parsed = json.loads(runner.invoke(app, ["validate", str(file), "-f", "json"]).stdout)
+    assert parsed["study"][0]["name"] == "made"
+    assert {p["parameter"] for p in parsed["parameters"]} >= {"train.lr"}
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(
+        app, ["validate", str(file), "--format", "csv"]).stdout)))
+    assert rows[0]["section"] == "study" and rows[0]["n_trials"].isdigit()
+    assert any(r["parameter"] == "train.lr" for r in rows[1:])
+
+
+def test_optuna_storage_is_read_after_tunetrack_storage(storage, tmp_path):
+    env = {"COLUMNS": "200", "OPTUNA_STORAGE": storage}
+    assert json.loads(CliRunner(env=env).invoke(app, ["studies", "-f", "json"]).stdout)[0][
+        "name"] == "made"
+    other = f"sqlite:///{tmp_path}/other.db"
+    optuna.create_study(study_name="other", storage=other)
+    listed = CliRunner(env={**env, "TUNETRACK_STORAGE": other}).invoke(
+        app, ["studies", "-f", "json"]).stdout
+    assert [s["name"] for s in json.loads(listed)] == ["other"]
+
+
+def test_reading_commands_find_the_journal_of_run_workers(tmp_path, monkeypatch):
+    """`run --workers N` keeps the study in ./tunetrack.journal; `status NAME` finds it
+    there without --storage and says which store it read."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("TUNETRACK_STORAGE", "OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "tunetrack.journal")))
+    optuna.create_study(study_name="par", storage=journal).optimize(lambda t: 1.0, n_trials=2)
+    result = runner.invoke(app, ["status", "par"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("COMPLETE") == 2
+    assert "reading journal:tunetrack.journal, the store of run --workers" in result.stderr
+    assert not (tmp_path / "tunetrack.db").exists()
+    # a study of the same name in the default SQLite file wins, silently
+    optuna.create_study(study_name="par", storage="sqlite:///tunetrack.db")
+    result = runner.invoke(app, ["status", "par"])
+    assert "COMPLETE" not in result.stdout and "reading" not in result.stderr
+
+
+def _orphan(url: str) -> int:
+    """A RUNNING trial of study `made` whose process is gone (as after kill -9)."""
+    from tunetrack.search.stale_trials import OWNER_ATTR, this_process
+
+    study = optuna.load_study(study_name="made", storage=url)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    trial = study.ask({"train.lr": FloatDistribution(1e-4, 1e-1, log=True)})
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                         {**this_process(), "pid": gone.pid, "start": "1"})
+    return trial.number
+
+
+def test_status_never_writes_and_repair_cleans_up(storage):
+    number = _orphan(storage)
+    before = [(t.state.name, t.datetime_complete) for t in
+              optuna.load_study(study_name="made", storage=storage).trials]
+    for command in (["status", "made"], ["best", "made"]):
+        result = runner.invoke(app, [*command, "--storage", storage])
+        assert result.exit_code == 0, result.output
+    assert "tunetrack repair made" in runner.invoke(
+        app, ["status", "made", "--storage", storage]).stdout
+    assert [(t.state.name, t.datetime_complete) for t in
+            optuna.load_study(study_name="made", storage=storage).trials] == before
+    repaired = runner.invoke(app, ["repair", "made", "--storage", storage, "-f", "json"])
+    assert repaired.exit_code == 0, repaired.output
+    assert json.loads(repaired.stdout) == {"study": "made", "failed_and_retried": [number]}
+    trials = optuna.load_study(study_name="made", storage=storage).trials
+    assert trials[number].state.name == "FAIL" and trials[-1].state.name == "WAITING"
+    again = runner.invoke(app, ["repair", "made", "--storage", storage])
+    assert "nothing to repair" in again.stdout
+
+
+@pytest.mark.parametrize(("uri", "shown", "absent"), [
+    ("http://mlflow.example:5000/", "open http://mlflow.example:5000 in a browser",
+     "mlflow ui"),
+    (None, "mlflow ui --backend-store-uri sqlite:///mlflow.db", "open http"),
+    ("sqlite:////data/m.db", "mlflow ui --backend-store-uri sqlite:////data/m.db", "open http"),
+    ("postgresql://u:secret@db/mlflow", "--backend-store-uri postgresql://u:***@db/mlflow",
+     "secret"),
+    ("/data/mlruns", "--backend-store-uri file:///data/mlruns", "open http"),
+])
+def test_ui_hint_fits_the_tracking_uri_kind(uri, shown, absent):
+    from tunetrack.search.command_output import mlflow_ui_hint
+
+    hint = mlflow_ui_hint(uri)
+    assert shown in hint and absent not in hint
