@@ -8,6 +8,7 @@ registry: promote twice (second refuses), and `predict` against the champion ali
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -207,3 +208,8 @@ def test_a_completed_trial_reproduces_bit_exact(tracked_study):
     assert result.exit_code == 0, result.output
     assert "validation history: bit-exact" in result.stdout
     assert result.stdout.rstrip().endswith("reproduced")
+    as_json = runner.invoke(app, ["reproduce", trial.user_attrs["mlflow_run_id"],
+                                  "--tracking-uri", uri, "--no-log", "-f", "json"])
+    verdict = json.loads(as_json.stdout)
+    assert as_json.exit_code == 0 and verdict["reproduced"] is True and verdict["exact"] is True
+    assert verdict["run_id"] == trial.user_attrs["mlflow_run_id"]
