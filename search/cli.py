@@ -258,6 +258,15 @@ def _read_storage(storage: str | None, study: str | None) -> str | None:
     return found
 
 
+def _deprecated(old: str, new: str, old_value: Any, value: Any) -> Any:
+    """An option's old spelling still works, once per use saying the new one (one meaning
+    per option name across the commands)."""
+    if old_value is None:
+        return value
+    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
+    return old_value
+
+
 def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False) -> None:
     """Refuse a tracking store of the wrong kind or half created; with `must_exist`, one
     that is not there (reading must not create it)."""
@@ -515,7 +524,10 @@ def worker(
 def compare(
     study: Annotated[str, typer.Argument(help="study name")],
     top: Annotated[int, typer.Option(min=1, help="how many trials")] = 10,
-    csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="also write the top trials to this CSV file (as predict --out)")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        hidden=True, help="deprecated spelling of --out")] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = OutputFormat.table,
@@ -534,8 +546,9 @@ def compare(
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
     frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
-    if csv is not None:
-        frame.to_csv(csv, index=False)
+    out = _deprecated("compare --csv", "--out", csv, out)
+    if out is not None:
+        frame.to_csv(out, index=False)
     sections = {"trials": frame.to_dict("records"),
                 "cost_to_target": cost_to_target(loaded).to_dict("records")}
     width = _fit_width(wide)
@@ -705,9 +718,8 @@ def predict(
 ) -> None:
     """Classify images with a registered model: one line per image with its top classes
     and their probabilities."""
-    if top is not None:  # --top means trials in compare and report; here it was classes
-        typer.echo("warning: predict --top is deprecated; use --classes", err=True)
-        classes = top
+    # --top means trials in compare and report; here it meant classes
+    classes = _deprecated("predict --top", "--classes", top, classes)
     if model_uri.startswith(("models:/", "runs:/")):
         _check_tracking_store(tracking_uri, must_exist=True)
     _quiet_libraries()

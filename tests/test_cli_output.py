@@ -337,3 +337,13 @@ def test_ui_hint_fits_the_tracking_uri_kind(uri, shown, absent):
 
     hint = mlflow_ui_hint(uri)
     assert shown in hint and absent not in hint
+
+
+def test_compare_out_writes_csv_and_the_old_csv_spelling_says_the_new_one(storage, tmp_path):
+    common = ["compare", "made", "--storage", storage, "--tracking-uri", "sqlite:///m.db"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "a.csv")])
+    assert result.exit_code == 0 and "deprecated" not in result.stderr
+    old = runner.invoke(app, [*common, "--csv", str(tmp_path / "b.csv")])
+    assert old.exit_code == 0 and "compare --csv is deprecated; use --out" in old.stderr
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert "--csv" not in runner.invoke(app, ["compare", "--help"]).stdout
