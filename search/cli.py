@@ -460,9 +460,10 @@ def repair(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None, fmt: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Fail and queue again the trials whose process died, and end their MLflow runs
-    (FAILED; the study's parent run KILLED when nothing runs any more). `run` and `worker`
-    do this when they start; the reading commands never do."""
+    """Fail and queue again the trials whose process died, ending their MLflow runs.
+
+    Their runs end FAILED, the study's parent run KILLED when nothing runs any more. `run`
+    and `worker` do this when they start; the reading commands never write."""
     from .command_output import render_one
     from .shared_study import repair_study
 
