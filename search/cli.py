@@ -387,16 +387,14 @@ def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
 
 
 def _print_summary(study, spec, tracking_uri: str | None) -> None:
-    from rich.text import Text
-
     from .command_output import mlflow_ui_hint, study_summary
 
-    console = _console()
-    console.print(study_summary(study))
-    if spec.tracking.enabled:
-        experiment = spec.tracking.experiment or spec.name
-        console.print(Text(f"MLflow: experiment {experiment}; "
-                           f"{mlflow_ui_hint(tracking_uri)}"))
+    _console().print(study_summary(study))
+    if spec.tracking.enabled:  # unwrapped: the command must copy whole
+        first, *rest = mlflow_ui_hint(tracking_uri)
+        for line in [f"MLflow: experiment {spec.tracking.experiment or spec.name}; {first}",
+                     *rest]:
+            typer.echo(line)
 
 
 @app.command()

@@ -335,7 +335,7 @@ def test_status_never_writes_and_repair_cleans_up(storage):
 def test_ui_hint_fits_the_tracking_uri_kind(uri, shown, absent):
     from tunetrack.search.command_output import mlflow_ui_hint
 
-    hint = mlflow_ui_hint(uri)
+    hint = "\n".join(mlflow_ui_hint(uri))
     assert shown in hint and absent not in hint
 
 
@@ -347,3 +347,18 @@ def test_compare_out_writes_csv_and_the_old_csv_spelling_says_the_new_one(storag
     assert old.exit_code == 0 and "compare --csv is deprecated; use --out" in old.stderr
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert "--csv" not in runner.invoke(app, ["compare", "--help"]).stdout
+
+
+def test_run_summary_after_a_server_run_names_its_url_not_mlflow_ui(capsys):
+    from tunetrack.search.cli import _print_summary
+    from tunetrack.search.study_file import parse_study
+
+    from .studyfiles import tiny_study
+
+    spec = parse_study(tiny_study("made", tracking={"enabled": True}))
+    study = optuna.create_study(study_name="made")
+    _print_summary(study, spec, "http://127.0.0.1:5001")
+    shown = capsys.readouterr().out
+    assert "open http://127.0.0.1:5001 in a browser" in shown and "mlflow ui" not in shown
+    _print_summary(study, spec, None)
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in capsys.readouterr().out
