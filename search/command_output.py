@@ -224,7 +224,7 @@ def _table_width(columns: list[Column], flex_width: int | None = None) -> int:
                for c in columns) + 1
 
 
-FLEX_MIN = 12  # below this a free-text column says nothing; drop others first
+FLEX_MIN = 30  # narrower, a row of parameters says little: drop other columns first
 
 
 def fit_table(title: str, columns: list[Column], *, width: int | None) -> Table:
