@@ -36,8 +36,10 @@ StorageOpt = Annotated[
     str | None,
     typer.Option(
         "--storage",
-        envvar="TUNETRACK_STORAGE",
-        help="Optuna storage URL [default: sqlite:///tunetrack.db]",
+        # Optuna's own CLI reads OPTUNA_STORAGE: honoured, after tunetrack's variable
+        envvar=["TUNETRACK_STORAGE", "OPTUNA_STORAGE"],
+        help="Optuna storage URL [default: sqlite:///tunetrack.db, or the journal file of "
+        "run --workers for reading commands]",
     ),
 ]
 TrackingOpt = Annotated[
@@ -61,6 +63,8 @@ FormatOpt = Annotated[
     typer.Option("--format", "-f", case_sensitive=False,
                  help="table for people; json or csv for scripts"),
 ]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="every column in full, however wide [default: fit the terminal]")]
 ProgressOpt = Annotated[
     bool | None,
     typer.Option("--progress/--no-progress",
@@ -134,12 +138,19 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             handler.setFormatter(logging.Formatter(fmt))
 
 
-def _emit(rendered: Any) -> None:
-    """A rich renderable to the console; JSON / CSV text verbatim (no wrapping, no markup)."""
+def _emit(rendered: Any, *, wide: bool = False) -> None:
+    """A rich renderable to the console (`wide`: as wide as it is, for a pager or a file);
+    JSON / CSV text verbatim (no wrapping, no markup)."""
     if isinstance(rendered, str):
         typer.echo(rendered, nl=not rendered.endswith("\n"))
     else:
-        _console().print(rendered)
+        _console(wide=wide).print(rendered)
+
+
+def _fit_width(wide: bool) -> int | None:
+    """The width tables must fit: the terminal's (COLUMNS where set, 80 when not a
+    terminal); None with --wide."""
+    return None if wide else _console().width
 
 
 def user_errors(fn: F) -> F:
@@ -186,10 +197,10 @@ def _raised_by_interrupt(exc: BaseException | None) -> bool:
     return False
 
 
-def _console():
+def _console(*, wide: bool = False):
     from rich.console import Console
 
-    return Console()
+    return Console(width=100_000) if wide else Console()
 
 
 def _quiet_libraries() -> None:
@@ -226,10 +237,34 @@ class _NotInterrupted:
 
 
 def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
-    """The existing study (no store is created), its dead processes' trials cleaned up."""
+    """The existing study, read as it is: no store is created and nothing is written
+    (`repair` cleans up after dead processes). Without --storage, the store `run` or
+    `run --workers` left here (`storage.read_storage`)."""
     from .shared_study import load_study
 
-    return load_study(name, storage, tracking_uri=tracking_uri)
+    return load_study(name, _read_storage(storage, name), tracking_uri=tracking_uri)
+
+
+def _read_storage(storage: str | None, study: str | None) -> str | None:
+    """--storage as given; without it the default SQLite file, or the journal file that
+    `run --workers` uses when that holds the study instead (said in one line on stderr)."""
+    if storage is not None:
+        return storage
+    from .storage import read_storage
+
+    found, note = read_storage(study)
+    if note:
+        typer.echo(note, err=True)
+    return found
+
+
+def _deprecated(old: str, new: str, old_value: Any, value: Any) -> Any:
+    """An option's old spelling still works, once per use saying the new one (one meaning
+    per option name across the commands)."""
+    if old_value is None:
+        return value
+    typer.echo(f"warning: {old} is deprecated; use {new}", err=True)
+    return old_value
 
 
 def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False) -> None:
@@ -242,10 +277,12 @@ def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False)
 
 @app.command()
 @user_errors
-def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) -> None:
-    """Check a study file and print its resolved search space (or every error found)."""
-    from rich.table import Table
-
+def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")],
+             fmt: FormatOpt = OutputFormat.table) -> None:
+    """Check a study file and print its resolved search space (or every error found, one
+    line each on stderr, exit 2). With -f json: {"study": [...], "parameters": [...]}."""
+    from .command_output import render_sections
+    from .fused_groups import fuse_notes
     from .space import SearchSpace
     from .study_file import StudyFileError, load_study_file
 
@@ -255,23 +292,30 @@ def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")]) ->
         for line in exc.errors:
             typer.echo(f"{file}: {line}", err=True)
         raise typer.Exit(2) from None
-    table = Table(title=f"{spec.name}: {len(SearchSpace(spec).dimensions)} searched parameters")
-    for column in ("parameter", "space", "only when"):
-        table.add_column(column)
-    for row in SearchSpace(spec).rows():
-        table.add_row(*row)
-    console = _console()
-    console.print(table)
-    search = spec.search
-    objectives = ", ".join(f"{o.resolved_direction} {o.metric}" for o in search.objective_list)
-    console.print(
-        f"{objectives}; sampler {search.sampler}, pruner {search.pruner.type}, "
-        f"{search.n_trials} trials"
-    )
-    from .fused_groups import fuse_notes
+    space, search = SearchSpace(spec), spec.search
+    study = {"name": spec.name, "searched": len(space.dimensions),
+             "objectives": ", ".join(f"{o.resolved_direction} {o.metric}"
+                                     for o in search.objective_list),
+             "sampler": search.sampler, "pruner": search.pruner.type,
+             "n_trials": search.n_trials,
+             "notes": fuse_notes(spec, space.options("model.family"))}
+    parameters = [{"parameter": p, "space": d, "only_when": w} for p, d, w in space.rows()]
 
-    for note in fuse_notes(spec, SearchSpace(spec).options("model.family")):
-        console.print(f"note: {note}")
+    def table(_: dict[str, list[dict[str, Any]]]) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        shown = Table(title=f"{spec.name}: {study['searched']} searched parameters")
+        for column in ("parameter", "space", "only when"):
+            shown.add_column(column)
+        for row in parameters:
+            shown.add_row(*(Text(str(v)) for v in row.values()))
+        return Group(shown, Text(f"{study['objectives']}; sampler {search.sampler}, pruner "
+                                 f"{search.pruner.type}, {search.n_trials} trials"),
+                     *(Text(f"note: {note}") for note in study["notes"]))
+
+    _emit(render_sections({"study": [study], "parameters": parameters}, fmt.value, table))
 
 
 @app.command()
@@ -343,53 +387,91 @@ def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
 
 
 def _print_summary(study, spec, tracking_uri: str | None) -> None:
-    from .command_output import study_summary
+    from .command_output import mlflow_ui_hint, study_summary
 
-    console = _console()
-    console.print(study_summary(study))
-    if spec.tracking.enabled:
-        console.print(
-            f"MLflow: experiment [bold]{spec.tracking.experiment or spec.name}[/] at "
-            f"{tracking_uri or 'sqlite:///mlflow.db (this folder)'}; open the UI with "
-            f"[bold]mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'} "
-            f"--host 127.0.0.1 --port 5000[/] and browse http://127.0.0.1:5000"
-        )
+    _console().print(study_summary(study))
+    if spec.tracking.enabled:  # unwrapped: the command must copy whole
+        first, *rest = mlflow_ui_hint(tracking_uri)
+        for line in [f"MLflow: experiment {spec.tracking.experiment or spec.name}; {first}",
+                     *rest]:
+            typer.echo(line)
 
 
 @app.command()
 @user_errors
 def status(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
-    fmt: FormatOpt = OutputFormat.table,
+    fmt: FormatOpt = OutputFormat.table, wide: WideOpt = False,
 ) -> None:
-    """The study's trials: state, value, test accuracy, epochs run, duration, params."""
+    """The study's trials, one line each: state, value, test accuracy, epochs run,
+    duration, params."""
     from .command_output import render, trial_records, trials_table
+    from .stale_trials import dead_trials
 
-    records = trial_records(_load_study(study, storage))
-    _emit(render(records, fmt.value, lambda r: trials_table(r, f"study {study}")))
+    loaded = _load_study(study, storage)
+    dead = frozenset(t.number for t in dead_trials(loaded))
+    records = trial_records(loaded, dead=dead)
+    width = _fit_width(wide)
+
+    def table(rows: list[dict[str, Any]]) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        note = (f"{len(dead)} RUNNING trial(s) of a process that is gone: "
+                f"`tunetrack repair {study}` fails and retries them")
+        return Group(trials_table(rows, f"study {study}", width), *([Text(note)] if dead else []))
+
+    _emit(render(records, fmt.value, table), wide=wide)
 
 
 @app.command()
 @user_errors
 def best(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
-    fmt: FormatOpt = OutputFormat.table,
+    fmt: FormatOpt = OutputFormat.table, wide: WideOpt = False,
 ) -> None:
     """Best value and parameters (the Pareto front for multi-objective studies)."""
     from .command_output import best_records, best_table, render
 
     records = best_records(_load_study(study, storage))
-    _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}")))
+    width = _fit_width(wide)
+    _emit(render(records, fmt.value, lambda r: best_table(r, f"best of study {study}", width)),
+          wide=wide)
 
 
 @app.command()
 @user_errors
-def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
+def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table,
+            wide: WideOpt = False) -> None:
     """List the studies in the storage."""
     from .command_output import render, studies_table, study_records
     from .storage import open_storage
 
-    _emit(render(study_records(open_storage(storage, create=False)), fmt.value, studies_table))
+    width = _fit_width(wide)
+    _emit(render(study_records(open_storage(_read_storage(storage, None), create=False)), fmt.value,
+                 lambda r: studies_table(r, width)), wide=wide)
+
+
+@app.command()
+@user_errors
+def repair(
+    study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None, fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """Fail and queue again the trials whose process died, ending their MLflow runs.
+
+    Their runs end FAILED, the study's parent run KILLED when nothing runs any more. `run`
+    and `worker` do this when they start; the reading commands never write."""
+    from .command_output import render_one
+    from .shared_study import repair_study
+
+    _quiet_libraries()
+    numbers = repair_study(study, _read_storage(storage, study), tracking_uri=tracking_uri)
+    text = (f"study {study}: failed and queued again {len(numbers)} trial(s) whose process "
+            f"died: {', '.join(f'#{n}' for n in numbers)}\n" if numbers
+            else f"study {study}: no trial of a dead process; nothing to repair\n")
+    _emit(render_one({"study": study, "failed_and_retried": numbers}, fmt.value,
+                     lambda: text))
 
 
 @app.command()
@@ -441,49 +523,45 @@ def worker(
 def compare(
     study: Annotated[str, typer.Argument(help="study name")],
     top: Annotated[int, typer.Option(min=1, help="how many trials")] = 10,
-    csv: Annotated[Path | None, typer.Option(help="also write the table to this CSV file")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="also write the top trials to this CSV file (as predict --out)")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        hidden=True, help="deprecated spelling of --out")] = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = OutputFormat.table,
+    wide: WideOpt = False,
 ) -> None:
-    """Top trials side by side: value, test accuracy, key params, epochs, duration, cost,
-    run id; then (as a table) the device seconds spent to reach 90/95/99 % of the best."""
-    from tunetrack.tracking import compare_trials
+    """Top trials side by side: value, full run id, test accuracy, epochs, duration, cost,
+    params; then the device seconds spent to reach 90/95/99 % of the best. With -f json:
+    {"trials": [...], "cost_to_target": [...]}; with -f csv, a `section` column."""
+    from rich.console import Group
 
-    from .command_output import render, rows_table
+    from tunetrack.tracking import compare_trials
+    from tunetrack.tracking.reading import cost_to_target
+
+    from .command_output import cost_table, render_sections, rows_table
 
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
     frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
-    if csv is not None:
-        frame.to_csv(csv, index=False)
-    records = frame.to_dict("records")
-    _emit(render(records, fmt.value, lambda r: rows_table(r, f"top {len(r)} trials of {study}")))
-    if fmt is OutputFormat.table:  # JSON / CSV stay one parseable document
-        _print_cost_to_target(loaded)
+    out = _deprecated("compare --csv", "--out", csv, out)
+    if out is not None:
+        frame.to_csv(out, index=False)
+    sections = {"trials": frame.to_dict("records"),
+                "cost_to_target": cost_to_target(loaded).to_dict("records")}
+    width = _fit_width(wide)
 
+    def tables(parts: dict[str, list[dict[str, Any]]]) -> Group:
+        shown = [rows_table(parts["trials"], f"top {len(parts['trials'])} trials of {study}",
+                            width)]
+        if parts["cost_to_target"]:
+            shown.append(cost_table(parts["cost_to_target"], f"cost to target of {study} "
+                                    f"(device seconds, finished trials in completion order)",
+                                    width))
+        return Group(*shown)
 
-def _print_cost_to_target(study) -> None:
-    """The device seconds the study spent until its best came within 90/95/99 % of the
-    final best (`tunetrack.tracking.reading`)."""
-    from rich.table import Table
-
-    from tunetrack.tracking.reading import cost_to_target
-
-    frame = cost_to_target(study)
-    if frame.empty:
-        return
-    table = Table(title=f"cost to target of {study.study_name} (device seconds, all "
-                        f"finished trials in completion order)")
-    for column in ("target", "value", "reached by trial", "trials finished",
-                   "device seconds", "share of total"):
-        table.add_column(column)
-    for row in frame.itertuples(index=False):
-        table.add_row(row.target, f"{row.target_value:.4g}", str(row.trial),
-                      str(row.trials_finished), f"{row.device_seconds:.2f}",
-                      "-" if row.share_of_total != row.share_of_total
-                      else f"{row.share_of_total:.0%}")
-    _console().print(table)
+    _emit(render_sections(sections, fmt.value, tables), wide=wide)
 
 
 @app.command()
@@ -494,6 +572,7 @@ def report(
     top: Annotated[int, typer.Option(min=1, help="trials in the top-trials table")] = 10,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """One self-contained HTML report: summary, Optuna plots, top trials and the best
     trial's pictures from MLflow (opens offline; a study without completed trials still
@@ -506,7 +585,14 @@ def report(
     summary = write_report(loaded, out, tracking_uri=tracking_uri, top=top)
     best = ("no completed trial" if summary.best_trial is None else
             f"{len(summary.pictures)} pictures of trial {summary.best_trial}")
-    typer.echo(f"report: {summary.path.resolve()} ({len(summary.plots)} plots, {best})")
+    record = {"path": str(summary.path.resolve()), "plots": len(summary.plots),
+              "pictures": len(summary.pictures), "best_trial": summary.best_trial,
+              "notes": list(summary.notes)}
+    from .command_output import render_one
+
+    # the path on a line of its own: whole (copyable) however narrow the terminal
+    _emit(render_one(record, fmt.value, lambda: f"report: {record['path']}\n"
+                 f"  {record['plots']} plots, {best}\n"))
     for note in summary.notes:
         typer.echo(f"note: {note}", err=True)
 
@@ -527,6 +613,7 @@ def promote(
         "--dry-run", help="show the evidence and the decision; change nothing")] = False,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Register the best trial's model; move the alias only if it beats the champion by
     min_improvement with McNemar p < alpha (prints n, accuracies, CI, b/c, p)."""
@@ -547,13 +634,12 @@ def promote(
                           alpha=alpha if alpha is not None else registry.get("alpha",
                                                                              DEFAULT_ALPHA),
                           dry_run=dry_run, tracking_uri=tracking_uri)
-    for line in evidence_lines(result):
-        typer.echo(line)
-    if result.dry_run:
-        typer.echo(result.message)
-    else:
-        typer.echo(("promoted: " if result.promoted else "not promoted: ")
-                   + result.message.removeprefix("not promoted: "))
+    from .command_output import promotion_record, render_one
+
+    # the message already says what happened ("promoted trial #3 ...", "not promoted: ...")
+    _emit(render_one(promotion_record(result), fmt.value,
+                     lambda: "".join(f"{line}\n" for line in [*evidence_lines(result),
+                                                             result.message])))
 
 
 @app.command()
@@ -561,52 +647,31 @@ def promote(
 def history(
     model_name: Annotated[str, typer.Argument(help="registered model name")],
     alias: Annotated[str | None, typer.Option(help="only this alias [default: all]")] = None,
-    output: Annotated[str, typer.Option(
-        "--format", help="table | json")] = "table",
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    wide: WideOpt = False,
 ) -> None:
     """Every promotion decision of a registered model, promoted or refused, with its
     evidence (n, accuracies, difference and CI, b/c, McNemar p)."""
-    if output not in ("table", "json"):
-        raise TunetrackError(f"--format must be table or json but got {output!r}")
     _check_tracking_store(tracking_uri, must_exist=True)
     _quiet_libraries()
-    import json
+    from rich.console import Group
+    from rich.text import Text
 
     from tunetrack.tracking import promotion_history
 
+    from .command_output import history_table, render
+
     entries = promotion_history(model_name, alias=alias, tracking_uri=tracking_uri)
-    if output == "json":
-        typer.echo(json.dumps(entries, indent=2))
-        return
-    from rich.table import Table
+    width = _fit_width(wide)
 
-    table = Table(title=f"promotion history of {model_name}")
-    columns = ("at", "alias", "decision", "version", "champion", "trial", "n", "candidate",
-               "champion acc", "difference [95% CI]", "b", "c", "p")
-    for column in columns:
-        table.add_column(column)
+    def table(rows: list[dict[str, Any]]) -> Group:
+        reasons = [Text(f"{e.get('at', '-')} {e['alias']} {e['decision']}: "
+                        f"{e.get('reason', '')}") for e in rows]
+        return Group(history_table(rows, f"promotion history of {model_name}", width),
+                     *reasons)
 
-    def num(value: Any, spec: str = ".4f") -> str:
-        return "-" if value is None else format(value, spec)
-
-    for e in entries:
-        ci = e.get("ci95")
-        diff = "-" if e.get("difference") is None else (
-            f"{e['difference']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
-        table.add_row(str(e.get("at", "-")), e["alias"], e["decision"],
-                      str(e.get("version") or "-"),
-                      str(e.get("champion_version") or e.get("replaced") or "-"),
-                      str(e.get("trial", "-")), str(e.get("n", "-")),
-                      num(e.get("candidate_test_accuracy")),
-                      num(e.get("champion_test_accuracy")), diff,
-                      str(e.get("b_champion_only", "-")), str(e.get("c_candidate_only", "-")),
-                      num(e.get("p_value"), ".3g"))
-    console = _console()
-    console.print(table)
-    for e in entries:
-        console.print(f"{e.get('at', '-')} {e['alias']} {e['decision']}: {e.get('reason', '')}",
-                      highlight=False, markup=False)
+    _emit(render(entries, fmt.value, table), wide=wide)
 
 
 @app.command()
@@ -619,6 +684,7 @@ def reproduce(
         help="cpu | cuda | cuda:N | mps [default: the recorded one when available]")] = None,
     log: Annotated[bool, typer.Option(help="log the reproduction as an MLflow run")] = True,
     tracking_uri: TrackingOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
 ) -> None:
     """Retrain a trial from its MLflow run alone and compare it with the record: bit-exact
     on CPU with the same versions, else within --tolerance. Exit 0 reproduced, 1 not,
@@ -629,8 +695,10 @@ def reproduce(
 
     result = reproduce_run(run_id, tracking_uri=tracking_uri, tolerance=tolerance,
                            device=device, log=log)
-    for line in result.lines:
-        typer.echo(line)
+    from .command_output import render_one, reproduction_record
+
+    _emit(render_one(reproduction_record(result), fmt.value,
+                     lambda: "".join(f"{line}\n" for line in result.lines)))
     raise typer.Exit(0 if result.reproduced else 1)
 
 
@@ -638,21 +706,31 @@ def reproduce(
 @user_errors
 def predict(
     model_uri: Annotated[str, typer.Argument(help="e.g. models:/digits-classifier@champion")],
-    path: Annotated[str, typer.Argument(help="an image file or a folder of images")],
-    top: Annotated[int, typer.Option(min=1, help="classes per image")] = 3,
+    paths: Annotated[list[str], typer.Argument(help="image files and folders of images")],
+    classes: Annotated[int, typer.Option(min=1, help="classes per image")] = 3,
+    top: Annotated[int | None, typer.Option(
+        min=1, hidden=True, help="deprecated spelling of --classes")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="also write the predictions to this CSV file (one row per image)")] = None,
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Classify images with a registered model; prints the top classes with probabilities."""
+    """Classify images with a registered model: one line per image with its top classes
+    and their probabilities."""
+    # --top means trials in compare and report; here it meant classes
+    classes = _deprecated("predict --top", "--classes", top, classes)
     if model_uri.startswith(("models:/", "runs:/")):
         _check_tracking_store(tracking_uri, must_exist=True)
     _quiet_libraries()
     from tunetrack.tracking import predict as predict_images
 
-    from .command_output import prediction_lines, prediction_records, render
+    from .command_output import prediction_lines, prediction_records, render, to_csv
 
-    predictions = predict_images(model_uri, path, top=top, tracking_uri=tracking_uri)
-    _emit(render(prediction_records(predictions), fmt.value, prediction_lines))
+    records = prediction_records(predict_images(model_uri, paths, top=classes,
+                                                tracking_uri=tracking_uri))
+    if out is not None:
+        out.write_text(to_csv(records))
+    _emit(render(records, fmt.value, prediction_lines))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -148,8 +148,8 @@ def _server(url: str) -> bool:
 
 
 def load_study(name: str, url: str | None, *, tracking_uri: str | None = None) -> optuna.Study:
-    """Open an existing study for a command that reads it (never creating a store), after
-    failing, retrying and ending the runs of its trials whose process died."""
+    """Open an existing study for a command that reads it: never creating a store, and
+    changing nothing in it (a look must not end runs; `repair_study` does that)."""
     storage = open_study_storage(url, study_name=name, tracking_uri=tracking_uri,
                                  create=False)
     try:
@@ -159,8 +159,14 @@ def load_study(name: str, url: str | None, *, tracking_uri: str | None = None) -
         raise TunetrackError(
             f"unknown study {name!r}; studies here: {', '.join(names) or 'none'}"
         ) from None
-    clean_up_dead_trials(study, tracking_uri=tracking_uri)
     return study
+
+
+def repair_study(name: str, url: str | None, *, tracking_uri: str | None = None) -> list[int]:
+    """`tunetrack repair`: fail, retry and end the MLflow runs of the study's trials whose
+    process died (what `run` and `worker` do when they start); the trials' numbers."""
+    return clean_up_dead_trials(load_study(name, url, tracking_uri=tracking_uri),
+                                tracking_uri=tracking_uri)
 
 
 def clean_up_dead_trials(

@@ -149,16 +149,22 @@ def owner_died(owner: dict[str, Any]) -> bool:
                                  and start != owner["start"])
 
 
+def dead_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The RUNNING trials whose process on this host is gone, found without writing
+    anything: `status` shows them, `repair`, `run` and `worker` fail and retry them."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return [t for t in running if isinstance(t.system_attrs.get(OWNER_ATTR), dict)
+            and owner_died(t.system_attrs[OWNER_ATTR])]
+
+
 def fail_dead_trials(study: optuna.Study, retry: RetryStaleTrial) -> list[int]:
     """Fail the RUNNING trials whose process died (`owner_died`), retry them and end their
     MLflow runs (through `retry`); returns their numbers. Safe when several processes
     clean up at once: a trial another one already finished is skipped."""
     storage = study._storage
     dead = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(OWNER_ATTR)
-        if not isinstance(owner, dict) or not owner_died(owner):
-            continue
+    for trial in dead_trials(study):
+        owner = trial.system_attrs[OWNER_ATTR]
         reason = (f"process died (pid {owner.get('pid')} on {owner.get('host')}); "
                   f"found by pid {os.getpid()}")
         try:

@@ -27,6 +27,9 @@ from tunetrack.tracking.store import (
 )
 
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
+# where `run --workers N` keeps a study given no --storage: SQLite locks under parallel
+# writers (search/workers.py), so the reading commands look here too
+PARALLEL_DEFAULT_STORAGE = "journal:tunetrack.journal"
 StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -173,3 +176,37 @@ def _check_database(url: str, engine_kwargs: dict, create: bool) -> None:
         raise missing_store(redact(url))
     if kind == "mlflow":
         raise _wrong_kind(url, "the database is an MLflow tracking store")
+
+
+def read_storage(study: str | None) -> tuple[str | None, str | None]:
+    """The store a reading command opens when given no --storage, and a line saying so
+    when it is not the default.
+
+    `run` keeps studies in ./tunetrack.db, `run --workers N` in ./tunetrack.journal; a
+    user who ran either types `tunetrack status NAME` and expects to see the study. The
+    default SQLite file wins when it holds the study (or, for `studies`, exists); else the
+    journal file when it exists. Neither is created or changed.
+    """
+    journal = Path(PARALLEL_DEFAULT_STORAGE.removeprefix("journal:"))
+    if not journal.is_file() or not journal.stat().st_size:
+        return None, None
+    sqlite = sqlite_path(DEFAULT_STORAGE)
+    if sqlite is not None and sqlite.is_file() and (study is None or _holds(sqlite, study)):
+        note = None if study is not None else (
+            f"note: {PARALLEL_DEFAULT_STORAGE} (run --workers) holds studies too; "
+            f"--storage {PARALLEL_DEFAULT_STORAGE} lists them")
+        return None, note
+    return PARALLEL_DEFAULT_STORAGE, (f"reading {PARALLEL_DEFAULT_STORAGE}, the store of "
+                                      f"run --workers (--storage to choose another)")
+
+
+def _holds(path: Path, study: str) -> bool:
+    """Whether the SQLite study store at `path` has `study`, read-only (no -wal created)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT 1 FROM studies WHERE study_name = ?",
+                                (study,)).fetchone() is not None
+    except sqlite3.Error:
+        return True  # not a readable study store: let open_storage say what it is

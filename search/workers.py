@@ -32,9 +32,8 @@ from tunetrack.models.errors import TunetrackError
 from .config import StudySpec
 from .shared_study import WORKER_INDEX_ENV
 from .stale_trials import Heartbeat
-from .storage import DEFAULT_STORAGE
+from .storage import DEFAULT_STORAGE, PARALLEL_DEFAULT_STORAGE
 
-PARALLEL_DEFAULT_STORAGE = "journal:tunetrack.journal"
 STORAGE_ENV = "TUNETRACK_STORAGE"  # what `tunetrack worker --storage` reads when not given
 INTERRUPT_GRACE_S = 30.0  # after Ctrl-C: time for workers to end their runs before SIGKILL
 
@@ -300,7 +299,11 @@ def run_workers(
     with `workers` local processes, like `tunetrack run` does with one; print a summary;
     return the exit code. On a terminal (or `progress=True`) one bar follows the study's
     finished trials instead of the workers' line per trial."""
-    storage = parallel_storage(storage, workers)
+    switched = parallel_storage(storage, workers)
+    if switched != storage:  # never silently: the study is somewhere else than `run`'s
+        print(f"storage {switched}, not {DEFAULT_STORAGE}: SQLite locks under {workers} "
+              f"parallel writers; status, best and compare read it from there", flush=True)
+    storage = switched
     gpu_ids = parse_gpus(gpus)
     if gpu_ids is not None and not detect_gpus():
         raise TunetrackError(f"--gpus {gpus} given, but no CUDA device is visible here")
@@ -356,7 +359,11 @@ def run_workers(
         bar.poll(load, every_s=0.0)
     print(summary_line(spec, storage, result), flush=True)
     if storage == PARALLEL_DEFAULT_STORAGE:
-        print(f"see the trials with: tunetrack status {spec.name} --storage {storage}", flush=True)
+        from .storage import read_storage
+
+        found = read_storage(spec.name)[0] == storage  # or the SQLite file has one too
+        print(f"see the trials with: tunetrack status {spec.name}"
+              + ("" if found else f" --storage {storage}"), flush=True)
     return result.exit_code
 
 

@@ -321,7 +321,7 @@ def _run_until_a_trial_runs(folder: Path, file: Path) -> subprocess.Popen:
     return proc
 
 
-def test_a_sigkilled_trial_is_failed_retried_and_its_runs_ended_by_the_next_command(
+def test_a_sigkilled_trial_is_shown_by_status_and_failed_retried_and_ended_by_repair(
         workdir, template_db):
     shutil.copy(template_db, workdir / "mlflow.db")
     file = write_study(workdir, n_trials=50, max_epochs=40, tracking={"enabled": True},
@@ -332,13 +332,20 @@ def test_a_sigkilled_trial_is_failed_retried_and_its_runs_ended_by_the_next_comm
     proc.communicate(timeout=60)
     storage = f"sqlite:///{workdir}/tunetrack.db"
     killed = optuna.load_study(study_name="tiny", storage=storage).trials[-1]
-    assert killed.state.name == "RUNNING"  # nobody could clean up: until a command looks
+    assert killed.state.name == "RUNNING"  # nobody could clean up
 
-    status = runner.invoke(app, ["status", "tiny"])
+    status = runner.invoke(app, ["status", "tiny"])  # a look shows it, and changes nothing
     assert status.exit_code == 0, status.output
+    assert "process gone; `tunetrack repair tiny`" in status.stdout
+    assert optuna.load_study(study_name="tiny", storage=storage).trials[
+        killed.number].state.name == "RUNNING"
+    repair = runner.invoke(app, ["repair", "tiny"])
+    assert repair.exit_code == 0, repair.output
+    assert f"failed and queued again 1 trial(s) whose process died: #{killed.number}" in \
+        repair.stdout
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     dead = trials[killed.number]
-    assert dead.state.name == "FAIL" and "FAIL" in status.stdout
+    assert dead.state.name == "FAIL"
     assert dead.user_attrs["reason"].startswith(f"process died (pid {proc.pid} on ")
     retry = trials[-1]
     assert retry.state.name == "WAITING" and retry.params == dead.params
@@ -355,8 +362,8 @@ def test_a_sigkilled_trial_is_failed_retried_and_its_runs_ended_by_the_next_comm
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "KILLED"  # nothing of the study runs any more
 
-    again = runner.invoke(app, ["status", "tiny"])  # a second look changes nothing
-    assert again.exit_code == 0
+    again = runner.invoke(app, ["repair", "tiny"])  # a second repair changes nothing
+    assert again.exit_code == 0 and "nothing to repair" in again.stdout
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == len(trials)
 
 
@@ -439,7 +446,7 @@ def test_postgres_reading_an_empty_database_or_mlflows_is_refused(workdir):
 
 
 @pytest.mark.postgres
-def test_postgres_status_fails_a_trial_whose_heartbeat_stopped(workdir, pg_url):  # noqa: F811
+def test_postgres_repair_fails_a_trial_whose_heartbeat_stopped(workdir, pg_url):  # noqa: F811
     from tunetrack.search.shared_study import open_shared_storage
     from tunetrack.search.stale_trials import OWNER_ATTR, Heartbeat, this_process
 
@@ -451,10 +458,12 @@ def test_postgres_status_fails_a_trial_whose_heartbeat_stopped(workdir, pg_url):
     remote = {**this_process(), "host": "another-host", "grace_s": 2}  # alive, as far as we know
     storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, remote)
     storage.record_heartbeat(trial._trial_id)
-    result = runner.invoke(app, ["status", "tiny", "--storage", pg_url])
-    assert result.exit_code == 0 and "RUNNING" in result.stdout  # 2 s grace not over yet
+    result = runner.invoke(app, ["repair", "tiny", "--storage", pg_url])
+    assert result.exit_code == 0 and "nothing to repair" in result.stdout  # grace not over
     time.sleep(3.5)
     result = runner.invoke(app, ["status", "tiny", "--storage", pg_url])
+    assert "RUNNING" in result.stdout  # a look writes nothing
+    result = runner.invoke(app, ["repair", "tiny", "--storage", pg_url])
     assert result.exit_code == 0, result.output
     states = [t.state.name for t in optuna.load_study(study_name="tiny", storage=pg_url).trials]
     assert states == ["FAIL", "WAITING"]

@@ -31,7 +31,8 @@ def storage(tmp_path, monkeypatch):
     """A SQLite storage with study `made`: three complete trials, one pruned, one failed,
     written through Optuna's API (no training)."""
     monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "TUNETRACK_STORAGE", "TUNETRACK_LOG_LEVEL"):
+    for var in ("MLFLOW_TRACKING_URI", "TUNETRACK_STORAGE", "OPTUNA_STORAGE",
+                "TUNETRACK_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)
     url = f"sqlite:///{tmp_path}/t.db"
     study = optuna.create_study(study_name="made", storage=url, direction="maximize")
@@ -96,7 +97,9 @@ def test_json_of_status_best_studies_and_compare_parses(storage):
                                  "--format", "json", "--tracking-uri", "sqlite:///m.db"])
     assert result.exit_code == 0, result.output
     top = json.loads(result.stdout)
-    assert [(t["number"], t["value"]) for t in top] == [(1, 0.95), (2, 0.93)]
+    assert [(t["number"], t["value"]) for t in top["trials"]] == [(1, 0.95), (2, 0.93)]
+    assert [c["target"] for c in top["cost_to_target"]][:3] == [
+        "90% of best", "95% of best", "99% of best"]
 
 
 def test_csv_has_a_header_and_one_row_per_trial(storage):
@@ -190,3 +193,172 @@ def test_shared_bar_counts_every_workers_trials(storage):
         raise KeyError("made")
 
     bar.poll(not_yet, every_s=0.0)  # a study no worker has created yet: no error
+
+
+RUN_ID = "0123456789abcdef0123456789abcdef"  # MLflow run ids are 32 hex digits
+
+
+@pytest.fixture
+def wide_study(storage):
+    """Study `made` plus a study with many long parameters and run ids, as a real one."""
+    study = optuna.create_study(study_name="wide", storage=storage, direction="maximize")
+    dists = {f"train.{name}": FloatDistribution(1e-6, 1.0, log=True) for name in (
+        "learning_rate", "weight_decay", "momentum", "step_gamma", "l1", "label_smoothing")}
+    dists["model.activation"] = optuna.distributions.CategoricalDistribution(
+        ["leaky_relu", "relu"])
+    for i in range(6):
+        params = {k: 1.234567e-4 * (i + 1) for k in dists if k != "model.activation"}
+        study.add_trial(optuna.trial.create_trial(
+            params={**params, "model.activation": "leaky_relu"}, distributions=dists,
+            value=0.9 + i / 100, user_attrs={"test_accuracy": 0.9, "epochs_run": 30,
+                                             "mlflow_run_id": RUN_ID[:-1] + str(i),
+                                             "cost_device_seconds": 12.5 * i,
+                                             "cost_peak_memory_mb": 123.4}))
+    return storage
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+@pytest.mark.parametrize("command", [["compare", "wide", "--top", "5"], ["status", "wide"],
+                                     ["best", "wide"], ["studies"], ["status", "made"]])
+def test_tables_fit_the_terminal_and_keep_run_ids_whole(wide_study, command, columns):
+    result = CliRunner(env={"COLUMNS": str(columns)}).invoke(
+        app, [*command, "--storage", wide_study, "--tracking-uri", "sqlite:///m.db"]
+        if command[0] == "compare" else [*command, "--storage", wide_study])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, result.stdout
+    if command[0] == "compare":
+        assert all(RUN_ID[:-1] + str(i) in result.stdout for i in range(1, 6))
+        assert "cost to target" in result.stdout
+        assert "--wide" in result.stdout or columns > 80  # the parameters did not fit
+    if command[:2] == ["status", "wide"]:  # one line per trial, not one per parameter
+        rows = [line for line in lines if "COMPLETE" in line]
+        assert len(rows) == 6 and len(lines) <= 6 + 7
+
+
+def test_wide_shows_every_column_in_full(wide_study):
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(
+        app, ["compare", "wide", "--wide", "--storage", wide_study, "--tracking-uri",
+              "sqlite:///m.db"])
+    assert result.exit_code == 0, result.output
+    assert "label_smoothing" in result.stdout and "peak MB" in result.stdout
+    status = CliRunner(env={"COLUMNS": "80"}).invoke(
+        app, ["status", "wide", "--wide", "--storage", wide_study]).stdout
+    assert "activation=leaky_relu" in status and "…" not in status
+
+
+def test_validate_prints_json_and_csv(tmp_path):
+    file = write_study(tmp_path, "made")
+    parsed = json.loads(runner.invoke(app, ["validate", str(file), "-f", "json"]).stdout)
+    assert parsed["study"][0]["name"] == "made"
+    assert {p["parameter"] for p in parsed["parameters"]} >= {"train.lr"}
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(
+        app, ["validate", str(file), "--format", "csv"]).stdout)))
+    assert rows[0]["section"] == "study" and rows[0]["n_trials"].isdigit()
+    assert any(r["parameter"] == "train.lr" for r in rows[1:])
+
+
+def test_optuna_storage_is_read_after_tunetrack_storage(storage, tmp_path):
+    env = {"COLUMNS": "200", "OPTUNA_STORAGE": storage}
+    assert json.loads(CliRunner(env=env).invoke(app, ["studies", "-f", "json"]).stdout)[0][
+        "name"] == "made"
+    other = f"sqlite:///{tmp_path}/other.db"
+    optuna.create_study(study_name="other", storage=other)
+    listed = CliRunner(env={**env, "TUNETRACK_STORAGE": other}).invoke(
+        app, ["studies", "-f", "json"]).stdout
+    assert [s["name"] for s in json.loads(listed)] == ["other"]
+
+
+def test_reading_commands_find_the_journal_of_run_workers(tmp_path, monkeypatch):
+    """`run --workers N` keeps the study in ./tunetrack.journal; `status NAME` finds it
+    there without --storage and says which store it read."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("TUNETRACK_STORAGE", "OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "tunetrack.journal")))
+    optuna.create_study(study_name="par", storage=journal).optimize(lambda t: 1.0, n_trials=2)
+    result = runner.invoke(app, ["status", "par"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("COMPLETE") == 2
+    assert "reading journal:tunetrack.journal, the store of run --workers" in result.stderr
+    assert not (tmp_path / "tunetrack.db").exists()
+    # a study of the same name in the default SQLite file wins, silently
+    optuna.create_study(study_name="par", storage="sqlite:///tunetrack.db")
+    result = runner.invoke(app, ["status", "par"])
+    assert "COMPLETE" not in result.stdout and "reading" not in result.stderr
+
+
+def _orphan(url: str) -> int:
+    """A RUNNING trial of study `made` whose process is gone (as after kill -9)."""
+    from tunetrack.search.stale_trials import OWNER_ATTR, this_process
+
+    study = optuna.load_study(study_name="made", storage=url)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    trial = study.ask({"train.lr": FloatDistribution(1e-4, 1e-1, log=True)})
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                         {**this_process(), "pid": gone.pid, "start": "1"})
+    return trial.number
+
+
+def test_status_never_writes_and_repair_cleans_up(storage):
+    number = _orphan(storage)
+    before = [(t.state.name, t.datetime_complete) for t in
+              optuna.load_study(study_name="made", storage=storage).trials]
+    for command in (["status", "made"], ["best", "made"]):
+        result = runner.invoke(app, [*command, "--storage", storage])
+        assert result.exit_code == 0, result.output
+    assert "tunetrack repair made" in runner.invoke(
+        app, ["status", "made", "--storage", storage]).stdout
+    assert [(t.state.name, t.datetime_complete) for t in
+            optuna.load_study(study_name="made", storage=storage).trials] == before
+    repaired = runner.invoke(app, ["repair", "made", "--storage", storage, "-f", "json"])
+    assert repaired.exit_code == 0, repaired.output
+    assert json.loads(repaired.stdout) == {"study": "made", "failed_and_retried": [number]}
+    trials = optuna.load_study(study_name="made", storage=storage).trials
+    assert trials[number].state.name == "FAIL" and trials[-1].state.name == "WAITING"
+    again = runner.invoke(app, ["repair", "made", "--storage", storage])
+    assert "nothing to repair" in again.stdout
+
+
+@pytest.mark.parametrize(("uri", "shown", "absent"), [
+    ("http://mlflow.example:5000/", "open http://mlflow.example:5000 in a browser",
+     "mlflow ui"),
+    (None, "mlflow ui --backend-store-uri sqlite:///mlflow.db", "open http"),
+    ("sqlite:////data/m.db", "mlflow ui --backend-store-uri sqlite:////data/m.db", "open http"),
+    ("postgresql://u:secret@db/mlflow", "--backend-store-uri postgresql://u:***@db/mlflow",
+     "secret"),
+    ("/data/mlruns", "--backend-store-uri file:///data/mlruns", "open http"),
+])
+def test_ui_hint_fits_the_tracking_uri_kind(uri, shown, absent):
+    from tunetrack.search.command_output import mlflow_ui_hint
+
+    hint = "\n".join(mlflow_ui_hint(uri))
+    assert shown in hint and absent not in hint
+
+
+def test_compare_out_writes_csv_and_the_old_csv_spelling_says_the_new_one(storage, tmp_path):
+    common = ["compare", "made", "--storage", storage, "--tracking-uri", "sqlite:///m.db"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "a.csv")])
+    assert result.exit_code == 0 and "deprecated" not in result.stderr
+    old = runner.invoke(app, [*common, "--csv", str(tmp_path / "b.csv")])
+    assert old.exit_code == 0 and "compare --csv is deprecated; use --out" in old.stderr
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert "--csv" not in runner.invoke(app, ["compare", "--help"]).stdout
+
+
+def test_run_summary_after_a_server_run_names_its_url_not_mlflow_ui(capsys):
+    from tunetrack.search.cli import _print_summary
+    from tunetrack.search.study_file import parse_study
+
+    from .studyfiles import tiny_study
+
+    spec = parse_study(tiny_study("made", tracking={"enabled": True}))
+    study = optuna.create_study(study_name="made")
+    _print_summary(study, spec, "http://127.0.0.1:5001")
+    shown = capsys.readouterr().out
+    assert "open http://127.0.0.1:5001 in a browser" in shown and "mlflow ui" not in shown
+    _print_summary(study, spec, None)
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in capsys.readouterr().out

@@ -176,7 +176,7 @@ def test_fused_trials_are_tracked_and_promoted_like_any_other(tmp_path, uri):
             assert run.data.params["train.lr"] == str(trial.params["train.lr"])
     promoted = runner.invoke(app, ["promote", "fused", "--storage", storage,
                                    "--tracking-uri", uri])
-    assert promoted.exit_code == 0 and "\npromoted: promoted trial #" in promoted.stdout, \
+    assert promoted.exit_code == 0 and "\npromoted trial #" in promoted.stdout, \
         promoted.output
     compare = runner.invoke(app, ["compare", "fused", "--storage", storage,
                                   "--tracking-uri", uri])

@@ -45,15 +45,15 @@ def test_weak_champion_replaced_near_twin_refused(uri, tmp_path):
 
     log_trial(tracker, study, DIGITS, epochs=1, lr=1e-3)  # weak: ~0.40 test accuracy
     first = _cli("promote", "gate", *common)
-    assert first.startswith("test images: n = 270") and "promoted: promoted trial #0" in first
-    assert "first champion" in first
+    assert first.startswith("test images: n = 270") and "promoted trial #0" in first
+    assert "first champion" in first and "promoted: promoted" not in first
 
     log_trial(tracker, study, DIGITS, epochs=6, lr=1e-2)  # clearly better: ~0.96
     dry = _cli("promote", "gate", "--dry-run", *common)
     assert "dry run: would promote trial #1" in dry
     assert len(client.get_registered_model(MODEL).tags) == 2  # study + 1 history entry
     better = _cli("promote", "gate", *common)
-    assert "promoted: promoted trial #1" in better and _p(better) < 0.05
+    assert "promoted trial #1" in better and _p(better) < 0.05
     assert re.search(r"difference \+0\.5\d+, 95% paired bootstrap CI \[\+0\.\d+, \+0\.\d+\]",
                      better)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
@@ -85,6 +85,16 @@ def test_weak_champion_replaced_near_twin_refused(uri, tmp_path):
     assert refused["champion_version"] == "2"
     table = _cli("history", MODEL, "--tracking-uri", uri)
     assert "refused" in table and "not significant" in table
+    narrow = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["history", MODEL, "--tracking-uri",
+                                                           uri]).output
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "refused" in narrow
+    rows = _cli("history", MODEL, "-f", "csv", "--tracking-uri", uri).splitlines()
+    assert rows[0].startswith("at,") and len(rows) == 4
+
+    decision = json.loads(_cli("promote", "gate", "--dry-run", "-f", "json", *common))
+    assert decision["promoted"] is False and decision["dry_run"] is True
+    assert decision["p_value"] == pytest.approx(_p(twin), rel=1e-3)
+    assert decision["message"].startswith("dry run: not promoted: not significant")
 
 
 def test_alpha_is_validated(uri):

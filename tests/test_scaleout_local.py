@@ -38,6 +38,13 @@ def test_three_workers_on_the_default_storage_use_a_journal_not_sqlite(tmp_path)
     assert "storage journal:tunetrack.journal" in output
     assert "3 workers in" in output and "(exit: 0, 0, 0)" in output
     assert not (tmp_path / "tunetrack.db").exists()
+    # said, not silent, and `status` finds the journal without --storage
+    assert "storage journal:tunetrack.journal, not sqlite:///tunetrack.db" in output
+    assert "see the trials with: tunetrack status local-three\n" in output
+    status = subprocess.run([*CLI, "status",
+                             "local-three", "-f", "json"], cwd=tmp_path, capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert status.returncode == 0 and "reading journal:tunetrack.journal" in status.stderr
     done = finished(_journal_study(tmp_path, "local-three"))
     assert 6 <= len(done) <= 6 + 2  # in practice exactly 6; see trial_budget.py
     params = [tuple(sorted(t.params.items())) for t in done]

@@ -18,7 +18,7 @@ from tunetrack.search.study_file import parse_study
 
 from .studyfiles import tiny_study
 
-runner = CliRunner(env={"COLUMNS": "200", "TUNETRACK_STORAGE": None,
+runner = CliRunner(env={"COLUMNS": "200", "TUNETRACK_STORAGE": None, "OPTUNA_STORAGE": None,
                         "MLFLOW_TRACKING_URI": None})
 
 # id -> (study-file overrides, the one line `validate` prints after "FILE: ")

@@ -8,6 +8,7 @@ registry: promote twice (second refuses), and `predict` against the champion ali
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -114,7 +115,7 @@ def test_promote_twice_then_predict(tracked_study):
     folder, uri, storage, _ = tracked_study
     first = runner.invoke(app, ["promote", "tracked", "--storage", storage, "--tracking-uri", uri])
     assert first.exit_code == 0, first.output
-    assert first.stdout.splitlines()[-1].startswith("promoted: ")  # after the evidence
+    assert first.stdout.splitlines()[-1].startswith("promoted trial #")  # after the evidence
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("tiny-digits", "champion").version
     assert str(version) == "1"
@@ -169,8 +170,8 @@ def test_predict_json_lists_every_image_with_ranked_probabilities(tracked_study,
     for i in range(2):
         pixels = (digits.x[i, 0].numpy() * 255).astype(np.uint8)
         Image.fromarray(pixels).save(tmp_path / f"d{i}.png")
-    result = runner.invoke(app, ["predict", f"models:/{model_id}", str(tmp_path), "--top", "3",
-                                 "--tracking-uri", uri, "--format", "json"])
+    result = runner.invoke(app, ["predict", f"models:/{model_id}", str(tmp_path),
+                                 "--classes", "3", "--tracking-uri", uri, "--format", "json"])
     assert result.exit_code == 0, result.output
     predictions = json.loads(result.stdout)
     assert [Path(p["image"]).name for p in predictions] == ["d0.png", "d1.png"]
@@ -178,6 +179,22 @@ def test_predict_json_lists_every_image_with_ranked_probabilities(tracked_study,
         probabilities = [c["probability"] for c in p["predictions"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1 + 1e-6
+        assert p["label"] == p["predictions"][0]["label"]
+    # several paths (files and folders), the old spelling of --classes, a CSV file
+    extra = tmp_path / "more"
+    extra.mkdir()
+    Image.fromarray((digits.x[2, 0].numpy() * 255).astype(np.uint8)).save(extra / "d2.png")
+    out = tmp_path / "predictions.csv"
+    old = runner.invoke(app, ["predict", f"models:/{model_id}", str(tmp_path / "d1.png"),
+                              str(extra), "--top", "2", "--out", str(out),
+                              "--tracking-uri", uri])
+    assert old.exit_code == 0, old.output
+    assert "predict --top is deprecated; use --classes" in old.stderr
+    lines = old.stdout.splitlines()
+    assert [Path(line.split(":")[0]).name for line in lines] == ["d1.png", "d2.png"]
+    assert all(line.count(",") == 1 for line in lines)  # two classes each
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("image,label,probability") and len(rows) == 3
     mlflow.set_tracking_uri(None)
 
 
@@ -191,3 +208,8 @@ def test_a_completed_trial_reproduces_bit_exact(tracked_study):
     assert result.exit_code == 0, result.output
     assert "validation history: bit-exact" in result.stdout
     assert result.stdout.rstrip().endswith("reproduced")
+    as_json = runner.invoke(app, ["reproduce", trial.user_attrs["mlflow_run_id"],
+                                  "--tracking-uri", uri, "--no-log", "-f", "json"])
+    verdict = json.loads(as_json.stdout)
+    assert as_json.exit_code == 0 and verdict["reproduced"] is True and verdict["exact"] is True
+    assert verdict["run_id"] == trial.user_attrs["mlflow_run_id"]

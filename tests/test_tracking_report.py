@@ -72,6 +72,20 @@ def test_report_has_every_section_plot_and_picture(reported):
         assert picture.format == "PNG" and min(picture.size) > 100, name
 
 
+def test_report_prints_json_for_scripts(reported, tmp_path):
+    import json
+
+    _, _, study, storage = reported
+    uri = storage.replace("tunetrack.db", "mlflow.db")
+    out = tmp_path / "again.html"
+    result = runner.invoke(app, ["report", "tiny", "--storage", storage, "--tracking-uri", uri,
+                                 "--out", str(out), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["path"] == str(out.resolve()) and summary["plots"] >= 1
+    assert summary["best_trial"] == study.best_trial.number
+
+
 def test_report_is_self_contained(reported):
     page = reported[0].read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]*\bsrc=", page)  # every script inline

@@ -8,6 +8,7 @@ here matches what it was trained on (same channel conversion, bilinear resize, [
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from tunetrack.models import TunetrackError
@@ -30,9 +31,10 @@ def _image_files(path: Path) -> list[Path]:
     raise TunetrackError(f"{path} does not exist")
 
 
-def predict(model_uri: str, path: str, *, top: int = 3, tracking_uri: str | None = None
-            ) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Top-`top` classes with probabilities for each image in the file or folder `path`."""
+def predict(model_uri: str, path: str | Sequence[str], *, top: int = 3,
+            tracking_uri: str | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-`top` classes with probabilities for each image in the files and folders `path`
+    (one or several: the model is loaded once for all of them)."""
     import torch
 
     from tunetrack.models.data import decode_images
@@ -42,7 +44,9 @@ def predict(model_uri: str, path: str, *, top: int = 3, tracking_uri: str | None
 
     if top < 1:
         raise TunetrackError(f"top must be >= 1 but got {top}")
-    files = _image_files(Path(path).expanduser())  # bad paths fail before loading a model
+    paths = [path] if isinstance(path, str) else list(path)
+    # every path checked before the model is loaded; an image named twice is read once
+    files = list(dict.fromkeys(f for p in paths for f in _image_files(Path(p).expanduser())))
     # a store is asked only for a model it holds, not for a plain folder or artifact URI
     _, client = open_client(tracking_uri, check=model_uri.startswith(("models:/", "runs:/")))
     model, metadata = load_pytorch_model(model_uri, client)
