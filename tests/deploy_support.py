@@ -38,6 +38,7 @@ class Container:
     env: dict[str, str]  # literal values
     secret_env: set[str] = field(default_factory=set)  # names filled from a secret
     ports: list[int] = field(default_factory=list)  # ports the process listens on
+    entrypoint: list[str] = field(default_factory=list)  # runs the command, when natively run
 
 
 def parse_tunetrack(container: Container) -> tuple[str, dict]:
@@ -110,15 +111,20 @@ def native_worker(container: Container, *, storage: str, tracking_uri: str, stud
                   index: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The container's worker command and environment as a local process: the same argv
     after the study file, the same variables, with the service URLs pointing at this
-    host's PostgreSQL database and MLflow store."""
+    host's PostgreSQL database and MLflow store. A container whose entrypoint reads the
+    password from PGPASSWORD_FILE gets it that way (the caller points it at a file)."""
     argv = container.command
     assert argv[:2] == ["tunetrack", "worker"], argv
-    env = {**os.environ, **container.env, "PGPASSWORD": "unused-with-trust-auth",
-           "TUNETRACK_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking_uri,
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **container.env, "TUNETRACK_STORAGE": storage,
+           "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    if "PGPASSWORD_FILE" in container.env:
+        env.pop("PGPASSWORD", None)
+    else:
+        env["PGPASSWORD"] = "unused-with-trust-auth"
     if index is not None:
         env["TUNETRACK_WORKER_INDEX"] = str(index)
-    return [PYTHON, "-m", "tunetrack.search.cli", "worker", str(study), *argv[3:]], env
+    return [*container.entrypoint, PYTHON, "-m", "tunetrack.search.cli", "worker", str(study),
+            *argv[3:]], env
 
 
 def run_workers_natively(workers: list[Container], *, pg_url: str, folder: Path,
