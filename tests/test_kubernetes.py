@@ -298,6 +298,7 @@ def test_worker_study_comes_from_an_environment_variable():
     job = resource("Job", "tunetrack-workers")
     raw = pod_spec(job)["containers"][0]
     assert raw["command"][2] == "$(TUNETRACK_STUDY)"
+    assert raw["env"][0]["name"] == "TUNETRACK_STUDY"  # docs/scaling_out.md patches env/0
     assert not [part for part in raw["command"] if part.startswith("studies/")]
     c = container(job)
     assert check_worker(c, storage_host="postgres",
