@@ -25,8 +25,10 @@ from .deploy_support import (
     check_mlflow_server,
     check_no_secret_in_argv,
     check_worker,
+    create_tables_natively,
     native_worker,
     run_workers_natively,
+    serve_dashboard_natively,
 )
 from .scaleout_support import (
     PYTHON,
@@ -112,7 +114,8 @@ def published(service: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_the_services_exist():
-    assert set(SERVICES) == {"postgres", "mlflow", "optuna-dashboard", "worker", "worker-gpu"}
+    assert set(SERVICES) == {"postgres", "mlflow", "optuna-tables", "optuna-dashboard", "worker",
+                             "worker-gpu"}
 
 
 def test_postgres_image_volume_healthcheck_and_password_from_a_secret():
@@ -145,7 +148,7 @@ def test_the_password_secret_is_a_git_ignored_file():
     path = ENV_EXAMPLE["POSTGRES_PASSWORD_SECRET"]
     assert _git_ignored(path)  # never committed, never in the image's build context
     assert Path(path).parts[0] in (REPO / ".dockerignore").read_text().split()
-    for name in ("mlflow", "optuna-dashboard", "worker", "worker-gpu"):
+    for name in ("mlflow", "optuna-tables", "optuna-dashboard", "worker", "worker-gpu"):
         assert PASSWORD_SECRET in SERVICES[name]["secrets"], name
         assert SERVICES[name]["environment"]["PGPASSWORD_FILE"] == SECRET_PATH, name
 
@@ -218,13 +221,18 @@ def test_optuna_dashboard_reads_the_workers_database_and_has_a_healthcheck():
     cmd = container("optuna-dashboard").command
     assert cmd[0] == "optuna-dashboard"
     assert cmd[1] == container("worker").env["TUNETRACK_STORAGE"]  # the workers' study
+    # it cannot start on a database without Optuna's tables: a one-shot service makes them
+    tables = dash["depends_on"]["optuna-tables"]["condition"]
+    assert tables == "service_completed_successfully"
+    assert container("optuna-tables").command[-1] == cmd[1]
+    assert SERVICES["optuna-tables"]["restart"].startswith("on-failure")
     assert "PGPASSWORD" in container("optuna-dashboard").secret_env
     check = " ".join(dash["healthcheck"]["test"])
     assert "127.0.0.1:8080/api/studies" in check  # answers only when the database does
 
 
 def test_image_services_run_under_init_and_the_same_image():
-    for name in ("mlflow", "optuna-dashboard", "worker", "worker-gpu"):
+    for name in ("mlflow", "optuna-tables", "optuna-dashboard", "worker", "worker-gpu"):
         svc = SERVICES[name]
         assert svc["init"] is True, name  # signals reach the process; zombies reaped
         assert svc["build"] == "." and container(name).image == f"tunetrack:{VERSION}"
@@ -337,6 +345,17 @@ def test_two_compose_workers_share_one_study_natively(pg_url, tmp_path):  # noqa
     worker = native("worker", tmp_path)
     run_workers_natively([worker, worker], pg_url=pg_url,
                          folder=tmp_path, name="compose-two")
+
+
+@pytest.mark.postgres
+def test_dashboard_command_answers_its_healthcheck_natively(pg_url, tmp_path):  # noqa: F811
+    """The dashboard's command through the image's entrypoint (password from the secret
+    file), serving the path its healthcheck asks for."""
+    check = " ".join(SERVICES["optuna-dashboard"]["healthcheck"]["test"])
+    path = re.search(r"127\.0\.0\.1:8080(/[\w/]+)", check)[1]
+    create_tables_natively(native("optuna-tables", tmp_path), pg_url=pg_url, folder=tmp_path)
+    serve_dashboard_natively(native("optuna-dashboard", tmp_path), pg_url=pg_url,
+                             folder=tmp_path, probe_path=path)
 
 
 @pytest.mark.postgres

@@ -24,8 +24,10 @@ from .deploy_support import (
     check_mlflow_server,
     check_no_secret_in_argv,
     check_worker,
+    create_tables_natively,
     native_worker,
     run_workers_natively,
+    serve_dashboard_natively,
 )
 from .scaleout_support import (
     PYTHON,
@@ -77,10 +79,10 @@ def all_containers(workload: dict) -> list[dict]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
-def container(workload: dict, index: int = 0) -> Container:
-    """The workload's container, env split into literals and secret references, its
-    command with `$(VAR)` expanded as the kubelet does."""
-    spec = pod_spec(workload)["containers"][index]
+def container(workload: dict, index: int = 0, *, init: bool = False) -> Container:
+    """The workload's container (`init`: init container), env split into literals and
+    secret references, its command with `$(VAR)` expanded as the kubelet does."""
+    spec = pod_spec(workload)["initContainers" if init else "containers"][index]
     env, secret = {}, set()
     for item in spec.get("env", []):
         if "value" in item:
@@ -217,7 +219,7 @@ def test_gpu_component_requests_one_gpu_per_worker():
 # files and caches (HOME is /tmp), MLflow its artifacts. A new container must say its own.
 WRITES = {"postgres": {"/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"},
           "mlflow": {"/mlartifacts", "/tmp"}, "optuna-dashboard": {"/tmp"},
-          "worker": {"/tmp"}, "wait-for-mlflow": set()}
+          "worker": {"/tmp"}, "wait-for-mlflow": set(), "create-optuna-tables": set()}
 
 
 def _workloads(manifests: list[dict] = MANIFESTS) -> list[dict]:
@@ -324,6 +326,9 @@ def test_optuna_dashboard_reads_the_workers_database():
     service = resource("Service", "optuna-dashboard")
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"  # port-forward, as mlflow
     _service_reaches(service, dash, 8080)
+    (tables,) = pod_spec(dash)["initContainers"]  # the dashboard cannot start without them
+    check_no_secret_in_argv(container(dash, init=True))
+    assert tables["command"][-1] == c.command[1]
 
 
 def test_no_service_is_exposed_outside_the_cluster():
@@ -411,6 +416,15 @@ def test_two_job_workers_share_one_study_natively(pg_url, tmp_path):  # noqa: F8
     job = container(resource("Job", "tunetrack-workers"))
     run_workers_natively([job, job], pg_url=pg_url, folder=tmp_path, name="k8s-two",
                          indexed=True)
+
+
+@pytest.mark.postgres
+def test_dashboard_command_answers_its_readiness_probe_natively(pg_url, tmp_path):  # noqa: F811
+    dash = resource("Deployment", "optuna-dashboard")
+    probe = pod_spec(dash)["containers"][0]["readinessProbe"]["httpGet"]
+    create_tables_natively(container(dash, init=True), pg_url=pg_url, folder=tmp_path)
+    serve_dashboard_natively(container(dash), pg_url=pg_url, folder=tmp_path,
+                             probe_path=probe["path"])
 
 
 @pytest.mark.slow
