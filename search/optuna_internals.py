@@ -15,6 +15,7 @@ Checked on Optuna 4.9.0 (read from its wheel) and 5.1.0 (installed, tests run).
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def uncached_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.Ba
     return getattr(storage, "_backend", storage)
 
 
-def heartbeat_thread(trial: optuna.Trial) -> Any:
+def heartbeat_thread(trial: optuna.Trial) -> AbstractContextManager[Any]:
     """Optuna's heartbeat for `trial`, as a context manager: entered, it records the
     trial's heartbeat every `heartbeat_interval` seconds until exited; a do-nothing one on
     storages without heartbeats (`optuna.storages._heartbeat.get_heartbeat_thread`;
