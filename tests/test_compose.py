@@ -237,6 +237,9 @@ def test_image_services_run_under_init_and_the_same_image():
         assert svc["init"] is True, name  # signals reach the process; zombies reaped
         assert svc["build"] == "." and container(name).image == f"tunetrack:{VERSION}"
         assert "entrypoint" not in svc  # the image's: the password from its secret file
+        assert svc["cap_drop"] == ["ALL"] and "cap_add" not in svc, name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert "user" not in svc  # the image's non-root user (Dockerfile USER)
 
 
 def _seconds(text: str) -> float:
