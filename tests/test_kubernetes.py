@@ -338,6 +338,38 @@ def test_no_service_is_exposed_outside_the_cluster():
     assert not [m for m in MANIFESTS if m["kind"] == "Ingress"]
 
 
+def _clients(server: str) -> set[str]:
+    """The pod names (app.kubernetes.io/name) that the NetworkPolicies let reach `server`."""
+    allowed: set[str] = set()
+    for policy in (m for m in MANIFESTS if m["kind"] == "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if selector.get("app.kubernetes.io/name", server) != server:
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                pods = peer["podSelector"]
+                assert set(peer) == {"podSelector"}, peer  # nothing from outside the namespace
+                if "matchLabels" in pods:
+                    allowed.add(pods["matchLabels"]["app.kubernetes.io/name"])
+                else:
+                    (names,) = [e["values"] for e in pods["matchExpressions"]
+                                if e["key"] == "app.kubernetes.io/name" and e["operator"] == "In"]
+                    allowed |= set(names)
+    return allowed
+
+
+def test_network_policies_let_each_server_take_only_its_clients():
+    (deny,) = [m for m in MANIFESTS if m["kind"] == "NetworkPolicy"
+               and m["spec"]["podSelector"] == {} and not m["spec"].get("ingress")]
+    assert deny["spec"]["policyTypes"] == ["Ingress"]
+    names = {m["metadata"]["name"]: m["spec"]["template"]["metadata"]["labels"][
+        "app.kubernetes.io/name"] for m in _workloads()}
+    worker, dashboard = names["tunetrack-workers"], names["optuna-dashboard"]
+    assert _clients(names["postgres"]) == {names["mlflow"], dashboard, worker}
+    assert _clients(names["mlflow"]) == {worker}
+    assert _clients(dashboard) == _clients(worker) == set()  # port-forward only
+
+
 def test_manifests_match_the_kubernetes_schema():
     """Every manifest against the Kubernetes OpenAPI schema (kubernetes-validate, strict:
     unknown fields fail too), as `kubectl apply` would check them."""
