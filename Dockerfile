@@ -34,6 +34,10 @@ COPY tracking ./tracking
 RUN pip install --no-deps ".[$EXTRAS]"
 # baked-in studies; compose mounts STUDIES_DIR over them, so new studies need no rebuild
 COPY studies ./studies
+# PGPASSWORD from a secrets file (PGPASSWORD_FILE, set by docker-compose.yml), then the
+# command; Kubernetes' `command:` replaces it and passes PGPASSWORD from a Secret instead.
+COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/tunetrack-entrypoint
+ENTRYPOINT ["tunetrack-entrypoint"]
 
 USER tunetrack
 CMD ["tunetrack", "--help"]

@@ -30,6 +30,7 @@ from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
 from .objective import Objective, PruningCallback
+from .optuna_internals import heartbeat_thread
 from .pruning_round import SNAPSHOT_PRUNERS, PruningRound
 from .trial_budget import FINISHED, SharedTrialBudget
 
@@ -318,9 +319,7 @@ def _as_list(value: float | tuple[float, ...]) -> list[float]:
 
 def _heartbeat(trial: optuna.Trial) -> Any:
     """Optuna's heartbeat thread for a trial `optimize` did not ask (RDB storages)."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    thread = get_heartbeat_thread(trial._trial_id, trial.study._storage)
+    thread = heartbeat_thread(trial)
     thread.__enter__()
     return thread
 

@@ -24,6 +24,8 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
+from .optuna_internals import study_id as optuna_study_id
+from .optuna_internals import study_storage
 from .space import SearchSpace
 
 SIGNATURE_ATTR = "tunetrack.signature"  # study system attr: {key: [canonical, description]}
@@ -90,7 +92,7 @@ def check_resume(spec: StudySpec, space: SearchSpace,
 def remember(study: optuna.Study, spec: StudySpec, space: SearchSpace) -> None:
     """Store the spec and signature of a study this process created (or that predates
     signatures); a study that has them keeps the ones it was created with."""
-    storage, study_id = study._storage, study._study_id
+    storage, study_id = study_storage(study), optuna_study_id(study)
     if SIGNATURE_ATTR not in storage.get_study_system_attrs(study_id):
         storage.set_study_system_attr(study_id, SIGNATURE_ATTR, signature(spec, space))
     if SPEC_ATTR not in study.user_attrs:

@@ -19,6 +19,7 @@ from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
 from .first_trial_seed import FirstTrialSeeded
+from .optuna_internals import study_storage
 from .optuna_warnings import quiet_experimental
 from .progress import StudyProgress
 from .resume import check_resume, remember
@@ -216,7 +217,7 @@ def _trial_callbacks(bar: StudyProgress | None, callbacks: Sequence[TrialCallbac
 def _owned(objective: Callable[[optuna.Trial], Any], study: optuna.Study):
     """`objective` that first notes on its trial which process runs it, so a later command
     can tell that the trial's process died (`stale_trials.owner_died`)."""
-    storage = rdb_storage(study._storage)
+    storage = rdb_storage(study_storage(study))
     grace = getattr(storage, "grace_period", None) if has_heartbeats(storage) else None
 
     def run_trial(trial: optuna.Trial) -> Any:

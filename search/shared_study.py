@@ -30,6 +30,7 @@ import optuna
 from tunetrack.models.errors import TunetrackError
 
 from .config import StudySpec
+from .optuna_internals import study_storage, uncached_storage
 from .optuna_warnings import quiet_experimental
 from .stale_trials import OWNER_ATTR, EndRun, Heartbeat, RetryStaleTrial, fail_dead_trials
 from .storage import open_storage
@@ -181,7 +182,7 @@ def clean_up_dead_trials(
     nothing runs any more. Returns the numbers of the trials failed here."""
     end_run = _end_run_for(study.study_name, tracking_uri) if track else None
     dead = fail_dead_trials(study, RetryStaleTrial(max_retry, end_run))
-    if has_heartbeats(study._storage):
+    if has_heartbeats(study_storage(study)):
         dead += _fail_stale(study)
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -196,15 +197,15 @@ def clean_up_dead_trials(
 
 
 def rdb_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
-    """The storage under Optuna's per-study cache (`study._storage` wraps an RDBStorage)."""
-    return getattr(storage, "_backend", storage)
+    """The storage under Optuna's per-study cache (a study's storage wraps an RDBStorage)."""
+    return uncached_storage(storage)
 
 
 def _fail_stale(study: optuna.Study) -> list[int]:
     """Optuna's heartbeat check, with the longest grace period the running trials asked for
     (the process running a trial records its own; a reader must not judge a worker by a
     shorter one: optuna#4234). Trials that recorded none get this storage's."""
-    storage = rdb_storage(study._storage)
+    storage = rdb_storage(study_storage(study))
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     if not running:
         return []

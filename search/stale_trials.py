@@ -33,6 +33,7 @@ import optuna
 
 from tunetrack.models.errors import TunetrackError, first_line
 
+from .optuna_internals import study_storage, trial_id
 from .optuna_warnings import quiet_experimental
 
 _log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def this_process() -> dict[str, Any]:
 def record_owner(trial: optuna.Trial, grace_s: int | None = None) -> None:
     """Note on `trial` that this process runs it (and the heartbeat grace, if any)."""
     owner = this_process() | ({"grace_s": grace_s} if grace_s else {})
-    trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+    trial.storage.set_trial_system_attr(trial_id(trial), OWNER_ATTR, owner)
 
 
 def owner_died(owner: dict[str, Any]) -> bool:
@@ -161,20 +162,20 @@ def fail_dead_trials(study: optuna.Study, retry: RetryStaleTrial) -> list[int]:
     """Fail the RUNNING trials whose process died (`owner_died`), retry them and end their
     MLflow runs (through `retry`); returns their numbers. Safe when several processes
     clean up at once: a trial another one already finished is skipped."""
-    storage = study._storage
+    storage = study_storage(study)
     dead = []
     for trial in dead_trials(study):
         owner = trial.system_attrs[OWNER_ATTR]
         reason = (f"process died (pid {owner.get('pid')} on {owner.get('host')}); "
                   f"found by pid {os.getpid()}")
         try:
-            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-            if not storage.set_trial_state_values(trial._trial_id,
+            storage.set_trial_user_attr(trial_id(trial), "reason", reason)
+            if not storage.set_trial_state_values(trial_id(trial),
                                                   optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process failed it first, and retried it
-        retry(study, storage.get_trial(trial._trial_id), reason)
+        retry(study, storage.get_trial(trial_id(trial)), reason)
         dead.append(trial.number)
     return dead
 

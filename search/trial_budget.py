@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import optuna
 
+from .optuna_internals import study_storage
 from .optuna_warnings import quiet_experimental
 
 _STATE = optuna.trial.TrialState
@@ -52,7 +53,7 @@ class SharedTrialBudget:
         self.clean_up = clean_up  # fails + retries trials of dead processes; their numbers
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        heartbeats = has_heartbeats(study._storage)
+        heartbeats = has_heartbeats(study_storage(study))
         while True:
             finished, running, waiting = _counts(study)
             if finished >= self.total:

@@ -6,9 +6,12 @@ PostgreSQL, with the service names swapped for local stores.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -21,9 +24,11 @@ from .scaleout_support import (
     check_shared_study,
     load_study,
     mlflow_store,
+    stop,
     study_file,
     wait_all,
 )
+from .support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +43,7 @@ class Container:
     env: dict[str, str]  # literal values
     secret_env: set[str] = field(default_factory=set)  # names filled from a secret
     ports: list[int] = field(default_factory=list)  # ports the process listens on
+    entrypoint: list[str] = field(default_factory=list)  # runs the command, when natively run
 
 
 def parse_tunetrack(container: Container) -> tuple[str, dict]:
@@ -110,15 +116,20 @@ def native_worker(container: Container, *, storage: str, tracking_uri: str, stud
                   index: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The container's worker command and environment as a local process: the same argv
     after the study file, the same variables, with the service URLs pointing at this
-    host's PostgreSQL database and MLflow store."""
+    host's PostgreSQL database and MLflow store. A container whose entrypoint reads the
+    password from PGPASSWORD_FILE gets it that way (the caller points it at a file)."""
     argv = container.command
     assert argv[:2] == ["tunetrack", "worker"], argv
-    env = {**os.environ, **container.env, "PGPASSWORD": "unused-with-trust-auth",
-           "TUNETRACK_STORAGE": storage, "MLFLOW_TRACKING_URI": tracking_uri,
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **container.env, "TUNETRACK_STORAGE": storage,
+           "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    if "PGPASSWORD_FILE" in container.env:
+        env.pop("PGPASSWORD", None)
+    else:
+        env["PGPASSWORD"] = "unused-with-trust-auth"
     if index is not None:
         env["TUNETRACK_WORKER_INDEX"] = str(index)
-    return [PYTHON, "-m", "tunetrack.search.cli", "worker", str(study), *argv[3:]], env
+    return [*container.entrypoint, PYTHON, "-m", "tunetrack.search.cli", "worker", str(study),
+            *argv[3:]], env
 
 
 def run_workers_natively(workers: list[Container], *, pg_url: str, folder: Path,
@@ -143,3 +154,52 @@ def run_workers_natively(workers: list[Container], *, pg_url: str, folder: Path,
         check_shared_study(load_study(name, pg_url), n_trials, len(workers), tracking, name)
     except AssertionError as exc:  # the workers' own words say what happened
         raise AssertionError(f"{exc}\n--- the workers' logs ---\n{logs}") from exc
+
+
+def _native_env(container: Container) -> dict[str, str]:
+    env = {**os.environ, **container.env}
+    if "PGPASSWORD_FILE" not in container.env:
+        env["PGPASSWORD"] = "unused-with-trust-auth"
+    return env
+
+
+def create_tables_natively(container: Container, *, pg_url: str, folder: Path) -> None:
+    """The container's `python -c ... URL` that makes Optuna's tables, run here on `pg_url`
+    (through its entrypoint if it has one); twice, as a restarted pod or service would."""
+    argv = list(container.command)
+    assert argv[:2] == ["python", "-c"] and argv[-1].startswith("postgresql://"), argv
+    argv[0], argv[-1] = PYTHON, pg_url
+    for _ in range(2):
+        subprocess.run([*container.entrypoint, *argv], env=_native_env(container), cwd=folder,
+                       check=True, timeout=120)
+
+
+def serve_dashboard_natively(container: Container, *, pg_url: str, folder: Path,
+                             probe_path: str, timeout_s: float = 120) -> None:
+    """Start the container's `optuna-dashboard` command here (this host's database, a free
+    port on 127.0.0.1, through its entrypoint if it has one) and wait until `probe_path`,
+    its readiness check, answers 200: the command, its flags and the probe agree."""
+    argv = list(container.command)
+    assert argv[0] == "optuna-dashboard", argv
+    port = free_port()
+    argv[0] = str(Path(PYTHON).parent / "optuna-dashboard")
+    argv[1] = pg_url
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+        argv[argv.index(flag) + 1] = value
+    env = _native_env(container)
+    log = folder / f"{container.name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*container.entrypoint, *argv], env=env, cwd=folder, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}{probe_path}", timeout=3) as response:
+                if response.status == 200:
+                    return
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+    finally:
+        stop(proc)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,13 @@ from .deploy_support import (
     check_mlflow_server,
     check_no_secret_in_argv,
     check_worker,
+    create_tables_natively,
     native_worker,
     run_workers_natively,
+    serve_dashboard_natively,
 )
 from .scaleout_support import (
+    PYTHON,
     load_study,
     mlflow_store,
     pg_url,  # noqa: F401  (fixture)
@@ -43,7 +47,11 @@ SERVICES = COMPOSE["services"]
 ENV_EXAMPLE = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text()
                    .splitlines() if line and not line.startswith("#"))
 _VAR = re.compile(r"(?<!\$)\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
-SECRET = "pw-from-env"
+VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+ENTRYPOINT_SCRIPT = REPO / "deploy" / "docker" / "entrypoint.sh"
+PASSWORD_SECRET = "postgres_password"
+SECRET_PATH = f"/run/secrets/{PASSWORD_SECRET}"
 
 
 def interpolate(text: str, env: dict[str, str] | None = None) -> str:
@@ -63,20 +71,42 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     return _VAR.sub(sub, text)
 
 
+def image_entrypoint() -> list[str]:
+    """The Dockerfile's ENTRYPOINT (exec form): what runs every tunetrack service's command."""
+    (line,) = re.findall(r"^ENTRYPOINT (\[.*\])$", DOCKERFILE, re.M)
+    return yaml.safe_load(line)
+
+
 def container(service: str, env: dict[str, str] | None = None) -> Container:
-    """The service as it would run with `env` as .env (default: only the password set)."""
-    env = {"POSTGRES_PASSWORD": SECRET} if env is None else env
+    """The service as it would run with `env` as .env (default: none). PGPASSWORD counts as
+    coming from a secret when the image's entrypoint reads it from PGPASSWORD_FILE and that
+    file is a secret mounted into the service."""
+    env = env or {}
     svc = SERVICES[service]
-    raw_env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
-    secret = {k for k, v in raw_env.items() if "${POSTGRES_PASSWORD" in v}
+    raw_env = {k: interpolate(str(v), env) for k, v in (svc.get("environment") or {}).items()}
+    mounted = {f"/run/secrets/{name}" for name in svc.get("secrets", [])}
+    through_entrypoint = svc.get("build") == "." and "entrypoint" not in svc
+    secret = ({"PGPASSWORD"} if through_entrypoint and raw_env.get("PGPASSWORD_FILE") in mounted
+              else set())
     return Container(
         name=service,
         image=interpolate(svc["image"], env),
         command=[interpolate(str(part), env) for part in svc.get("command", [])],
-        env={k: interpolate(v, env) for k, v in raw_env.items() if k not in secret},
+        env=raw_env,
         secret_env=secret,
         ports=[int(str(p).rsplit(":", 1)[1]) for p in svc.get("ports", [])],
     )
+
+
+def native(service: str, folder: Path) -> Container:
+    """The service's container as a process here: through the image's entrypoint script,
+    with its password secret a file in `folder` (the local server trusts any password)."""
+    secret = folder / PASSWORD_SECRET
+    secret.write_text("unused-with-trust-auth\n")
+    c = container(service)
+    assert c.env["PGPASSWORD_FILE"] == SECRET_PATH
+    return replace(c, entrypoint=[str(ENTRYPOINT_SCRIPT)],
+                   env={**c.env, "PGPASSWORD_FILE": str(secret)})
 
 
 def published(service: str, env: dict[str, str] | None = None) -> list[str]:
@@ -84,29 +114,66 @@ def published(service: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_the_services_exist():
-    assert set(SERVICES) == {"postgres", "mlflow", "optuna-dashboard", "worker", "worker-gpu"}
+    assert set(SERVICES) == {"postgres", "mlflow", "optuna-tables", "optuna-dashboard", "worker",
+                             "worker-gpu"}
 
 
-def test_postgres_image_volume_healthcheck_and_credentials_from_env():
+def test_postgres_image_volume_healthcheck_and_password_from_a_secret():
     pg = SERVICES["postgres"]
-    assert pg["image"] == "postgres:15"
+    assert re.fullmatch(r"postgres:15\.\d+", pg["image"])  # pinned to a minor release
     data = [v for v in pg["volumes"] if v.endswith(":/var/lib/postgresql/data")]
     assert data and data[0].split(":")[0] in COMPOSE["volumes"]  # a named volume
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
-    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "POSTGRES_PASSWORD" not in pg["environment"]
+    assert pg["environment"]["POSTGRES_PASSWORD_FILE"] == SECRET_PATH  # the image reads it
+    assert PASSWORD_SECRET in pg["secrets"]
     (init_mount,) = [v for v in pg["volumes"] if "/docker-entrypoint-initdb.d" in v]
     init = REPO / init_mount.split(":")[0] / "10-mlflow-database.sh"
     assert init.is_file() and os.access(init, os.X_OK)
     assert "CREATE DATABASE" in init.read_text()  # MLflow gets its own database
 
 
-def test_no_password_in_a_command_line_or_a_url():
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
-        interpolate(COMPOSE_TEXT)  # compose refuses to start without the variable
+def test_no_password_in_a_command_line_a_url_or_the_environment():
     for service in SERVICES:
-        check_no_secret_in_argv(container(service))
-    assert SECRET not in " ".join(container("worker").command)
-    assert "PASSWORD=" not in COMPOSE_TEXT.replace("POSTGRES_PASSWORD=", "")
+        check_no_secret_in_argv(container(service))  # PGPASSWORD only from the secret file
+        environment = SERVICES[service].get("environment") or {}
+        assert not {"PGPASSWORD", "POSTGRES_PASSWORD"} & set(environment), service
+    assert "PASSWORD:" not in COMPOSE_TEXT.replace("PASSWORD_FILE:", "")
+    assert "PASSWORD}" not in COMPOSE_TEXT  # no `${...PASSWORD}` interpolated anywhere
+
+
+def test_the_password_secret_is_a_git_ignored_file():
+    (source,) = [v["file"] for k, v in COMPOSE["secrets"].items() if k == PASSWORD_SECRET]
+    assert source == f"${{POSTGRES_PASSWORD_SECRET:-{ENV_EXAMPLE['POSTGRES_PASSWORD_SECRET']}}}"
+    path = ENV_EXAMPLE["POSTGRES_PASSWORD_SECRET"]
+    assert _git_ignored(path)  # never committed, never in the image's build context
+    assert Path(path).parts[0] in (REPO / ".dockerignore").read_text().split()
+    for name in ("mlflow", "optuna-tables", "optuna-dashboard", "worker", "worker-gpu"):
+        assert PASSWORD_SECRET in SERVICES[name]["secrets"], name
+        assert SERVICES[name]["environment"]["PGPASSWORD_FILE"] == SECRET_PATH, name
+
+
+def test_the_entrypoint_reads_the_password_file_for_its_command(tmp_path):
+    """deploy/docker/entrypoint.sh, the image's ENTRYPOINT: PGPASSWORD from the file (trailing
+    newline dropped, as the postgres image does), the file's name not passed on."""
+    assert image_entrypoint() == ["tunetrack-entrypoint"]
+    assert re.search(r"^COPY --chmod=0755 deploy/docker/entrypoint\.sh "
+                     r"/usr/local/bin/tunetrack-entrypoint$", DOCKERFILE, re.M)
+    assert os.access(ENTRYPOINT_SCRIPT, os.X_OK)
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret with spaces\n")
+    show = [PYTHON, "-c", "import os, sys; print(repr(os.environ.get('PGPASSWORD')), "
+            "'PGPASSWORD_FILE' in os.environ, sys.argv[1:])", "a b"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGPASSWORD")}
+    out = subprocess.run([str(ENTRYPOINT_SCRIPT), *show], capture_output=True, text=True,
+                         env={**env, "PGPASSWORD_FILE": str(secret)}, check=True).stdout
+    assert out.strip() == "'s3cret with spaces' False ['a b']"
+    out = subprocess.run([str(ENTRYPOINT_SCRIPT), *show], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "None False ['a b']"  # no file: the command as it is
+    missing = subprocess.run([str(ENTRYPOINT_SCRIPT), "true"], capture_output=True,
+                             env={**env, "PGPASSWORD_FILE": str(tmp_path / "none")})
+    assert missing.returncode != 0  # a missing secret stops the container, loudly
 
 
 def test_every_port_is_loopback_and_set_in_env():
@@ -154,16 +221,25 @@ def test_optuna_dashboard_reads_the_workers_database_and_has_a_healthcheck():
     cmd = container("optuna-dashboard").command
     assert cmd[0] == "optuna-dashboard"
     assert cmd[1] == container("worker").env["TUNETRACK_STORAGE"]  # the workers' study
+    # it cannot start on a database without Optuna's tables: a one-shot service makes them
+    tables = dash["depends_on"]["optuna-tables"]["condition"]
+    assert tables == "service_completed_successfully"
+    assert container("optuna-tables").command[-1] == cmd[1]
+    assert SERVICES["optuna-tables"]["restart"].startswith("on-failure")
     assert "PGPASSWORD" in container("optuna-dashboard").secret_env
     check = " ".join(dash["healthcheck"]["test"])
     assert "127.0.0.1:8080/api/studies" in check  # answers only when the database does
 
 
 def test_image_services_run_under_init_and_the_same_image():
-    for name in ("mlflow", "optuna-dashboard", "worker", "worker-gpu"):
+    for name in ("mlflow", "optuna-tables", "optuna-dashboard", "worker", "worker-gpu"):
         svc = SERVICES[name]
         assert svc["init"] is True, name  # signals reach the process; zombies reaped
-        assert svc["build"] == "." and container(name).image == "tunetrack:latest"
+        assert svc["build"] == "." and container(name).image == f"tunetrack:{VERSION}"
+        assert "entrypoint" not in svc  # the image's: the password from its secret file
+        assert svc["cap_drop"] == ["ALL"] and "cap_add" not in svc, name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert "user" not in svc  # the image's non-root user (Dockerfile USER)
 
 
 def _seconds(text: str) -> float:
@@ -210,9 +286,9 @@ def test_gpu_workers_only_with_the_gpu_profile():
     assert params["device"] == "cuda"
 
 
-def test_env_example_has_placeholders_and_env_is_ignored():
-    assert {"POSTGRES_USER", "POSTGRES_PASSWORD"} <= set(ENV_EXAMPLE)
-    assert "replace" in ENV_EXAMPLE["POSTGRES_PASSWORD"]  # a placeholder, not a secret
+def test_env_example_has_no_password_and_env_is_ignored():
+    assert {"POSTGRES_USER", "POSTGRES_PASSWORD_SECRET"} <= set(ENV_EXAMPLE)
+    assert not [k for k in ENV_EXAMPLE if k.endswith("PASSWORD")]  # a file holds it
     assert ".env" in (REPO / ".gitignore").read_text().splitlines()
     assert not (REPO / ".env").exists() or _git_ignored(".env")
 
@@ -252,13 +328,15 @@ def test_no_dangling_doc_references():
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["cpu", "gpu"])
-def test_docker_compose_config_accepts_the_file(profile):
+def test_docker_compose_config_accepts_the_file(profile, tmp_path):
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
     if probe.returncode != 0:
         pytest.skip("docker compose plugin not installed")
+    secret = tmp_path / "pw"
+    secret.write_text("unused\n")
     result = subprocess.run(["docker", "compose", *profile, "config", "--quiet"], cwd=REPO,
                             capture_output=True, text=True, check=False,
-                            env={**os.environ, "POSTGRES_PASSWORD": SECRET})
+                            env={**os.environ, "POSTGRES_PASSWORD_SECRET": str(secret)})
     assert result.returncode == 0, result.stderr
 
 
@@ -267,8 +345,20 @@ def test_docker_compose_config_accepts_the_file(profile):
 
 @pytest.mark.postgres
 def test_two_compose_workers_share_one_study_natively(pg_url, tmp_path):  # noqa: F811
-    run_workers_natively([container("worker"), container("worker")], pg_url=pg_url,
+    worker = native("worker", tmp_path)
+    run_workers_natively([worker, worker], pg_url=pg_url,
                          folder=tmp_path, name="compose-two")
+
+
+@pytest.mark.postgres
+def test_dashboard_command_answers_its_healthcheck_natively(pg_url, tmp_path):  # noqa: F811
+    """The dashboard's command through the image's entrypoint (password from the secret
+    file), serving the path its healthcheck asks for."""
+    check = " ".join(SERVICES["optuna-dashboard"]["healthcheck"]["test"])
+    path = re.search(r"127\.0\.0\.1:8080(/[\w/]+)", check)[1]
+    create_tables_natively(native("optuna-tables", tmp_path), pg_url=pg_url, folder=tmp_path)
+    serve_dashboard_natively(native("optuna-dashboard", tmp_path), pg_url=pg_url,
+                             folder=tmp_path, probe_path=path)
 
 
 @pytest.mark.postgres
@@ -277,7 +367,7 @@ def test_stop_signal_fails_the_running_trial_and_ends_its_run(pg_url, tmp_path):
     within the grace period and leave no trial RUNNING and no MLflow run RUNNING."""
     study = study_file(tmp_path, "compose-stop", n_trials=20, epochs=300, batch_size=16)
     tracking = mlflow_store(tmp_path, "compose-stop")
-    argv, env = native_worker(container("worker"), storage=pg_url, tracking_uri=tracking,
+    argv, env = native_worker(native("worker", tmp_path), storage=pg_url, tracking_uri=tracking,
                               study=study)
     with (tmp_path / "worker.log").open("wb") as log:
         proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=log,

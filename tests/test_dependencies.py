@@ -134,3 +134,25 @@ def test_a_missing_database_driver_is_one_line_naming_it():
     with pytest.raises(TunetrackError, match=r"driver 'mysqldb' not installed; install the") as err:
         open_storage("mysql://u:secret@127.0.0.1/db")
     assert "secret" not in str(err.value)
+
+
+# The major versions tunetrack was checked on: private Optuna names (search/optuna_internals.py)
+# and MLflow's logging APIs may move in the next one (docs/dependencies.md, "Upper bounds").
+_CEILINGS = {"optuna": "6", "mlflow": "4"}
+
+
+def _ceilings(requirements: list[str]) -> dict[str, str]:
+    return {Requirement(text).name.lower(): s.version for text in requirements
+            for s in Requirement(text).specifier if s.operator == "<"}
+
+
+def test_optuna_and_mlflow_have_major_version_ceilings_as_documented():
+    declared = _ceilings(PYPROJECT["dependencies"])
+    assert {k: declared.get(k) for k in _CEILINGS} == _CEILINGS
+    text = (REPO / "docs" / "dependencies.md").read_text()
+    table = text.split("## Upper bounds", 1)[1].split("\n## ", 1)[0]
+    assert dict(_ROW.findall(table)) == _CEILINGS
+    for text in PYPROJECT["dependencies"]:  # what is installed is inside the bounds
+        req = Requirement(text)
+        if req.name.lower() in _CEILINGS:
+            assert metadata.version(req.name) in req.specifier, (req, metadata.version(req.name))

@@ -10,8 +10,10 @@ where kubectl is installed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,10 @@ from .deploy_support import (
     check_mlflow_server,
     check_no_secret_in_argv,
     check_worker,
+    create_tables_natively,
     native_worker,
     run_workers_natively,
+    serve_dashboard_natively,
 )
 from .scaleout_support import (
     PYTHON,
@@ -41,6 +45,9 @@ BASE = REPO / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((BASE / "kustomization.yaml").read_text())
 SECRET_NAME = "tunetrack-postgres"
 INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+_REF = re.compile(r"\$\$|\$\((\w+)\)")
 
 
 def _load(path: Path) -> list[dict]:
@@ -59,9 +66,23 @@ def pod_spec(workload: dict) -> dict:
     return workload["spec"]["template"]["spec"]
 
 
-def container(workload: dict, index: int = 0) -> Container:
-    """The workload's container, env split into literals and secret references."""
-    spec = pod_spec(workload)["containers"][index]
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` in a command: the variable's literal value, `$$` an escaped `$`,
+    an unknown name left as it is."""
+    return _REF.sub(lambda m: "$" if m.group(1) is None else env.get(m.group(1), m.group(0)),
+                    text)
+
+
+def all_containers(workload: dict) -> list[dict]:
+    """Init containers and containers: every process the pod runs."""
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def container(workload: dict, index: int = 0, *, init: bool = False) -> Container:
+    """The workload's container (`init`: init container), env split into literals and
+    secret references, its command with `$(VAR)` expanded as the kubelet does."""
+    spec = pod_spec(workload)["initContainers" if init else "containers"][index]
     env, secret = {}, set()
     for item in spec.get("env", []):
         if "value" in item:
@@ -70,7 +91,8 @@ def container(workload: dict, index: int = 0) -> Container:
             ref = item["valueFrom"]["secretKeyRef"]
             assert (ref["name"], ref["key"]) == (SECRET_NAME, "password"), item
             secret.add(item["name"])
-    return Container(name=spec["name"], image=spec["image"], command=list(spec.get("command", [])),
+    return Container(name=spec["name"], image=spec["image"],
+                     command=[expand(part, env) for part in spec.get("command", [])],
                      env=env, secret_env=secret,
                      ports=[p["containerPort"] for p in spec.get("ports", [])])
 
@@ -83,6 +105,7 @@ def test_kustomization_lists_every_manifest_and_sets_the_namespace():
     assert image["name"] == "tunetrack"  # one place to point at the pushed image
     images = {container(m).image for m in MANIFESTS if m["kind"] in ("Deployment", "Job")}
     assert images == {"tunetrack"}
+    assert image["newTag"] == VERSION  # the release, pinned (and never latest)
 
 
 def test_no_secret_values_are_committed():
@@ -96,7 +119,9 @@ def test_no_secret_values_are_committed():
 def test_postgres_statefulset_service_and_init_script():
     pg = resource("StatefulSet", "postgres")
     c = container(pg)
-    assert c.image == "postgres:15" and c.ports == [5432]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert c.image == compose["services"]["postgres"]["image"]  # one pinned version for both
+    assert re.fullmatch(r"postgres:15\.\d+", c.image) and c.ports == [5432]
     assert c.secret_env == {"POSTGRES_PASSWORD"}
     assert c.env["POSTGRES_DB"] == "optuna" and c.env["MLFLOW_DB"] == "mlflow"
     assert c.env["PGDATA"].startswith("/var/lib/postgresql/data/")  # not the volume root
@@ -109,7 +134,6 @@ def test_postgres_statefulset_service_and_init_script():
     assert init_volume["configMap"]["name"] == generated["name"]
     # the very script docker-compose.yml mounts: one copy for both deployments
     (script,) = generated["files"]
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     (init_mount,) = [v for v in compose["services"]["postgres"]["volumes"] if "initdb" in v]
     assert (BASE / script).resolve().parent == (REPO / init_mount.split(":")[0]).resolve()
     _service_reaches(resource("Service", "postgres"), pg, 5432)
@@ -188,6 +212,176 @@ def test_gpu_component_requests_one_gpu_per_worker():
     assert params["device"] == "cuda"
 
 
+# ---- what a review asks of every workload -----------------------------------------------
+
+# Where each container's process writes; the root file system is read-only, so each one
+# must be a volume. postgres: its data, socket and lock; tunetrack's processes: temporary
+# files and caches (HOME is /tmp), MLflow its artifacts. A new container must say its own.
+WRITES = {"postgres": {"/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"},
+          "mlflow": {"/mlartifacts", "/tmp"}, "optuna-dashboard": {"/tmp"},
+          "worker": {"/tmp"}, "wait-for-mlflow": set(), "create-optuna-tables": set()}
+
+
+def _workloads(manifests: list[dict] = MANIFESTS) -> list[dict]:
+    found = [m for m in manifests if m["kind"] in WORKLOADS]
+    assert {m["metadata"]["name"] for m in found} >= {
+        "postgres", "mlflow", "optuna-dashboard", "tunetrack-workers"}
+    return found
+
+
+def _each_container():
+    """(workload name, container) for every container of every workload, init included."""
+    return [(f"{w['metadata']['name']}/{c['name']}", w, c)
+            for w in _workloads() for c in all_containers(w)]
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits():
+    for name, _, c in _each_container():
+        resources = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{name}: {kind}"
+
+
+def test_every_pod_runs_as_non_root_without_privileges():
+    for name, workload, c in _each_container():
+        pod = pod_spec(workload).get("securityContext", {})
+        own = c.get("securityContext", {})
+        assert own.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, name
+        assert own.get("runAsUser", pod.get("runAsUser", 0)) != 0, name
+        assert own.get("allowPrivilegeEscalation") is False, name
+        assert own.get("readOnlyRootFilesystem") is True, name
+        assert own.get("capabilities", {}).get("drop") == ["ALL"], name
+        assert "add" not in own.get("capabilities", {}), name
+        assert own.get("privileged", False) is False, name
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        assert pod_spec(workload).get("automountServiceAccountToken") is False, name
+
+
+def test_every_path_a_process_writes_is_a_writable_volume():
+    for name, workload, c in _each_container():
+        volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+        claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        writable = {m["mountPath"] for m in c.get("volumeMounts", [])
+                    if not m.get("readOnly")
+                    and (m["name"] in claims or "emptyDir" in volumes.get(m["name"], {})
+                         or "persistentVolumeClaim" in volumes.get(m["name"], {}))}
+        writes = WRITES[c["name"]]
+        assert writes <= writable, f"{name}: {writes - writable} not writable"
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        if c["image"] == "tunetrack" and writes:
+            assert env.get("HOME") in writable, f"{name}: HOME on the read-only root"
+
+
+def test_every_image_is_pinned():
+    for name, _, c in _each_container():
+        image = c["image"]
+        if image == "tunetrack":  # set for all by the kustomization's images
+            (pinned,) = KUSTOMIZATION["images"]
+            image = f"{pinned['newName']}:{pinned['newTag']}"
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest" and "/" not in tag, f"{name}: {c['image']}"
+
+
+def test_every_server_has_readiness_and_liveness_probes():
+    for workload in _workloads():
+        if workload["kind"] == "Job":
+            continue  # a batch pod ends by itself; restarts are the Job's backoff
+        for c in workload["spec"]["template"]["spec"]["containers"]:
+            name = f"{workload['metadata']['name']}/{c['name']}"
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert probe in c, f"{name}: no {probe}"
+            live = c["livenessProbe"]
+            ports = {p["containerPort"] for p in c.get("ports", [])}
+            for check in ("httpGet", "tcpSocket"):
+                if check in live:
+                    assert live[check]["port"] in ports, name
+
+
+def test_worker_study_comes_from_an_environment_variable():
+    job = resource("Job", "tunetrack-workers")
+    raw = pod_spec(job)["containers"][0]
+    assert raw["command"][2] == "$(TUNETRACK_STUDY)"
+    assert raw["env"][0]["name"] == "TUNETRACK_STUDY"  # docs/scaling_out.md patches env/0
+    assert not [part for part in raw["command"] if part.startswith("studies/")]
+    c = container(job)
+    assert check_worker(c, storage_host="postgres",
+                        tracking="http://mlflow:5000")["file"] == Path(c.env["TUNETRACK_STUDY"])
+    # a study from the ConfigMap: the file under its mount, relative to the image's /app
+    mount = next(m for m in raw["volumeMounts"] if m["name"] == "studies")["mountPath"]
+    assert mount.startswith("/app/studies/")
+    custom = f"{mount.removeprefix('/app/')}/mine.yaml"
+    assert expand(raw["command"][2], {**c.env, "TUNETRACK_STUDY": custom}) == custom
+
+
+def test_optuna_dashboard_reads_the_workers_database():
+    dash = resource("Deployment", "optuna-dashboard")
+    c = container(dash)
+    assert c.command[0] == "optuna-dashboard"
+    assert c.command[1] == container(resource("Job", "tunetrack-workers")).env["TUNETRACK_STORAGE"]
+    assert c.command[c.command.index("--host") + 1] == "0.0.0.0"  # inside the pod only
+    assert c.secret_env == {"PGPASSWORD"}
+    check_no_secret_in_argv(c)
+    probe = pod_spec(dash)["containers"][0]["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/api/studies", 8080)  # needs the database
+    service = resource("Service", "optuna-dashboard")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"  # port-forward, as mlflow
+    _service_reaches(service, dash, 8080)
+    (tables,) = pod_spec(dash)["initContainers"]  # the dashboard cannot start without them
+    check_no_secret_in_argv(container(dash, init=True))
+    assert tables["command"][-1] == c.command[1]
+
+
+def test_no_service_is_exposed_outside_the_cluster():
+    for m in MANIFESTS:
+        if m["kind"] == "Service":
+            assert m["spec"].get("type", "ClusterIP") == "ClusterIP", m["metadata"]["name"]
+    assert not [m for m in MANIFESTS if m["kind"] == "Ingress"]
+
+
+def _clients(server: str) -> set[str]:
+    """The pod names (app.kubernetes.io/name) that the NetworkPolicies let reach `server`."""
+    allowed: set[str] = set()
+    for policy in (m for m in MANIFESTS if m["kind"] == "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if selector.get("app.kubernetes.io/name", server) != server:
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                pods = peer["podSelector"]
+                assert set(peer) == {"podSelector"}, peer  # nothing from outside the namespace
+                if "matchLabels" in pods:
+                    allowed.add(pods["matchLabels"]["app.kubernetes.io/name"])
+                else:
+                    (names,) = [e["values"] for e in pods["matchExpressions"]
+                                if e["key"] == "app.kubernetes.io/name" and e["operator"] == "In"]
+                    allowed |= set(names)
+    return allowed
+
+
+def test_network_policies_let_each_server_take_only_its_clients():
+    (deny,) = [m for m in MANIFESTS if m["kind"] == "NetworkPolicy"
+               and m["spec"]["podSelector"] == {} and not m["spec"].get("ingress")]
+    assert deny["spec"]["policyTypes"] == ["Ingress"]
+    names = {m["metadata"]["name"]: m["spec"]["template"]["metadata"]["labels"][
+        "app.kubernetes.io/name"] for m in _workloads()}
+    worker, dashboard = names["tunetrack-workers"], names["optuna-dashboard"]
+    assert _clients(names["postgres"]) == {names["mlflow"], dashboard, worker}
+    assert _clients(names["mlflow"]) == {worker}
+    assert _clients(dashboard) == _clients(worker) == set()  # port-forward only
+
+
+def test_manifests_match_the_kubernetes_schema():
+    """Every manifest against the Kubernetes OpenAPI schema (kubernetes-validate, strict:
+    unknown fields fail too), as `kubectl apply` would check them."""
+    kv = pytest.importorskip("kubernetes_validate")
+    version = kv.latest_version()
+    for m in MANIFESTS:
+        try:
+            kv.validate(m, version, strict=True)
+        except kv.ValidationError as exc:
+            raise AssertionError(f"{m['kind']}/{m['metadata']['name']}: {exc}") from exc
+
+
 # ---- kubectl kustomize, where kubectl is installed --------------------------------------
 
 
@@ -209,7 +403,29 @@ def test_kubectl_kustomize_renders_the_base():
     pg = resource("StatefulSet", "postgres", rendered)
     volume = next(v for v in pod_spec(pg)["volumes"] if v["name"] == "init")
     assert volume["configMap"]["name"] == init["metadata"]["name"]  # the hashed name
-    assert container(resource("Job", "tunetrack-workers", rendered)).image == "tunetrack:latest"
+    assert {c["image"] for d in rendered if d["kind"] in WORKLOADS for c in all_containers(d)} == {
+        f"tunetrack:{VERSION}", container(resource("StatefulSet", "postgres")).image}
+    kv = pytest.importorskip("kubernetes_validate")
+    for doc in rendered:  # what `kubectl apply -k` sends, generated ConfigMap included
+        kv.validate(doc, kv.latest_version(), strict=True)
+
+
+def test_the_documented_study_patch_chooses_the_configmap_study(tmp_path):
+    """docs/scaling_out.md's overlay patch, rendered: the worker runs the ConfigMap's study."""
+    docs = (REPO / "docs" / "scaling_out.md").read_text()
+    (block,) = [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", docs, re.S)
+                if "tunetrack-workers" in b and "op: replace" in b]
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = yaml.safe_load(block)
+    kustomization["resources"] = [os.path.relpath(BASE, overlay)]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    job = resource("Job", "tunetrack-workers", _kustomize(overlay))
+    c = container(job)
+    assert c.env["TUNETRACK_STUDY"] == "studies/custom/mine.yaml"
+    assert c.command == ["tunetrack", "worker", "studies/custom/mine.yaml"]
+    mounts = {m["mountPath"] for m in pod_spec(job)["containers"][0]["volumeMounts"]}
+    assert "/app/studies/custom" in mounts
 
 
 def test_kubectl_kustomize_renders_the_gpu_component(tmp_path):
@@ -232,6 +448,15 @@ def test_two_job_workers_share_one_study_natively(pg_url, tmp_path):  # noqa: F8
     job = container(resource("Job", "tunetrack-workers"))
     run_workers_natively([job, job], pg_url=pg_url, folder=tmp_path, name="k8s-two",
                          indexed=True)
+
+
+@pytest.mark.postgres
+def test_dashboard_command_answers_its_readiness_probe_natively(pg_url, tmp_path):  # noqa: F811
+    dash = resource("Deployment", "optuna-dashboard")
+    probe = pod_spec(dash)["containers"][0]["readinessProbe"]["httpGet"]
+    create_tables_natively(container(dash, init=True), pg_url=pg_url, folder=tmp_path)
+    serve_dashboard_natively(container(dash), pg_url=pg_url, folder=tmp_path,
+                             probe_path=probe["path"])
 
 
 @pytest.mark.slow
