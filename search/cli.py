@@ -208,9 +208,11 @@ def _quiet_libraries() -> None:
     lines would drown tunetrack's own output."""
     import optuna
 
+    from .optuna_internals import optimize_logger
+
     optuna.logging.set_verbosity(_library_level())
     logging.getLogger("mlflow").setLevel(_library_level())
-    logging.getLogger("optuna.study._optimize").addFilter(_NotInterrupted())
+    optimize_logger().addFilter(_NotInterrupted())
 
 
 def _library_level() -> int:
