@@ -321,7 +321,7 @@ def run(
     study = run_study(spec, n_trials=total, timeout=timeout, storage=storage,
                       tracking_uri=tracking_uri, device=device, threads=threads,
                       progress=StudyProgress(spec.name, total, enabled=progress))
-    _print_summary(study, spec, tracking_uri)
+    _print_summary(study, spec, tracking_uri, storage)
 
 
 def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
@@ -342,18 +342,21 @@ def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
     return spec
 
 
-def _print_summary(study, spec, tracking_uri: str | None) -> None:
+def _print_summary(study, spec, tracking_uri: str | None, storage: str | None) -> None:
+    """The study's outcome, then the next commands as a fresh shell runs them
+    (`next_steps`: venv paths, the stores' options, the MLflow UI link)."""
+    from rich.markup import escape
+
     from .command_output import study_summary
+    from .next_steps import next_steps
 
     console = _console()
     console.print(study_summary(study))
-    if spec.tracking.enabled:
-        console.print(
-            f"MLflow: experiment [bold]{spec.tracking.experiment or spec.name}[/] at "
-            f"{tracking_uri or 'sqlite:///mlflow.db (this folder)'}; open the UI with "
-            f"[bold]mlflow ui --backend-store-uri {tracking_uri or 'sqlite:///mlflow.db'} "
-            f"--host 127.0.0.1 --port 5000[/] and browse http://127.0.0.1:5000"
-        )
+    experiment = (spec.tracking.experiment or spec.name) if spec.tracking.enabled else None
+    if experiment is not None:
+        console.print(f"MLflow: experiment [bold]{escape(experiment)}[/]")
+    for line in next_steps(spec.name, experiment, storage=storage, tracking_uri=tracking_uri):
+        console.print(escape(line), soft_wrap=True)
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Where runs are kept: which MLflow store (`uri`: resolution, a fast reachability check
 before any training, the local store's creation and schema checks), SQLite files of both
 stores (`sqlite`: WAL, what a file holds, a file lock; search's Optuna storage uses them
-too), one `MlflowClient` per store (`client`) and `tunetrack server` (`server`).
+too), one `MlflowClient` per store (`client`), `tunetrack server` (`server`) and links into
+the MLflow UI that open a study's runs in Model training mode (`ui`).
 """
 
 from ..lazy import lazy_exports
@@ -13,4 +14,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                "sqlite_path", "sqlite_tables", "sqlite_uri", "store_kind", "use_wal"),
     "client": ("client_for", "end_run", "get_or_create_experiment", "quiet_downloads"),
     "server": ("is_loopback", "mlflow_server_argv", "serve"),
+    "ui": ("UI_QUERY", "UiHint", "experiment_id", "ui_hint", "ui_url"),
 })
