@@ -360,6 +360,17 @@ def _print_summary(study, spec, tracking_uri: str | None, storage: str | None) -
 
 
 @app.command()
+def schema() -> None:
+    """The study file's JSON Schema, for editors: `tunetrack schema > study.schema.json`,
+    then `# yaml-language-server: $schema=study.schema.json` as a study file's first line."""
+    import json
+
+    from .config import study_json_schema
+
+    print(json.dumps(study_json_schema(), indent=2, sort_keys=True))
+
+
+@app.command()
 @user_errors
 def status(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
