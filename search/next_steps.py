@@ -56,16 +56,24 @@ def next_steps(study: str, experiment: str | None, *, storage: str | None,
     tunetrack = script("tunetrack")
     name = shlex.quote(study)
     if experiment is None:
-        return ["next:", f"  {tunetrack} status {name}{_store_options(storage, None, False)}"
-                "    # every trial: state, value, epochs, params"]
-    options = _store_options(storage, tracking_uri, True)
-    lines = ["next:",
-             f"  {tunetrack} status {name}{options}    # every trial: state, value, params",
-             f"  {tunetrack} report {name}{options}    # report.html: plots, top trials",
-             f"  {tunetrack} promote {name}{options}   # register the best model, "
-             "@champion if it beats the last"]
+        return _commented([(f"{tunetrack} status {name}"
+                            f"{_store_options(storage, None, False)}",
+                            "every trial: state, value, epochs, params")])
+    options = _store_options(storage, tracking_uri, True)  # report, promote read MLflow
+    steps = [(f"{tunetrack} status {name}{_store_options(storage, None, False)}",
+              "every trial: state, value, params"),
+             (f"{tunetrack} report {name}{options}", "report.html: plots, top trials"),
+             (f"{tunetrack} promote {name}{options}",
+              "register the best model, @champion if it is better")]
     hint = ui_hint(tracking_uri, experiment, mlflow=script("mlflow"))
+    ui = ["MLflow UI, in Model training mode on the study's runs:"]
     if hint.command is not None:
-        lines.append(f"  {hint.command}    # the MLflow UI, then open:")
-    lines.append(f"  {hint.url}")
-    return lines
+        ui.append(f"  {hint.command}")
+    return [*_commented(steps), *ui, f"  then open {hint.url}" if hint.command else
+            f"  {hint.url}"]
+
+
+def _commented(steps: list[tuple[str, str]]) -> list[str]:
+    """"next:" and one indented line per command, its comment aligned after it."""
+    width = max(len(command) for command, _ in steps)
+    return ["next:", *(f"  {command.ljust(width)}  # {comment}" for command, comment in steps)]

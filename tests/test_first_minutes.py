@@ -79,9 +79,12 @@ def test_next_steps_carry_the_stores_a_fresh_shell_would_not_know(workdir):
     assert "--storage" not in "".join(lines) and "--tracking-uri" not in "".join(lines)
     lines = next_steps("s", "s", storage="sqlite:///other.db",
                        tracking_uri="http://127.0.0.1:1")
+    assert lines[1].split("#")[0].split()[1:] == ["status", "s", "--storage",
+                                                 "sqlite:///other.db"]  # reads Optuna only
     assert all("--storage sqlite:///other.db --tracking-uri http://127.0.0.1:1" in line
-               for line in lines[1:4])
+               for line in lines[2:4])
     assert lines[-1] == f"  http://127.0.0.1:1/#/experiments{MODEL_TRAINING}"
+    assert not any("mlflow ui" in line for line in lines)  # a server is its own UI
     untracked = next_steps("s", None, storage=None, tracking_uri=None)
     assert len(untracked) == 2 and "status s" in untracked[1]
 
@@ -106,8 +109,10 @@ def test_run_prints_the_next_commands_and_the_ui_link(tracked):
     _, out = tracked
     tail = out[out.index("next:"):].splitlines()
     assert [line.split()[1] for line in tail[1:4]] == ["status", "report", "promote"]
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1" in tail[4]
-    assert tail[5].strip() == f"http://127.0.0.1:5000/#/experiments/1/runs{MODEL_TRAINING}"
+    assert tail[4] == "MLflow UI, in Model training mode on the study's runs:"
+    assert tail[5].strip().endswith(
+        "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
+    assert tail[6] == f"  then open http://127.0.0.1:5000/#/experiments/1/runs{MODEL_TRAINING}"
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
@@ -129,11 +134,11 @@ def test_the_printed_link_opens_the_runs_list_in_chromium(tracked, tmp_path):
         pytest.skip("chromium is not installed (make browser installs it: apt-get, as root)")
     folder, out = tracked
     tail = out[out.index("next:"):].splitlines()
-    command = shlex.split(tail[4].split("#")[0])
+    command = shlex.split(tail[5])
     port = str(free_port())
     command[0] = str(Path(sys.executable).parent / "mlflow")
     command[command.index("--port") + 1] = port
-    url = tail[5].strip().replace(":5000/", f":{port}/")
+    url = tail[6].split()[-1].replace(":5000/", f":{port}/")
     server = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
