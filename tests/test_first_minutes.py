@@ -157,3 +157,12 @@ def test_the_printed_link_opens_the_runs_list_in_chromium(tracked, tmp_path):
     assert "Run Name" in text and "Expand rows" in text, text[:2000]
     assert "tiny" in text
     assert "4 matching runs" in text, text[:2000]
+
+
+def test_documented_ui_links_open_model_training_mode():
+    root = Path(__file__).parents[1]
+    links = [link for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+             for link in re.findall(r"http://[\w.:]+/#/experiments[^\s`)]*",
+                                    doc.read_text(encoding="utf-8"))]
+    assert len(links) >= 4, links
+    assert all(link.endswith(MODEL_TRAINING.lstrip("?")) for link in links), links
