@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STUDY ?= studies/digits.yaml
 
-.PHONY: install browser demo test test-slow lint format bench bench-e2e clean
+.PHONY: install browser demo ui test test-slow lint format bench bench-e2e clean
 
 # pip's and the build backend's output go to a log that is shown only when a step fails,
 # so `make demo` shows the study and nothing else.
@@ -34,6 +34,12 @@ browser:
 
 demo: install
 	@$(BIN)/tunetrack run $(STUDY)
+
+# the MLflow UI on the demo's store; the query opens MLflow 3.17 in Model training mode
+# (GenAI otherwise), and the link `tunetrack run` prints goes straight to its study's runs
+ui: install
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+	@$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 # any nonzero pytest exit fails, 5 ("no tests collected") included: a run that tested
 # nothing is not a pass

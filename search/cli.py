@@ -367,7 +367,7 @@ def run(
     study = run_study(spec, n_trials=total, timeout=timeout, storage=storage,
                       tracking_uri=tracking_uri, device=device, threads=threads,
                       progress=StudyProgress(spec.name, total, enabled=progress))
-    _print_summary(study, spec, tracking_uri)
+    _print_summary(study, spec, tracking_uri, storage)
 
 
 def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
@@ -388,15 +388,32 @@ def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
     return spec
 
 
-def _print_summary(study, spec, tracking_uri: str | None) -> None:
-    from .command_output import mlflow_ui_hint, study_summary
+def _print_summary(study, spec, tracking_uri: str | None, storage: str | None) -> None:
+    """The study's outcome, then the next commands as a fresh shell runs them
+    (`next_steps`: venv paths, the stores' options, the MLflow UI link)."""
+    from rich.markup import escape
 
-    _console().print(study_summary(study))
-    if spec.tracking.enabled:  # unwrapped: the command must copy whole
-        first, *rest = mlflow_ui_hint(tracking_uri)
-        for line in [f"MLflow: experiment {spec.tracking.experiment or spec.name}; {first}",
-                     *rest]:
-            typer.echo(line)
+    from .command_output import study_summary
+    from .next_steps import next_steps
+
+    console = _console()
+    console.print(study_summary(study))
+    experiment = (spec.tracking.experiment or spec.name) if spec.tracking.enabled else None
+    if experiment is not None:
+        console.print(f"MLflow: experiment [bold]{escape(experiment)}[/]")
+    for line in next_steps(spec.name, experiment, storage=storage, tracking_uri=tracking_uri):
+        console.print(escape(line), soft_wrap=True)
+
+
+@app.command()
+def schema() -> None:
+    """The study file's JSON Schema, for editors: `tunetrack schema > study.schema.json`,
+    then `# yaml-language-server: $schema=study.schema.json` as a study file's first line."""
+    import json
+
+    from .config import study_json_schema
+
+    print(json.dumps(study_json_schema(), indent=2, sort_keys=True))
 
 
 @app.command()

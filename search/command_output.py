@@ -419,31 +419,6 @@ def prediction_lines(records: list[Record]) -> str:
         for r in records)
 
 
-UI_HOST, UI_PORT = "127.0.0.1", 5000
-
-
-def mlflow_ui_hint(tracking_uri: str | None) -> list[str]:
-    """How to see the runs, for the tracking URI's kind, as lines to print unwrapped (a
-    command on a line of its own copies whole): a server (http/https) already serves its
-    UI, so open its URL; a database or a folder needs `mlflow ui` on it first (passwords
-    never printed); Databricks has its own workspace UI."""
-    from tunetrack.tracking.store import redact
-
-    uri = tracking_uri or "sqlite:///mlflow.db"
-    if uri.startswith(("http://", "https://")):
-        return [f"open {redact(uri).rstrip('/')} in a browser"]
-    if uri.startswith("databricks"):
-        return ["open the experiment in your Databricks workspace"]
-    if "://" not in uri and not uri.startswith("file:"):
-        from pathlib import Path
-
-        uri = Path(uri).expanduser().resolve().as_uri()  # a folder: mlflow ui wants file://
-    return [f"store {redact(uri)}{' (this folder)' if tracking_uri is None else ''}; "
-            f"to browse it:",
-            f"  mlflow ui --backend-store-uri {redact(uri)} --host {UI_HOST} --port {UI_PORT}",
-            f"  then browse http://{UI_HOST}:{UI_PORT}"]
-
-
 def study_summary(study: optuna.Study) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = {

@@ -247,6 +247,21 @@ class StudySpec(BaseModel):
         return self
 
 
+SCHEMA_FILE = "study.schema.json"  # committed in studies/; `tunetrack schema` prints it
+
+
+def study_json_schema() -> dict[str, Any]:
+    """The study file's JSON Schema, generated from `StudySpec`, for editors (the YAML
+    language server completes and checks a file whose first line names it). The checks
+    that need the whole search space stay `tunetrack validate`'s."""
+    schema = StudySpec.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **schema, "title": "tunetrack study file",
+            "description": "A study: dataset, model and train options (a literal is fixed; "
+                           "a mapping with int, float or choice is searched), search, "
+                           "tracking and registry. `tunetrack validate FILE` checks the rest."}
+
+
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 

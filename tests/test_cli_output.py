@@ -324,7 +324,7 @@ def test_status_never_writes_and_repair_cleans_up(storage):
 
 
 @pytest.mark.parametrize(("uri", "shown", "absent"), [
-    ("http://mlflow.example:5000/", "open http://mlflow.example:5000 in a browser",
+    ("http://127.0.0.1:9/", "http://127.0.0.1:9/#/experiments?workflowType=machine_learning",
      "mlflow ui"),
     (None, "mlflow ui --backend-store-uri sqlite:///mlflow.db", "open http"),
     ("sqlite:////data/m.db", "mlflow ui --backend-store-uri sqlite:////data/m.db", "open http"),
@@ -332,11 +332,13 @@ def test_status_never_writes_and_repair_cleans_up(storage):
      "secret"),
     ("/data/mlruns", "--backend-store-uri file:///data/mlruns", "open http"),
 ])
-def test_ui_hint_fits_the_tracking_uri_kind(uri, shown, absent):
-    from tunetrack.search.command_output import mlflow_ui_hint
+def test_ui_hint_fits_the_tracking_uri_kind(uri, shown, absent, workdir):
+    from tunetrack.tracking.store import ui_hint
 
-    hint = "\n".join(mlflow_ui_hint(uri))
-    assert shown in hint and absent not in hint
+    hint = ui_hint(uri, "made")
+    text = f"{hint.command}\n{hint.url}"
+    assert shown in text and absent not in text
+    assert (hint.command is None) == (uri is not None and uri.startswith("http"))
 
 
 def test_compare_out_writes_csv_and_the_old_csv_spelling_says_the_new_one(storage, tmp_path):
@@ -357,8 +359,8 @@ def test_run_summary_after_a_server_run_names_its_url_not_mlflow_ui(capsys):
 
     spec = parse_study(tiny_study("made", tracking={"enabled": True}))
     study = optuna.create_study(study_name="made")
-    _print_summary(study, spec, "http://127.0.0.1:5001")
+    _print_summary(study, spec, "http://127.0.0.1:9", None)
     shown = capsys.readouterr().out
-    assert "open http://127.0.0.1:5001 in a browser" in shown and "mlflow ui" not in shown
-    _print_summary(study, spec, None)
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in capsys.readouterr().out
+    assert "http://127.0.0.1:9/#/experiments" in shown and "mlflow ui" not in shown
+    _print_summary(study, spec, None, None)
+    assert "ui --backend-store-uri sqlite:///mlflow.db" in capsys.readouterr().out

@@ -17,6 +17,9 @@ import subprocess
 PARENT_RUN_ID = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 USER = "mlflow.user"
+# the experiment's kind: the UI otherwise infers one, GenAI for an experiment without runs
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 # which study / role a run has; parent runs are found by these two
 STUDY = "tunetrack.study"

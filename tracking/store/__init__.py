@@ -1,5 +1,6 @@
 """Where runs are kept: the store's URI and checks (`uri`), SQLite files of both stores
-(`sqlite`, shared with search), the client (`client`) and `tunetrack server` (`server`)."""
+(`sqlite`, shared with search), the client (`client`), `tunetrack server` (`server`) and
+links into the MLflow UI that open a study's runs in Model training mode (`ui`)."""
 
 from ..lazy import lazy_exports
 
@@ -11,4 +12,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "client": ("client_for", "end_run", "get_or_create_experiment", "open_client",
                "quiet_downloads"),
     "server": ("is_loopback", "mlflow_server_argv", "serve"),
+    "ui": ("UI_QUERY", "UiHint", "experiment_id", "ui_hint", "ui_url"),
 })

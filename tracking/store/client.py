@@ -102,12 +102,13 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """Id of the experiment called `name`, created if missing (safe when workers race)."""
+    """Id of the experiment called `name`, created if missing (safe when workers race),
+    tagged as model training (`T.EXPERIMENT_KIND`) so MLflow never guesses GenAI for it."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
             return client.create_experiment(name, artifact_location=artifact_location(
-                tracking_uri, name))
+                tracking_uri, name), tags={T.EXPERIMENT_KIND: T.EXPERIMENT_KIND_TRAINING})
         except MlflowException as exc:
             if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                 raise TunetrackError(f"cannot create MLflow experiment {name!r}: "
@@ -121,6 +122,9 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
             f"with `mlflow experiments restore --experiment-id {experiment.experiment_id}` or "
             f"choose another tracking.experiment"
         )
+    if experiment.tags.get(T.EXPERIMENT_KIND) is None:  # made before the tag, or by hand
+        client.set_experiment_tag(experiment.experiment_id, T.EXPERIMENT_KIND,
+                                  T.EXPERIMENT_KIND_TRAINING)
     return experiment.experiment_id
 
 
