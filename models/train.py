@@ -12,6 +12,7 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,10 @@ from .batches import ResidentBatches, StreamingBatches
 from .config import TrainConfig
 from .data import Split, Splits
 from .optimizers import Stepper, build_optimizer, build_scheduler, l1_penalty, param_groups
-from .trainer_core import (
-    EpochBook,
-    EpochCallback,
-    EpochResult,
-    FitResult,
-    TrainerCore,
-    check_train_config,
-)
+from .trainer_core import EpochBook, EpochResult, TrainerCore, check_train_config
+
+if TYPE_CHECKING:  # annotations only
+    from .trainer_core import EpochCallback, FitResult
 
 
 @dataclass
