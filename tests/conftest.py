@@ -28,6 +28,18 @@ def splits():
     return load_splits(DataConfig(name="synthetic", n_samples=96, n_classes=4))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _children_take_ctrl_c():
+    """The signal tests send SIGINT to a `tunetrack` child. A shell's background job (`make
+    test &`) ignores SIGINT, and an ignored signal stays ignored across exec, so those
+    children would finish instead; a handler here is reset to the default in each child."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory) -> Path:
     """An empty, migrated MLflow database: copying it skips MLflow's slow schema setup."""
