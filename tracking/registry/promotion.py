@@ -127,10 +127,12 @@ def _find_candidate(client: MlflowClient, study: optuna.Study) -> _Candidate:
 def _registered(client: MlflowClient, name: str) -> RegisteredModel | None:
     from mlflow.exceptions import MlflowException
 
+    from ..store import error_code
+
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
-        code = str(getattr(exc, "error_code", ""))
+        code = error_code(exc)
         if code == "RESOURCE_DOES_NOT_EXIST":
             return None
         if code == "INVALID_PARAMETER_VALUE":
@@ -152,11 +154,12 @@ def _check_owner(registered: RegisteredModel, study_name: str) -> None:
 def _champion(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     from mlflow.exceptions import MlflowException
 
+    from ..store import error_code
+
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if str(getattr(exc, "error_code", "")) in ("RESOURCE_DOES_NOT_EXIST",
-                                                   "INVALID_PARAMETER_VALUE"):
+        if error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
 
@@ -420,6 +423,8 @@ def _register(decider: _Decider, champion: ModelVersion | None, decision: dict[s
     """Create the version, move the alias, write the history; undo all of it on error."""
     from mlflow.exceptions import MlflowException
 
+    from ..store import error_code
+
     client, model_name, alias, study = (decider.client, decider.model_name, decider.alias,
                                         decider.study)
     trial, run, model_id = (decider.candidate.trial, decider.candidate.run,
@@ -434,7 +439,7 @@ def _register(decider: _Decider, champion: ModelVersion | None, decision: dict[s
                                                            f"{study.study_name}")
                 created_model = model_name
             except MlflowException as exc:
-                if str(getattr(exc, "error_code", "")) != "RESOURCE_ALREADY_EXISTS":
+                if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                     raise
                 _check_owner(client.get_registered_model(model_name), study.study_name)
         when = decision["at"]

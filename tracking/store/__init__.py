@@ -9,7 +9,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
             "redact", "resolve_tracking_uri"),
     "sqlite": ("SQLITE_MAGIC", "checkpoint_wal", "file_lock", "other_kind", "shown_path",
                "sqlite_path", "sqlite_tables", "sqlite_uri", "store_kind", "use_wal"),
-    "client": ("client_for", "end_run", "get_or_create_experiment", "open_client",
+    "client": ("client_for", "end_run", "error_code", "get_or_create_experiment", "open_client",
                "quiet_downloads"),
     "server": ("is_loopback", "mlflow_server_argv", "serve"),
     "ui": ("UI_QUERY", "UiHint", "experiment_id", "ui_hint", "ui_url"),
