@@ -20,6 +20,9 @@ INIT_SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform",
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
+# `search.metric` names computed from the validation split's probabilities (`metrics.SCORES`)
+SCORE_DIRECTIONS = {"macro_f1": "maximize", "balanced_accuracy": "maximize",
+                    "auroc": "maximize", "log_loss": "minimize"}
 POOLS = ("max", "avg", "none")
 # family torchvision (models/transfer.py): pretrained backbones and their input statistics
 BACKBONES = ("resnet18", "resnet34", "resnet50", "vgg11_bn", "vgg16_bn", "efficientnet_b0",

@@ -52,7 +52,11 @@ class Checked:
 
 @dataclass
 class DataConfig(Checked):
-    name: str = "digits"  # digits | imagefolder | torchvision | synthetic
+    name: str = "digits"  # digits | imagefolder | torchvision | synthetic | a plugin's name
+    # the user's own dataset: an import path to a callable returning one torch Dataset (split
+    # here) or a mapping {train, val, test} of them; called with `init_args`
+    class_path: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
     path: str | None = None  # imagefolder: folder of class sub-folders
     id: str | None = None  # torchvision: dataset class name, e.g. FashionMNIST
     root: str | None = None  # torchvision: local root holding the files (never downloads)
@@ -90,6 +94,11 @@ class DataConfig(Checked):
 @dataclass
 class ModelConfig(Checked):
     family: str = "mlp"  # mlp | cnn | resnet | torchvision (pretrained backbone, new head)
+    # | a plugin's name (entry-point group tunetrack.models)
+    # the user's own network: an import path to a callable returning an nn.Module, called
+    # with `init_args` (+ num_classes and in_shape when its signature names them)
+    class_path: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
     depth: int = 2  # mlp: hidden layers; cnn: conv blocks; resnet: residual stages
     width: int = 128  # mlp: hidden units; cnn/resnet: channels of the first block
     activation: str = "relu"

@@ -19,6 +19,7 @@ import torch
 from .choices import DATASETS
 from .config import DataConfig
 from .errors import TunetrackError, unknown
+from .user_data import load_user_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -273,15 +274,19 @@ def load_splits(cfg: DataConfig) -> Splits:
     """Load the dataset named by `cfg` and split it, stratified, by `cfg.seed`."""
     cfg.check()
     official_test: np.ndarray | None = None
-    if cfg.name == "torchvision":
+    given: dict[str, np.ndarray] | None = None
+    if cfg.class_path or cfg.name not in DATASETS:  # the user's own, or a plugin's
+        x, y, classes, given = load_user_dataset(cfg)
+        pool = np.arange(len(y))
+    elif cfg.name == "torchvision":
         x, y, classes, n_train = _load_torchvision(cfg)
         official_test = np.arange(n_train, len(y))
         pool = np.arange(n_train)
-    elif cfg.name in LOADERS:
+    else:
         x, y, classes = LOADERS[cfg.name](cfg)
         pool = np.arange(len(y))
-    else:
-        raise unknown("dataset", cfg.name, DATASETS)
+    if given is not None:  # the user's code fixed the three splits
+        return _splits(x, y, classes, given["train"], given["val"], given["test"])
     if cfg.max_samples is not None and cfg.max_samples < len(pool):
         pool, _ = _stratified(pool, y, 1 - cfg.max_samples / len(pool), cfg.seed)
         if official_test is not None:
@@ -293,7 +298,12 @@ def load_splits(cfg: DataConfig) -> Splits:
         test_idx = official_test
     val_share = cfg.val_fraction / (1 - (0 if official_test is not None else cfg.test_fraction))
     train_idx, val_idx = _stratified(pool, y, val_share, cfg.seed + 1)
-    train_idx, val_idx, test_idx = (np.sort(i) for i in (train_idx, val_idx, test_idx))
+    return _splits(x, y, classes, *(np.sort(i) for i in (train_idx, val_idx, test_idx)))
+
+
+def _splits(x: np.ndarray, y: np.ndarray, classes: list[str], train_idx: np.ndarray,
+            val_idx: np.ndarray, test_idx: np.ndarray) -> Splits:
+    """The three splits as tensors, with the train split's statistics and the fingerprint."""
     x_train = x[train_idx]
     mean = x_train.mean(axis=(0, 2, 3))
     std = x_train.std(axis=(0, 2, 3)) + 1e-6

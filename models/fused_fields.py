@@ -13,8 +13,9 @@ FUSABLE_FAMILIES = ("mlp", "cnn")
 # and trains each MEMBER_ field apart in a group against the same trial alone): a new field
 # must be placed, so the fused path can never ignore one silently.
 # ModelConfig fields that shape the computation graph: one value for the whole group.
-SHARED_MODEL_FIELDS = ("family", "depth", "width", "activation", "batch_norm", "kernel_size",
-                       "pool", "width_multiplier")
+# (`init_args`: the user network's arguments, which shape its graph as depth does ours)
+SHARED_MODEL_FIELDS = ("family", "class_path", "init_args", "depth", "width", "activation",
+                       "batch_norm", "kernel_size", "pool", "width_multiplier")
 MEMBER_MODEL_FIELDS = ("init", "dropout")  # each member's own (its weights, its masks)
 # the torchvision family's fields, which no MLP or CNN reads
 UNREAD_MODEL_FIELDS = ("backbone", "freeze", "backbone_lr_factor", "weights", "preprocess",

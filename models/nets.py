@@ -18,6 +18,14 @@ from .config import ModelConfig
 from .dropout import Dropout, Dropout2d
 from .errors import unknown
 from .init_schemes import LEAKY_SLOPE, apply_init
+from .user_code import (
+    UserCodeError,
+    accepts,
+    import_object,
+    last_line,
+    plugin_names,
+    plugin_path,
+)
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -161,6 +169,34 @@ FAMILIES: dict[str, Callable[[ModelConfig, tuple[int, int, int], int], nn.Module
 }
 
 
+def model_path(cfg: ModelConfig) -> str | None:
+    """The import path of the user's network (`model.class_path`, or a plugin's family),
+    None for a built-in family."""
+    if cfg.class_path:
+        return cfg.class_path
+    return None if cfg.family in FAMILIES else plugin_path("model", cfg.family)
+
+
+def user_network(cfg: ModelConfig, path: str, shape: tuple[int, int, int],
+                 n_classes: int) -> nn.Module:
+    """The user's callable called with `model.init_args`, plus `num_classes` and `in_shape`
+    where its signature names them; whatever it raises fails the trial, not the study."""
+    where = "model.class_path" if cfg.class_path else "model.family"
+    fn = import_object(path, where)
+    kwargs = dict(cfg.init_args)
+    for name, value in (("num_classes", n_classes), ("in_shape", shape)):
+        if accepts(fn, name):
+            kwargs.setdefault(name, value)
+    try:
+        net = fn(**kwargs)
+    except Exception as exc:
+        raise UserCodeError(f"{where} {path}: {last_line(exc)}") from exc
+    if not isinstance(net, nn.Module):
+        raise UserCodeError(f"{where} {path} returned a {type(net).__name__}, not an "
+                            f"nn.Module")
+    return net
+
+
 def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
            seed: int | None = None, *, pretrained: bool = True) -> Classifier:
@@ -171,8 +207,9 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     (torchvision family) but keeps everything else, normalisation included: the architecture
     for a state_dict that will overwrite every weight.
     """
-    if cfg.family not in FAMILIES:
-        raise unknown("model family", cfg.family, FAMILIES)
+    user_path = model_path(cfg)
+    if user_path is None and cfg.family not in FAMILIES:
+        raise unknown("model family", cfg.family, [*FAMILIES, *plugin_names("model")])
     activation(cfg.activation)  # validate before building anything
     cfg.check()
     shape = tuple(int(s) for s in input_shape)
@@ -180,7 +217,10 @@ def create(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int,
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.random.default_generator.manual_seed(seed)  # the CPU one builds weights
-        if cfg.family == "torchvision":
+        if user_path is not None:
+            body = apply_init(user_network(cfg, user_path, shape, n_classes), cfg.init,
+                              cfg.activation)
+        elif cfg.family == "torchvision":
             # a pretrained backbone applies `init` itself (to the head only when it has
             # weights) and brings its own input statistics (ImageNet weights: ImageNet's)
             from .transfer import input_statistics

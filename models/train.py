@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from torch import nn
 from .batches import ResidentBatches, StreamingBatches
 from .config import TrainConfig
 from .data import Split, Splits
+from .metrics import ScoreFn, score
 from .optimizers import Stepper, build_optimizer, build_scheduler, l1_penalty, param_groups
 from .trainer_core import EpochBook, EpochResult, TrainerCore, check_train_config
 
@@ -50,13 +51,15 @@ class Trainer(TrainerCore):
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, splits: Splits, *,
-                 callbacks: Sequence[EpochCallback] = (), device: torch.device | None = None):
+                 callbacks: Sequence[EpochCallback] = (), device: torch.device | None = None,
+                 scores: Mapping[str, ScoreFn] | None = None):
         check_train_config(cfg)
         device = self.device_for(cfg, device)
         # channels_last suits convolutions on CUDA and on CPU too (oneDNN; bench/README.md)
         channels_last = _has_conv(model) and splits.train.x.dim() == 4
         super().__init__(cfg, splits, device, channels_last)
         self.callbacks = list(callbacks)
+        self.scores = dict(scores or {})  # name -> fn(y_true, y_prob), every epoch on val
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
         if device.type == "cuda":
@@ -122,6 +125,10 @@ class Trainer(TrainerCore):
         return Evaluation(loss=float(loss_sum) / n, accuracy=int((pred == y).sum()) / n,
                           predictions=pred.cpu(), probabilities=logits.softmax(1).cpu())
 
+    def score_all(self, y: torch.Tensor, prob: torch.Tensor) -> dict[str, float]:
+        """Every score of the study on labels `y` and probabilities `prob`."""
+        return {name: score(name, fn, y, prob) for name, fn in self.scores.items()}
+
     def _fit(self) -> FitResult:
         """Train until `max_epochs`, early stopping or a callback says stop; the best
         epoch's weights are restored."""
@@ -140,6 +147,8 @@ class Trainer(TrainerCore):
                                 val_correct.float()]).tolist()
             res = EpochResult.from_sums(len(book.fit.history), sums, seen, len(val_y),
                                         book.lr, time.perf_counter() - start)
+            if self.scores:
+                res.scores = self.score_all(val_y, val_logits.softmax(1))
             book.observe(res, lambda: copy.deepcopy(self.model.state_dict()))
             if book.done:
                 break

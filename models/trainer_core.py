@@ -54,6 +54,8 @@ class EpochResult:
     val_accuracy: float
     lr: float  # learning rate in effect at the start of the epoch
     epoch_seconds: float  # training + validation wall time
+    # the study's other metrics on the validation split (macro_f1, the user's own, ...)
+    scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_sums(cls, epoch: int, sums: Sequence[float], seen: int, seen_val: int,
@@ -66,7 +68,13 @@ class EpochResult:
                    epoch_seconds=seconds)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if k != "epoch"}
+        """Every number of the epoch by name, the scores among them."""
+        own = {k: v for k, v in self.__dict__.items() if k not in ("epoch", "scores")}
+        return own | self.scores
+
+    def value(self, metric: str) -> float:
+        """The epoch's value of `metric`: a field (val_loss, ...) or a score (macro_f1)."""
+        return self.scores[metric] if metric in self.scores else getattr(self, metric)
 
 
 class EpochCallback(Protocol):

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunetrack.models.choices import SCORE_DIRECTIONS
 from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
 from tunetrack.models.errors import TunetrackError
 
@@ -120,6 +121,9 @@ def section_model(config: type, searchable: bool) -> type[BaseModel]:
         kind = hints[field.name]
         if dataclasses.is_dataclass(kind):
             fields[field.name] = (section_model(kind, searchable) | None, None)
+        elif typing.get_origin(kind) is dict:  # init_args: each argument fixed or searched
+            value = _param(Any) if searchable else Any
+            fields[field.name] = (dict[str, value] | None, None)
         else:
             fields[field.name] = ((_param(kind) if searchable else kind) | None, None)
     return create_model(f"{config.__name__}Section", __config__=STRICT, **fields)
@@ -129,28 +133,82 @@ ModelSection = section_model(ModelConfig, True)
 TrainSection = section_model(TrainConfig, True)
 DatasetSection = section_model(DataConfig, False)
 
-Metric = Literal["val_accuracy", "val_loss", "params", "latency_ms", "cost_device_seconds"]
-# measured every epoch (what a pruner and early stopping watch); `params`, `latency_ms` and
-# `cost_device_seconds` are measured once, at the end, and only make sense traded off
-# against one of these
-EPOCH_METRICS = ("val_accuracy", "val_loss")
+# measured once, at the end: they only make sense traded off against an epoch metric
+END_METRICS = ("params", "latency_ms", "cost_device_seconds")
 DEFAULT_DIRECTION = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
     "params": "minimize",
     "latency_ms": "minimize",
     "cost_device_seconds": "minimize",  # training + test evaluation time of the trial
+    **SCORE_DIRECTIONS,  # macro_f1, ...: from the validation split's probabilities
 }
+Direction = Literal["maximize", "minimize"]
+
+
+def _metric_name(value: str) -> str:
+    """A built-in metric, or a name a package registers under `tunetrack.metrics`."""
+    if value in DEFAULT_DIRECTION:
+        return value
+    from tunetrack.models.user_code import plugin_names
+
+    if value in plugin_names("metric"):
+        return value
+    raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(DEFAULT_DIRECTION)}, "
+                     f"a plugin's name (entry-point group tunetrack.metrics) or "
+                     f"{{class_path: module.function, direction: maximize}}")
+
+
+class MetricRef(BaseModel):
+    """The user's own metric: `fn(y_true, y_prob) -> float`, by import path."""
+
+    model_config = STRICT
+    class_path: str = Field(min_length=1)
+    direction: Direction | None = None  # else the callable's `direction` attribute
+
+    @property
+    def name(self) -> str:
+        return re.split(r"[.:]", self.class_path)[-1]
 
 
 class ObjectiveSpec(BaseModel):
     model_config = STRICT
-    metric: Metric
-    direction: Literal["maximize", "minimize"] | None = None
+    metric: str  # a built-in or plugin name; the name of `class_path`'s callable
+    direction: Direction | None = None
+    class_path: str | None = None  # the user's metric (see `MetricRef`)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _user_metric(cls, raw: Any) -> Any:
+        """`{class_path: ..., direction: ...}` and `{metric: {class_path: ...}}` -> by name."""
+        if not isinstance(raw, dict):
+            return raw
+        rest = {k: v for k, v in raw.items() if k not in ("metric", "direction")}
+        if isinstance(raw.get("metric"), dict):
+            ref = MetricRef.model_validate(raw["metric"])
+        elif "class_path" in raw and "metric" not in raw:
+            ref = MetricRef.model_validate(raw)
+            rest = {}
+        else:
+            return raw
+        return {**rest, "metric": ref.name, "class_path": ref.class_path,
+                "direction": ref.direction or raw.get("direction")}
+
+    @model_validator(mode="after")
+    def _known(self) -> ObjectiveSpec:
+        if self.class_path is None:
+            _metric_name(self.metric)
+        return self
 
     @property
     def resolved_direction(self) -> str:
-        return self.direction or DEFAULT_DIRECTION[self.metric]
+        """The file's, else the built-in's, else the user callable's `direction`."""
+        if self.direction or self.metric in DEFAULT_DIRECTION:
+            return self.direction or DEFAULT_DIRECTION[self.metric]
+        from tunetrack.models.user_code import import_object, plugin_path
+
+        path = self.class_path or plugin_path("metric", self.metric)
+        return import_object(path or self.metric, "search.metric").direction
 
 
 # names the study file may use; `samplers.SAMPLERS` / `PRUNERS` build them (a test asserts
@@ -172,8 +230,8 @@ class PrunerSpec(BaseModel):
 
 class SearchSpec(BaseModel):
     model_config = STRICT
-    metric: Metric = "val_accuracy"
-    direction: Literal["maximize", "minimize"] | None = None
+    metric: str | MetricRef = "val_accuracy"  # a name, or the user's {class_path, direction}
+    direction: Direction | None = None
     objectives: list[ObjectiveSpec] | None = Field(None, min_length=2)  # multi-objective
     sampler: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
     n_startup_trials: int = Field(10, ge=0)  # tpe / gp: random trials before modelling
@@ -190,12 +248,17 @@ class SearchSpec(BaseModel):
                              f"model) but got {k}")
         return k
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | MetricRef) -> str | MetricRef:
+        return value if isinstance(value, MetricRef) else _metric_name(value)
+
     @model_validator(mode="after")
     def _check_metric(self) -> SearchSpec:
-        if self.objectives is None and self.metric not in EPOCH_METRICS:
+        if self.objectives is None and self.metric in END_METRICS:
             raise ValueError(
-                f"search.metric must be {' or '.join(EPOCH_METRICS)} in a single-objective "
-                f"study but got {self.metric!r} (it alone would pick the smallest or fastest "
+                f"search.metric must be measured every epoch in a single-objective study "
+                f"but got {self.metric!r} (it alone would pick the smallest or fastest "
                 f"network, however inaccurate; trade it off with search.objectives: "
                 f"[{{metric: val_accuracy}}, {{metric: {self.metric}}}])"
             )
@@ -203,7 +266,12 @@ class SearchSpec(BaseModel):
 
     @property
     def objective_list(self) -> list[ObjectiveSpec]:
-        return self.objectives or [ObjectiveSpec(metric=self.metric, direction=self.direction)]
+        if self.objectives:
+            return self.objectives
+        if isinstance(self.metric, MetricRef):
+            return [ObjectiveSpec.model_validate({"metric": self.metric.model_dump()} | (
+                {"direction": self.direction} if self.direction else {}))]
+        return [ObjectiveSpec(metric=self.metric, direction=self.direction)]
 
     @property
     def multi_objective(self) -> bool:

@@ -4,7 +4,9 @@ Outcomes map onto Optuna states so nothing looks better than it is:
 - the pruner stops the trial -> PRUNED (`trial.report` every epoch, `should_prune`);
 - patience runs out -> COMPLETE with the best epoch's value (its weights are restored);
 - non-finite loss -> PRUNED, the reason in user attr `reason`;
-- CUDA out of memory or any other error -> FAIL with the reason; the study goes on for OOM.
+- CUDA out of memory or any other error -> FAIL with the reason; the study goes on for OOM
+  and for errors in the user's own code (its network, its metric: `UserCodeError`), whose
+  reason is the exception's last line.
 The test split is evaluated once per COMPLETE trial, for reporting and promotion only.
 """
 
@@ -21,10 +23,12 @@ from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_para
 from tunetrack.models.config import TrialConfig
 from tunetrack.models.cost import CostMeter
 from tunetrack.models.errors import first_line
+from tunetrack.models.user_code import UserCodeError, last_line
 
 from .config import StudySpec
 from .space import SearchSpace
 from .startup_gc import resume as resume_gc
+from .user_objects import score_functions
 
 if TYPE_CHECKING:
     from tunetrack.tracking import NullRun, StudyTracker, TrialRun
@@ -44,7 +48,7 @@ class PruningCallback:
         self.pruned_at: int | None = None
 
     def value(self, result: EpochResult) -> float:
-        return getattr(result, self.metric)
+        return result.value(self.metric)
 
     def on_epoch_end(self, result: EpochResult) -> bool:
         if self.group_round is None:
@@ -84,9 +88,11 @@ class Objective:
     tracker: StudyTracker | None = None  # None: tracking is off
     progress: Any = None  # search.progress.StudyProgress: a bar of each trial's epochs
     objectives: list = field(init=False)
+    scores: dict = field(init=False)  # name -> fn(y_true, y_prob): macro_f1, the user's own
 
     def __post_init__(self) -> None:
         self.objectives = self.spec.search.objective_list
+        self.scores = score_functions(self.spec)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:  # Ctrl-C while sampling or creating the run: the FAIL trial still says why
@@ -111,11 +117,25 @@ class Objective:
         except KeyboardInterrupt:
             reason = INTERRUPTED
             raise
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+        except UserCodeError as exc:  # the user's code raised: this trial fails, not the study
+            reason = str(exc)
             raise
+        except Exception as exc:
+            if not self.runs_user_network(cfg):
+                reason = f"{type(exc).__name__}: {exc}"
+                raise
+            # inside the user's network (its forward, its parameters): the trial fails
+            reason = last_line(exc)
+            raise UserCodeError(reason) from exc
         finally:
             self.close(trial, run, meter, state, reason)
+
+    @staticmethod
+    def runs_user_network(cfg: TrialConfig) -> bool:
+        """Does the trial train the user's own network (whose errors fail only the trial)?"""
+        from tunetrack.models.nets import model_path
+
+        return model_path(cfg.model) is not None
 
     def start_run(self, trial: optuna.Trial, sampled: dict[str, Any], cfg: TrialConfig, *,
                   tags: dict[str, str] | None = None) -> TrialRun | NullRun:
@@ -145,7 +165,8 @@ class Objective:
             callbacks.append(self.progress.for_trial(trial.number, cfg.train.max_epochs))
         if pruning is not None:
             callbacks.append(pruning)
-        trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device)
+        trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device,
+                          scores=self.scores)
         resume_gc()  # the imports a trial needs are done (data, network, optimizer)
         with meter.on_device():
             fit = trainer.fit()
@@ -165,12 +186,18 @@ class Objective:
             metric = pruning.metric
             raise optuna.TrialPruned(
                 f"pruned by {type(trial.study.pruner).__name__} at epoch "
-                f"{pruning.pruned_at} ({metric}={getattr(fit.history[-1], metric):.4f})")
+                f"{pruning.pruned_at} ({metric}={fit.history[-1].value(metric):.4f})")
         with meter.on_device():
             test = trainer.evaluate(self.splits.test)
         values = self._values(fit, trainer, meter)
         trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("test_accuracy", test.accuracy)
+        if self.scores:  # the study's scores on the test split too, for the report
+            test_scores = {f"test_{k}": v for k, v in
+                           trainer.score_all(self.splits.test.y, test.probabilities).items()}
+            for key, score in test_scores.items():
+                trial.set_user_attr(key, score)
+            run.log_metrics(test_scores)
         trial.set_user_attr("param_count", count_parameters(trainer.model))
         value = values[0] if len(values) == 1 else tuple(values)
         run.completed(values=value, model=trainer.model, splits=self.splits, test_eval=test,
@@ -203,5 +230,5 @@ class Objective:
             elif objective.metric == "latency_ms":
                 out.append(measure_latency_ms(trainer.model, self.splits, self.device))
             else:
-                out.append(float(getattr(best, objective.metric)))
+                out.append(float(best.value(objective.metric)))
         return out

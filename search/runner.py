@@ -27,8 +27,9 @@ from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
 from .stale_trials import record_owner
-from .study_file import load_study_file
+from .study_file import load_study_file, parse_study
 from .trial_budget import has_heartbeats
+from .user_objects import with_objects
 
 if TYPE_CHECKING:
     from .objective import Objective
@@ -36,8 +37,16 @@ if TYPE_CHECKING:
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
-def as_spec(spec: StudySpec | str | Path) -> StudySpec:
-    return spec if isinstance(spec, StudySpec) else load_study_file(spec)
+def as_spec(spec: StudySpec | dict | str | Path, *, model: Any = None, dataset: Any = None,
+            metric: Any = None) -> StudySpec:
+    """A validated spec from a spec, a mapping (what a study file holds) or a file; `model`,
+    `dataset` and `metric` objects (the Python API's) replace the spec's class paths."""
+    if model is None and dataset is None and metric is None:
+        if isinstance(spec, dict):
+            return parse_study(spec, "<run_study spec>")
+        return spec if isinstance(spec, StudySpec) else load_study_file(spec)
+    raw = with_objects(as_spec(spec), model=model, dataset=dataset, metric=metric)
+    return parse_study(raw, "<run_study spec>")
 
 
 def check_budget(n_trials: int | None, timeout: float | None, *,
@@ -112,8 +121,11 @@ def _set_cpu_threads(device: Any, threads: int | None) -> None:
 
 
 def run_study(
-    spec: StudySpec | str | Path,
+    spec: StudySpec | dict | str | Path,
     *,
+    model: Any = None,
+    dataset: Any = None,
+    metric: Any = None,
     n_trials: int | None = None,
     timeout: float | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
@@ -127,6 +139,12 @@ def run_study(
 ) -> optuna.Study:
     """Run `n_trials` more trials (default: the file's `search.n_trials`); returns the study.
 
+    `model` (a callable returning an nn.Module), `dataset` (returning a Dataset or a
+    {train, val, test} mapping) and `metric` (`fn(y_true, y_prob) -> float`) are the
+    user's own objects, used with the spec's `init_args`; one with an import path is
+    recorded by it, one without (a lambda, a notebook class) runs in this process only and
+    `reproduce` says it cannot rebuild it.
+
     `progress=True` draws a bar of the trials and one of the running trial's epochs (in a
     notebook or a terminal; nothing in a log); a `StudyProgress` passed in is used as is.
 
@@ -135,7 +153,7 @@ def run_study(
     between them (Optuna's `MaxTrialsCallback`). `seed_offset` shifts the sampler's seed:
     workers that share a study and start together must not draw the same trials.
     """
-    spec = as_spec(spec)
+    spec = as_spec(spec, model=model, dataset=dataset, metric=metric)
     check_budget(n_trials, timeout)
     space = SearchSpace(spec)
     tracker = None
@@ -154,6 +172,7 @@ def run_study(
     import torch
 
     from tunetrack.models import load_splits, resolve_device
+    from tunetrack.models.user_code import UserCodeError
 
     from .objective import Objective
     from .startup_gc import resume as resume_gc
@@ -180,7 +199,7 @@ def run_study(
                 _owned(plain, study),
                 n_trials=n_trials,
                 timeout=timeout or spec.search.timeout_s,
-                catch=(torch.cuda.OutOfMemoryError,),
+                catch=(torch.cuda.OutOfMemoryError, UserCodeError),
                 callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
             )
     finally:

@@ -32,6 +32,7 @@ from tunetrack.models.config import (
     TrialConfig,
 )
 from tunetrack.models.errors import TunetrackError
+from tunetrack.models.user_code import plugin_names
 
 from .config import ChoiceParam, FloatParam, IntParam, SearchedParam, StudySpec, expand_env
 
@@ -111,6 +112,9 @@ def _walk(section: BaseModel | None, config: type, prefix: str):
         path = f"{prefix}.{field.name}"
         if dataclasses.is_dataclass(kind):
             yield from _walk(value, kind, path)
+        elif typing.get_origin(kind) is dict:  # init_args: the user's callable's arguments
+            for name, arg in value.items():
+                yield f"{path}.{name}", arg, Any
         else:
             yield path, value, kind
 
@@ -211,10 +215,9 @@ class SearchSpace:
             *space.fixed.items(),
             *(("dataset." + k, v) for k, v in spec.dataset.model_dump().items()),
         ]:
-            if path in FIELD_CHOICES and value is not None and value not in FIELD_CHOICES[path]:
-                errors.append(
-                    f"{path}: unknown value {value!r}; allowed: {', '.join(FIELD_CHOICES[path])}"
-                )
+            allowed = allowed_names(path)
+            if allowed and value is not None and value not in allowed:
+                errors.append(f"{path}: unknown value {value!r}; allowed: {', '.join(allowed)}")
         if spec.search.sampler == "grid":
             errors += space._check_grid()
         errors += _check_values(space)
@@ -295,7 +298,10 @@ class SearchSpace:
             target: Any = cfg
             for part in parents:
                 target = getattr(target, part)
-            setattr(target, name, value)
+            if isinstance(target, dict):  # model.init_args.NAME
+                target[name] = value
+            else:
+                setattr(target, name, value)
         if device is not None:
             cfg.train.device = device
         _resolve_transfer(cfg, self.spec)
@@ -406,8 +412,23 @@ def _check_transfer(space: SearchSpace) -> list[str]:
     return errors
 
 
+# study-file fields whose names a package can add to (entry points, `models.user_code`)
+PLUGIN_FIELDS = {"model.family": "model", "dataset.name": "dataset"}
+
+
+def allowed_names(path: str) -> tuple[str, ...]:
+    """The names field `path` takes: the built-ins, and installed plugins' where a package
+    can register more; () for a free field."""
+    builtin = FIELD_CHOICES.get(path, ())
+    if path in PLUGIN_FIELDS:
+        return (*builtin, *sorted(plugin_names(PLUGIN_FIELDS[path])))
+    return builtin
+
+
 def _check_dimension(dim: Dimension) -> list[str]:
     p, kind = dim.param, dim.field_type
+    if kind is Any:  # the user's init_args: their callable's signature says (user_objects)
+        return []
     if isinstance(p, (IntParam, FloatParam)) and not _is_numeric(kind):
         return [f"{dim.path}.{dim.kind}: {dim.path} is not numeric; use choice"]
     if isinstance(p, FloatParam) and float not in (typing.get_args(kind) or (kind,)):
@@ -421,7 +442,7 @@ def _check_dimension(dim: Dimension) -> list[str]:
             except ValidationError:
                 if not (isinstance(option, int) and float in (typing.get_args(kind) or (kind,))):
                     errors.append(f"{dim.path}.choice: {option!r} is not a valid {kind}")
-        allowed = FIELD_CHOICES.get(dim.path)
+        allowed = allowed_names(dim.path)
         bad = [o for o in p.choice if allowed and o not in allowed]
         if bad:
             errors.append(

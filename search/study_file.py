@@ -11,7 +11,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tunetrack.models.errors import TunetrackError, first_line
+from tunetrack.models.user_code import add_code_dirs
 
+from . import user_objects
 from .config import StudySpec
 from .fused_groups import fuse_problems
 from .space import SearchSpace
@@ -47,6 +49,7 @@ def parse_study(raw: object, source: str = "<study>") -> StudySpec:
     except ValidationError as exc:
         raise StudyFileError(source, _format_errors(exc)) from None
     errors = SearchSpace.check(spec)
+    errors += user_objects.check(spec)
     errors += fuse_problems(spec, SearchSpace(spec).options("model.family"))
     if errors:
         raise StudyFileError(source, errors)
@@ -97,4 +100,6 @@ def load_study_file(path: str | Path) -> StudySpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or first_line(exc)
         raise TunetrackError(f"study file {path}: invalid YAML{where}: {problem}") from None
+    if "class_path" in text:  # the study's own modules resolve from its folder first
+        add_code_dirs([path.parent])
     return parse_study(raw, str(path))

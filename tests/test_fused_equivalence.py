@@ -300,7 +300,8 @@ MEMBER_CASES: dict[str, tuple[dict, object]] = {
     "train.early_stopping": ({}, EarlyStoppingConfig(patience=1, min_delta=0.5)),
     "train.seed": ({}, 7),
 }
-SHARED_VALUES = {"family": "cnn", "depth": 3, "width": 9, "activation": "tanh",
+SHARED_VALUES = {"family": "cnn", "class_path": "acme.Net", "init_args": {"width": 3},
+                 "depth": 3, "width": 9, "activation": "tanh",
                  "batch_norm": True, "kernel_size": 5, "pool": "avg", "width_multiplier": 3.0,
                  "max_epochs": 2, "batch_size": 8, "augment": {"flip": True},
                  "eval_batch_size": 7, "amp": False, "compile": True, "device": "mps",

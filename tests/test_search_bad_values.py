@@ -74,10 +74,10 @@ CASES: dict[str, tuple[dict, str]] = {
                       "train.early_stopping.patience.choice: train.early_stopping.patience "
                       "must be >= 1"),
     "metric params": ({"search": {"metric": "params"}},
-                      "search.metric must be val_accuracy or val_loss in a single-objective "
+                      "search.metric must be measured every epoch in a single-objective "
                       "study but got 'params'"),
     "metric latency_ms": ({"search": {"metric": "latency_ms"}},
-                          "search.metric must be val_accuracy or val_loss in a single-objective "
+                          "search.metric must be measured every epoch in a single-objective "
                           "study but got 'latency_ms'"),
 }
 DUPLICATE_KEY = ("name: dup\ntracking: {enabled: true}\ntrain:\n  lr: 0.01\n"
