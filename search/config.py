@@ -168,7 +168,9 @@ class MetricRef(BaseModel):
 
     @property
     def name(self) -> str:
-        return re.split(r"[.:]", self.class_path)[-1]
+        """The callable's own name (a lambda's `<lambda>` is no name: `user_metric`)."""
+        last = re.split(r"[.:]", self.class_path)[-1]
+        return last if last.isidentifier() else "user_metric"
 
 
 class ObjectiveSpec(BaseModel):

@@ -45,8 +45,10 @@ def as_spec(spec: StudySpec | dict | str | Path, *, model: Any = None, dataset: 
         if isinstance(spec, dict):
             return parse_study(spec, "<run_study spec>")
         return spec if isinstance(spec, StudySpec) else load_study_file(spec)
-    raw = with_objects(as_spec(spec), model=model, dataset=dataset, metric=metric)
-    return parse_study(raw, "<run_study spec>")
+    raw = spec if isinstance(spec, dict) else as_spec(spec).model_dump(by_alias=True,
+                                                                        exclude_none=True)
+    return parse_study(with_objects(raw, model=model, dataset=dataset, metric=metric),
+                       "<run_study spec>")
 
 
 def check_budget(n_trials: int | None, timeout: float | None, *,

@@ -9,6 +9,7 @@ Importing runs the module's code: a study file is code (README, "Your own networ
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from tunetrack.models.choices import SCORE_DIRECTIONS
@@ -136,11 +137,11 @@ def dry_build(spec: StudySpec) -> list[str]:
     return check_returned(value, f"{where} {path}")
 
 
-def with_objects(spec: StudySpec, *, model: Any = None, dataset: Any = None,
+def with_objects(raw: dict[str, Any], *, model: Any = None, dataset: Any = None,
                  metric: Any = None) -> dict[str, Any]:
-    """`spec` as a study file's mapping with the Python API's objects as its class paths
-    (to be validated again)."""
-    raw = spec.model_dump(by_alias=True, exclude_none=True)
+    """A study file's mapping with the Python API's objects as its class paths (to be
+    validated)."""
+    raw = copy.deepcopy(raw)
     if model is not None:
         raw.setdefault("model", {})["class_path"] = import_path_of(model)
     if dataset is not None:
