@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,22 +45,32 @@ def last_line(exc: BaseException) -> str:
 
 def add_code_dirs(dirs: Sequence[str | Path]) -> None:
     """Put folders first on `sys.path` (the study file's folder: its modules win over the
-    environment's, as a script's folder does for `python script.py`)."""
-    for folder in reversed([str(Path(d).resolve()) for d in dirs]):
+    environment's, as a script's folder does for `python script.py`), and on PYTHONPATH
+    for the processes this one starts (the tracking helper unpickles the user's network,
+    `run --workers N` starts workers)."""
+    folders = [str(Path(d).resolve()) for d in dirs]
+    for folder in reversed(folders):
         if folder in sys.path:
             sys.path.remove(folder)
         sys.path.insert(0, folder)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                 if p and p not in folders]
+    os.environ["PYTHONPATH"] = os.pathsep.join(folders + inherited)
 
 
 @contextmanager
 def code_dirs(dirs: Sequence[str | Path]) -> Iterator[None]:
     """`add_code_dirs` for the duration of a block (validation, reproduce)."""
-    saved = list(sys.path)
+    saved, saved_env = list(sys.path), os.environ.get("PYTHONPATH")
     add_code_dirs(dirs)
     try:
         yield
     finally:
         sys.path[:] = saved
+        if saved_env is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_env
 
 
 def import_object(path: str, where: str) -> Any:
