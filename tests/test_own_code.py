@@ -361,3 +361,15 @@ def test_plugins_register_networks_datasets_and_metrics_by_name(tmp_path, monkey
     with pytest.raises(StudyFileError, match=r"model.family: unknown value 'acme_nope'; "
                                              r"allowed: .*acme_wide"):
         parse_study({**raw, "model": {"family": "acme_nope"}})
+
+
+def test_a_user_metric_can_be_one_of_several_objectives(own, monkeypatch):
+    folder, module = own
+    monkeypatch.chdir(folder)
+    file = write(folder, study(module, search={
+        "objectives": [{"class_path": f"{module}.top2"}, {"metric": "params"}],
+        "sampler": "nsga2"}))
+    result, trials = _trials(file, folder)
+    assert result.exit_code == 0, result.output
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in trials)
+    assert all(0.5 <= t.values[0] <= 1 and t.values[1] > 100 for t in trials)
