@@ -421,24 +421,35 @@ def schema() -> None:
 def status(
     study: Annotated[str, typer.Argument(help="study name")], storage: StorageOpt = None,
     fmt: FormatOpt = OutputFormat.table, wide: WideOpt = False,
+    last: Annotated[int, typer.Option(
+        "--last", min=1, help="show the last N trials (the counts by state cover all)")] = 20,
+    every: Annotated[bool, typer.Option("--all", help="show every trial")] = False,
 ) -> None:
-    """The study's trials, one line each: state, value, test accuracy, epochs run,
-    duration, params."""
+    """The study's latest trials, one line each: state, value, test accuracy, epochs run,
+    duration, params; and how many trials it has in each state."""
     from .command_output import render, trial_records, trials_table
     from .stale_trials import dead_trials
+    from .trial_reads import recent_trials, state_counts
 
     loaded = _load_study(study, storage)
     dead = frozenset(t.number for t in dead_trials(loaded))
-    records = trial_records(loaded, dead=dead)
+    counts = state_counts(loaded)
+    total = sum(counts.values())
+    trials = loaded.get_trials(deepcopy=False) if every else recent_trials(loaded, last)
+    records = trial_records(loaded, trials, dead=dead)
     width = _fit_width(wide)
 
     def table(rows: list[dict[str, Any]]) -> Any:
         from rich.console import Group
         from rich.text import Text
 
+        summary = f"{total} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        if len(rows) < total:
+            summary += f"; the last {len(rows)} shown (--all shows every one)"
         note = (f"{len(dead)} RUNNING trial(s) of a process that is gone: "
                 f"`tunetrack repair {study}` fails and retries them")
-        return Group(trials_table(rows, f"study {study}", width), *([Text(note)] if dead else []))
+        return Group(trials_table(rows, f"study {study}", width), Text(summary),
+                     *([Text(note)] if dead else []))
 
     _emit(render(records, fmt.value, table), wide=wide)
 

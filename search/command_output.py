@@ -39,10 +39,11 @@ def _values(values: Sequence[float] | None, n_objectives: int) -> Record:
     return {f"value_{i}": v for i, v in enumerate(values)}
 
 
-def trial_records(study: optuna.Study, *, dead: frozenset[int] = frozenset()) -> list[Record]:
-    """Every trial: number, state, value(s), test accuracy, epochs run, duration, params,
-    and why it did not complete (`dead`: RUNNING trials whose process is gone, which a
-    read leaves as they are and names the command that cleans them up)."""
+def trial_records(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], *,
+                  dead: frozenset[int] = frozenset()) -> list[Record]:
+    """One record per trial: number, state, value(s), test accuracy, epochs run, duration,
+    params, and why it did not complete (`dead`: RUNNING trials whose process is gone,
+    which a read leaves as they are and names the command that cleans them up)."""
     n = len(study.directions)
     repair = f"process gone; `tunetrack repair {study.study_name}` fails and retries it"
     return [
@@ -56,7 +57,7 @@ def trial_records(study: optuna.Study, *, dead: frozenset[int] = frozenset()) ->
             "params": dict(t.params),
             "reason": repair if t.number in dead else t.user_attrs.get("reason"),
         }
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
     ]
 
 

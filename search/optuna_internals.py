@@ -28,6 +28,7 @@ __all__ = [
     "study_id",
     "study_storage",
     "trial_id",
+    "trial_state_counts",
     "uncached_storage",
 ]
 
@@ -92,3 +93,25 @@ def optimize_logger() -> logging.Logger:
     Why private: Optuna has no option to silence the "Trial N failed" warnings of one
     cause (a Ctrl-C); a filter on this logger drops them, and its name is a private module's."""
     return logging.getLogger(OPTIMIZE_LOGGER)
+
+
+def trial_state_counts(storage: optuna.storages.BaseStorage, study_id: int
+                       ) -> dict[str, int] | None:
+    """{state name: trials} of a study on an RDB storage by one SQL count over Optuna's
+    `trials` table (its schema: `study_id`, `state` holding the state's name; 4.9 - 5.1);
+    None on other storages.
+
+    Why private: `get_n_trials(study_id, state)` builds every trial of that state to count
+    them (16 s at 10k trials); the table is Optuna's schema, not an API."""
+    import optuna
+    import sqlalchemy
+
+    backend = uncached_storage(storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return None
+    engine = backend.engine
+    query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :study "
+                            "GROUP BY state")
+    with engine.connect() as connection:
+        rows = connection.execute(query, {"study": study_id}).all()
+    return {str(getattr(state, "name", state)): int(n) for state, n in rows}

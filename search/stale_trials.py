@@ -35,6 +35,7 @@ from tunetrack.models.errors import TunetrackError, first_line
 
 from .optuna_internals import study_storage, trial_id
 from .optuna_warnings import quiet_experimental
+from .trial_reads import running_trials
 
 _log = logging.getLogger(__name__)
 
@@ -153,8 +154,7 @@ def owner_died(owner: dict[str, Any]) -> bool:
 def dead_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The RUNNING trials whose process on this host is gone, found without writing
     anything: `status` shows them, `repair`, `run` and `worker` fail and retry them."""
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    return [t for t in running if isinstance(t.system_attrs.get(OWNER_ATTR), dict)
+    return [t for t in running_trials(study) if isinstance(t.system_attrs.get(OWNER_ATTR), dict)
             and owner_died(t.system_attrs[OWNER_ATTR])]
 
 

@@ -232,8 +232,9 @@ def test_tables_fit_the_terminal_and_keep_run_ids_whole(wide_study, command, col
         assert "cost to target" in result.stdout
         assert "--wide" in result.stdout or columns > 80  # the parameters did not fit
     if command[:2] == ["status", "wide"]:  # one line per trial, not one per parameter
-        rows = [line for line in lines if "COMPLETE" in line]
-        assert len(rows) == 6 and len(lines) <= 6 + 7
+        rows = [line for line in lines if "COMPLETE" in line and line.startswith("│")]
+        assert len(rows) == 6 and len(lines) <= 6 + 8  # + borders, notes, the counts
+        assert lines[-1] == "6 trials: 6 COMPLETE"
 
 
 def test_wide_shows_every_column_in_full(wide_study):
@@ -281,7 +282,7 @@ def test_reading_commands_find_the_journal_of_run_workers(tmp_path, monkeypatch)
     optuna.create_study(study_name="par", storage=journal).optimize(lambda t: 1.0, n_trials=2)
     result = runner.invoke(app, ["status", "par"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("COMPLETE") == 2
+    assert result.stdout.count("COMPLETE") == 2 + 1  # two rows and the counts
     assert "reading journal:tunetrack.journal, the store of run --workers" in result.stderr
     assert not (tmp_path / "tunetrack.db").exists()
     # a study of the same name in the default SQLite file wins, silently

@@ -57,6 +57,18 @@ def test_uncached_storage(rdb_study):
     assert internals.uncached_storage(memory) is memory
 
 
+def test_trial_state_counts(rdb_study):
+    rdb_study.optimize(lambda t: 1.0, n_trials=3)
+    rdb_study.ask()  # one RUNNING
+    pruned = rdb_study.ask()
+    rdb_study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    counts = internals.trial_state_counts(internals.study_storage(rdb_study),
+                                          internals.study_id(rdb_study))
+    assert counts == {"COMPLETE": 3, "RUNNING": 1, "PRUNED": 1}
+    memory = optuna.create_study()
+    assert internals.trial_state_counts(internals.study_storage(memory), 0) is None
+
+
 def test_heartbeat_thread(rdb_study):
     trial = rdb_study.ask()
     backend = internals.uncached_storage(internals.study_storage(rdb_study))
