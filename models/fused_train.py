@@ -297,7 +297,7 @@ class FusedTrainer(TrainerCore):
         splits = self.splits
         model = create(member.model, splits.input_shape, splits.n_classes, splits.mean,
                        splits.std, seed=member.train.seed)
-        self.net.replace_member(k, model, member.model.dropout, member.train.seed)
+        self.net.replace_member(k, model, member.model, member.train.seed)
         schedule = MemberSchedule(member.train, self.steps_per_epoch)
         self.optimizer.replace(k, schedule)
         self.slots[k] = _Slot(member, schedule)
