@@ -26,10 +26,10 @@ from torch import nn
 from .config import ModelConfig
 from .dropout import keep_mask
 from .errors import TunetrackError
-from .fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, SHARED_MODEL_FIELDS, differences
+from .fused_fields import FUSABLE_FAMILIES, SHARED_MODEL_FIELDS, cpu_fuse_max_macs, differences
 from .fused_stack import MemberStack, Tensors
 from .fused_tape import ActivationGrad, Backward, activation_grad, aten, run_backward, tapeable
-from .nets import Classifier, create
+from .nets import Classifier, create, model_path
 
 _PARAM_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -80,10 +80,12 @@ def fusing_pays(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int, ba
                 device: torch.device) -> bool:
     """Would a fused group of this architecture train faster than its members one by one?
     On accelerators small members leave the device idle: always. On CPU only up to
-    `CPU_FUSE_MAX_MACS` per member step."""
+    `cpu_fuse_max_macs` per member step (`CPU_FUSE_MAX_MACS`; `_USER` for the user's own
+    network, whose group gains less there)."""
     if device.type != "cpu":
         return True
-    return step_macs(cfg, input_shape, n_classes, batch_size) <= CPU_FUSE_MAX_MACS
+    limit = cpu_fuse_max_macs(model_path(cfg) is not None)
+    return step_macs(cfg, input_shape, n_classes, batch_size) <= limit
 
 
 class FusedNet(MemberStack):

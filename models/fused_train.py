@@ -30,10 +30,10 @@ from .config import ModelConfig, TrainConfig
 from .data import Splits
 from .errors import TunetrackError
 from .fused_fields import (
-    CPU_FUSE_MAX_MACS,
     FUSABLE_FAMILIES,
     SHARED_MODEL_FIELDS,
     SHARED_TRAIN_FIELDS,
+    cpu_fuse_max_macs,
     differences,
 )
 from .fused_functional import FunctionalStack, functional_problem, stack_user_networks
@@ -93,7 +93,7 @@ def unfused_reason(cfg: ModelConfig, splits: Splits, batch_size: int, device: to
         if problem is not None:
             return problem
     if not fusing_pays(cfg, splits.input_shape, splits.n_classes, batch_size, device):
-        return (f"its members would take more than {CPU_FUSE_MAX_MACS / 1e6:.0f} M "
+        return (f"its members would take more than {cpu_fuse_max_macs(user) / 1e6:.0f} M "
                 f"multiply-adds per step on CPU, where fusing gains little")
     return None
 

@@ -13,7 +13,12 @@ from typing import Any
 
 from tunetrack.models.choices import FAMILIES
 from tunetrack.models.errors import TunetrackError
-from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, is_shared
+from tunetrack.models.fused_fields import (
+    CPU_FUSE_MAX_MACS,
+    CPU_FUSE_MAX_MACS_USER,
+    FUSABLE_FAMILIES,
+    is_shared,
+)
 
 from .config import StudySpec
 
@@ -70,12 +75,17 @@ def fuse_notes(spec: StudySpec, families: list[Any] | None) -> list[str]:
     own = user_networks(spec, families)
     other = ([] if spec.model.class_path is not None  # it replaces every family
              else [f for f in families or [] if f not in (*FUSABLE_FAMILIES, *own)])
+    limit = f"{CPU_FUSE_MAX_MACS / 1e6:.0f} M"
+    if spec.model.class_path is not None:
+        limit = f"{CPU_FUSE_MAX_MACS_USER / 1e6:.0f} M"
+    elif own:
+        limit += f" ({', '.join(own)}: {CPU_FUSE_MAX_MACS_USER / 1e6:.0f} M)"
     notes = [f"search.fuse: up to {k} trials train at once as one model; they share "
              f"architecture, batch size, augmentation and batch order; each has its own "
              f"optimizer, schedule and recipe (docs/fused_trials.md)",
-             f"search.fuse: on a CPU only architectures of at most "
-             f"{CPU_FUSE_MAX_MACS / 1e6:.0f} M multiply-adds per trial and training step "
-             f"fuse (larger ones gain little there); on a GPU every group does"]
+             f"search.fuse: on a CPU only architectures of at most {limit} multiply-adds "
+             f"per trial and training step fuse (larger ones gain little there); on a GPU "
+             f"every group does"]
     if own:
         notes.append(f"search.fuse: {', '.join(own)}: a group's trials share its init_args and "
                      f"train as one model through torch.func (vmap); a network vmap cannot "

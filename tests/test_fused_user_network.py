@@ -275,3 +275,28 @@ def test_a_user_network_vmap_cannot_run_trains_unfused_and_says_why(tmp_path, ca
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert ("trial 0 trains unfused: its network cannot run under torch.func.vmap "
             "(RuntimeError: ") in caplog.text
+
+
+def test_on_cpu_a_user_network_fuses_below_its_own_limit():
+    """The user's network gains less from fusing on a CPU than tunetrack's taped MLP (the
+    bench's user-grid): at 3.3 M multiply-adds per member step (two hidden layers of 128
+    at batch 128 on digits) the built-in MLP still fuses, the same layers as the user's
+    network do not; on a GPU both do."""
+    from tunetrack.models import DataConfig, load_splits
+    from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS_USER
+    from tunetrack.models.fused_net import fusing_pays, step_macs
+    from tunetrack.models.fused_train import unfused_reason
+
+    digits = load_splits(DataConfig(name="digits"))
+    builtin = ModelConfig(family="mlp", depth=2, width=128)
+    user = ModelConfig(class_path="bench.fused_trials.UserMLP",
+                       init_args={"hidden": 128, "blocks": 2})
+    args = (digits.input_shape, digits.n_classes, 128)
+    assert step_macs(user, *args) == step_macs(builtin, *args) > CPU_FUSE_MAX_MACS_USER
+    assert fusing_pays(builtin, *args, CPU)
+    assert not fusing_pays(user, *args, CPU)
+    assert fusing_pays(user, *args, torch.device("cuda"))
+    assert unfused_reason(user, digits, 128, CPU) == (
+        "its members would take more than 2 M multiply-adds per step on CPU, where fusing "
+        "gains little")
+    assert unfused_reason(user, digits, 32, CPU) is None
