@@ -41,8 +41,8 @@ MEMBER_TRAIN_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay"
 CPU_FUSE_MAX_MACS = 4_000_000
 # The same rule for the user's own network, which fuses through torch.func (autograd over
 # vmapped operations, `fused_functional`) rather than tunetrack's hand-fused layers and
-# tape: 8 user MLPs on digits (3 epochs, Adam) trained 1.7-4.1x faster fused at <= 0.6 M,
-# 1.6-2.6x at 0.8-1.7 M, 1.1-1.3x at 2.4-5.4 M, 0.7-1.1x at >= 10 M (bench/fused_trials.py
+# tape: 8 user MLPs on digits (3 epochs, Adam) trained 1.6-4.1x faster fused at <= 0.6 M,
+# 1.0-2.6x at 0.8-1.7 M, 1.0-1.3x at 2.4-5.4 M, 0.7-1.1x at >= 10 M (bench/fused_trials.py
 # user-grid; docs/fused_trials.md, 2026-12-07, AMD EPYC VM, Zen 3, other work running).
 CPU_FUSE_MAX_MACS_USER = 2_000_000
 
