@@ -119,11 +119,15 @@ def test_member_matches_solo_training(splits, optimizer, scheduler):
         _assert_same_weights(got.model, model)
 
 
-def test_each_member_is_scored_as_alone(splits):
+@pytest.mark.parametrize("network", ["user", "cnn"])
+def test_each_member_is_scored_as_alone(splits, network):
     """The study's scores (a built-in and the user's own) per member and epoch, as the
-    ordinary trainer measures them."""
+    ordinary trainer measures them: for the user's network and tunetrack's own families."""
     scores = {"macro_f1": SCORES["macro_f1"], "top2": top2}
     members = _members("adam", "none")[:3]
+    if network == "cnn":
+        cnn = ModelConfig(family="cnn", depth=2, width=8, batch_norm=True)
+        members = [replace(m, model=replace(cnn, init=m.model.init)) for m in members]
     fused = {r.member.train.seed: r for r in
              FusedTrainer(members, splits, device=CPU, scores=scores).fit()}
     for member in members:
@@ -300,3 +304,25 @@ def test_on_cpu_a_user_network_fuses_below_its_own_limit():
         "its members would take more than 2 M multiply-adds per step on CPU, where fusing "
         "gains little")
     assert unfused_reason(user, digits, 32, CPU) is None
+
+
+def test_a_plugin_network_fuses_and_a_study_of_only_builtins_that_cannot_is_refused():
+    """A `model.family` that is not tunetrack's is a plugin's network: it fuses like a
+    class_path (validate needs no torch to say so); resnet alone still cannot."""
+    from tunetrack.search.config import StudySpec
+    from tunetrack.search.fused_groups import fuse_notes, fuse_problems
+
+    def spec(family):
+        return StudySpec.model_validate({"name": "p", "model": {"family": family},
+                                         "search": {"fuse": 4}})
+
+    mixed = spec({"choice": ["resnet", "acme_unet"]})
+    assert fuse_problems(mixed, ["resnet", "acme_unet"]) == []
+    notes = fuse_notes(mixed, ["resnet", "acme_unet"])
+    assert "on a CPU only architectures of at most 4 M (acme_unet: 2 M) multiply-adds" in \
+        notes[1]
+    assert notes[2].startswith("search.fuse: acme_unet: a group's trials share its init_args")
+    assert notes[3] == "search.fuse: trials that draw model.family resnet train unfused"
+    assert fuse_problems(spec("resnet"), ["resnet"]) == [
+        "search.fuse: fusing 4 trials needs model.family mlp or cnn but the study trains "
+        "resnet; use fuse: 1"]
