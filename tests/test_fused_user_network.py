@@ -209,6 +209,19 @@ class Branchy(WideNet):
         return out if out.sum() > 0 else -out
 
 
+class Flaky(WideNet):
+    """Raises inside its forward from its fifth training call on (the probe makes one)."""
+
+    calls = 0
+
+    def forward(self, x):
+        if self.training:
+            type(self).calls += 1
+            if type(self).calls > 5:
+                raise ValueError("the user's bug")
+        return self.net(x)
+
+
 def top2(y_true, y_prob):
     import numpy as np
     return float((np.argsort(-y_prob, 1)[:, :2] == y_true[:, None]).any(1).mean())
@@ -326,3 +339,14 @@ def test_a_plugin_network_fuses_and_a_study_of_only_builtins_that_cannot_is_refu
     assert fuse_problems(spec("resnet"), ["resnet"]) == [
         "search.fuse: fusing 4 trials needs model.family mlp or cnn but the study trains "
         "resnet; use fuse: 1"]
+
+
+def test_an_error_inside_the_users_network_fails_its_group_not_the_study(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = runner.invoke(app, ["run", _study(tmp_path, "Flaky", n_trials=3, fuse=2),
+                                 "--no-progress", "--storage", storage])
+    trials = optuna.load_study(study_name="own", storage=storage).trials
+    assert len(trials) == 3, result.output  # the study went on after the group failed
+    assert [t.state.name for t in trials] == ["FAIL"] * 3
+    assert all(t.user_attrs["reason"] == "ValueError: the user's bug" for t in trials)
+    assert [t.user_attrs.get(GROUP_ATTR) for t in trials[:2]] == ["g0", "g0"]
