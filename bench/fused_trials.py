@@ -7,6 +7,12 @@ Rows (one JSON line each, the ratio last):
   another; trial-epochs per second, fused / sequential (target >= 4x on CPU).
 - `throughput cnn-3x32x32`: the same with 8 CIFAR-shaped CNNs on synthetic 3x32x32 data
   (target >= 8x on a GPU); on CUDA it also prints the fused side's TFLOP/s.
+- `throughput user-mlp-digits`: the MLP row's 8 trials as the user's own network
+  (`model.class_path: bench.fused_trials.UserMLP`, the same layers), fused through
+  torch.func (`models/fused_functional.py`) vs one after another.
+- `user-grid`: the user's MLP at widths x depths x batch sizes, fused vs one after another
+  (3 epochs, one repeat each, alternating), with each size's multiply-adds per member
+  step: where the CPU rule for user networks comes from (`CPU_FUSE_MAX_MACS_USER`).
 - `study digits`: `studies/digits.yaml` with 32 trials, `fuse: 8` vs `fuse: 1`, tracking
   off, in-memory storage, study seeds 0-5; summed wall time of the trials, fused /
   unfused (target <= 0.5x on 2 CPU cores), and the best value of each (target: within
@@ -18,7 +24,8 @@ Rows (one JSON line each, the ratio last):
 Both sides of a throughput row run in this process, warm, alternating over `repeats`
 (7 for the MLP row: VMs' speed drifts within a minute); the ratio is the median of the
 per-repeat ratios. Threads: 1 (as tunetrack runs CPU trials); TUNETRACK_BENCH_THREADS=N for more.
-Run: python -m bench.fused_trials [throughput|study|process]   (default: all). The throughput
+Run: python -m bench.fused_trials [throughput|user|user-grid|study|process]   (default: all
+but user-grid; `user` is the user-network throughput row alone). The throughput
 rows need only `tunetrack.models` (torch, numpy, scikit-learn): `bench/gpu_check.sh` runs
 them on a machine with a CUDA GPU, with or without Optuna and MLflow.
 """
@@ -35,13 +42,38 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tunetrack.models import DataConfig, ModelConfig, TrainConfig, Trainer, create, load_splits
 from tunetrack.models.device import resolve_device
+from tunetrack.models.fused_net import step_macs
 from tunetrack.models.fused_train import FusedTrainer, Member
 
 K = 8
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
+
+
+class UserMLP(nn.Module):
+    """A user's network (`model.class_path: bench.fused_trials.UserMLP`): the layers of
+    tunetrack's MLP family, so its rows compare with the MLP row's."""
+
+    def __init__(self, num_classes: int, in_shape: Sequence[int], hidden: int = 64,
+                 blocks: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = int(torch.tensor(in_shape).prod())
+        for _ in range(blocks):
+            layers += [nn.Linear(fan_in, hidden), nn.ReLU()]
+            fan_in = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _user_mlp(hidden: int, blocks: int) -> ModelConfig:
+    return ModelConfig(class_path=f"{__name__}.UserMLP",
+                       init_args={"hidden": hidden, "blocks": blocks})
 
 
 def _members(model: ModelConfig, train: TrainConfig) -> list[Member]:
@@ -109,6 +141,32 @@ def throughput(name: str, data: DataConfig, model: ModelConfig, train: TrainConf
                                       / statistics.median(fused_s) / 1e12, 2)}
     out["ratio"] = round(statistics.median(ratios), 2)
     return out
+
+
+def user_grid(hiddens: Sequence[int] = (32, 128, 384), depths: Sequence[int] = (1, 3),
+              batches: Sequence[int] = (32, 128)) -> dict:
+    """Fused / one after another for the user's MLP at each size (digits, 3 epochs, Adam),
+    with the multiply-adds of one member's training step (`fused_net.step_macs`)."""
+    device = resolve_device("auto")
+    splits = load_splits(DataConfig(name="digits"))
+    rows = []
+    for i, (hidden, blocks, batch) in enumerate(
+            (h, d, b) for h in hiddens for d in depths for b in batches):
+        model = _user_mlp(hidden, blocks)
+        train = TrainConfig(max_epochs=3, batch_size=batch, optimizer="adam", lr=2e-3,
+                            device=str(device))
+        members = _members(model, train)
+        if i == 0:  # warm both sides
+            _fused(members[:2], splits, device)
+            _sequential(members[:1], splits, device)
+        order = (_fused, _sequential) if i % 2 == 0 else (_sequential, _fused)
+        times = {fn: fn(members, splits, device) for fn in order}
+        rows.append({"hidden": hidden, "blocks": blocks, "batch": batch,
+                     "macs_m": round(step_macs(model, splits.input_shape, splits.n_classes,
+                                               batch) / 1e6, 2),
+                     "ratio": round(times[_sequential] / times[_fused], 2)})
+    return {"bench": "fused_trials", "row": "user-grid", "device": str(device),
+            "threads": torch.get_num_threads(), "k": K, "epochs": 3, "grid": rows}
 
 
 def study(n_trials: int = 32, seeds: Sequence[int] = (0, 1, 2, 3, 4, 5)) -> dict:
@@ -206,6 +264,12 @@ def main() -> None:
             DataConfig(name="synthetic", n_samples=n, n_classes=10, shape=(3, 32, 32)),
             ModelConfig(family="cnn", depth=3, width=16, batch_norm=True), cnn,
             repeats=3 if gpu else 1)), flush=True)
+    if "throughput" in rows or "user" in rows:
+        mlp = TrainConfig(max_epochs=5, batch_size=64, optimizer="adam", lr=2e-3)
+        print(json.dumps(throughput("user-mlp-digits", DataConfig(name="digits"),
+                                    _user_mlp(64, 2), mlp, repeats=7)), flush=True)
+    if "user-grid" in rows:
+        print(json.dumps(user_grid()), flush=True)
     if "study" in rows:
         print(json.dumps(study()), flush=True)
     if "process" in rows:

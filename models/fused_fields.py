@@ -39,6 +39,17 @@ MEMBER_TRAIN_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay"
 # tie K trials to one architecture and train them more epochs (fewer are pruned) for
 # little or no gain. Here, torch-free, so `validate` can say it.
 CPU_FUSE_MAX_MACS = 4_000_000
+# The same rule for the user's own network, which fuses through torch.func (autograd over
+# vmapped operations, `fused_functional`) rather than tunetrack's hand-fused layers and
+# tape: 8 user MLPs on digits (3 epochs, Adam) trained 1.6-4.1x faster fused at <= 0.6 M,
+# 1.0-2.6x at 0.8-1.7 M, 1.0-1.3x at 2.4-5.4 M, 0.7-1.1x at >= 10 M (bench/fused_trials.py
+# user-grid; docs/fused_trials.md, 2026-12-07, AMD EPYC VM, Zen 3, other work running).
+CPU_FUSE_MAX_MACS_USER = 2_000_000
+
+
+def cpu_fuse_max_macs(user_network: bool) -> int:
+    """The CPU limit on a member's multiply-adds per training step for a group to form."""
+    return CPU_FUSE_MAX_MACS_USER if user_network else CPU_FUSE_MAX_MACS
 
 
 def differences(section: str, names: tuple[str, ...], configs: list[Any]) -> list[str]:

@@ -26,11 +26,13 @@ from torch import nn
 from .config import ModelConfig
 from .dropout import keep_mask
 from .errors import TunetrackError
-from .fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, SHARED_MODEL_FIELDS, differences
-from .fused_stack import MemberStack
+from .fused_fields import FUSABLE_FAMILIES, SHARED_MODEL_FIELDS, cpu_fuse_max_macs, differences
+from .fused_stack import MemberStack, Tensors
 from .fused_tape import ActivationGrad, Backward, activation_grad, aten, run_backward, tapeable
-from .nets import Classifier, create
+from .nets import Classifier, create, model_path
 
+_PARAM_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _SHARED_LAYERS = (nn.ReLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.ELU, nn.SiLU, nn.Sigmoid,
                   nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 
@@ -78,21 +80,27 @@ def fusing_pays(cfg: ModelConfig, input_shape: Sequence[int], n_classes: int, ba
                 device: torch.device) -> bool:
     """Would a fused group of this architecture train faster than its members one by one?
     On accelerators small members leave the device idle: always. On CPU only up to
-    `CPU_FUSE_MAX_MACS` per member step."""
+    `cpu_fuse_max_macs` per member step (`CPU_FUSE_MAX_MACS`; `_USER` for the user's own
+    network, whose group gains less there)."""
     if device.type != "cpu":
         return True
-    return step_macs(cfg, input_shape, n_classes, batch_size) <= CPU_FUSE_MAX_MACS
+    limit = cpu_fuse_max_macs(model_path(cfg) is not None)
+    return step_macs(cfg, input_shape, n_classes, batch_size) <= limit
 
 
 class FusedNet(MemberStack):
     """K members of one architecture; `forward(x)` returns logits [K, N, n_classes].
 
-    Build it with `FusedNet.create`; the storage is `MemberStack`'s.
+    Build it with `FusedNet.create`; the storage is `MemberStack`'s, keyed by
+    (position among `param_layers`, name). Each member has its dropout rate and generator.
     """
 
     def __init__(self, members: Sequence[Classifier], dropouts: Sequence[float],
                  seeds: Sequence[int], probe: Classifier, device: torch.device):
-        super().__init__(members, dropouts, seeds, probe, device)
+        super().__init__(members, probe, device)
+        self._probe_layers = param_layers(probe)
+        self._rates = list(map(float, dropouts))
+        self._gens: list[torch.Generator] = [self._generator(s) for s in seeds]
         self.normalize = copy.deepcopy(members[0].normalize).to(device)
         self.ops = [self._op(layer) for layer in probe.body]
         self.tapeable = tapeable(probe.body)  # `train_step` may run it (fused_tape)
@@ -114,6 +122,32 @@ class FusedNet(MemberStack):
         probe = create(replace(configs[0], dropout=0.5, init="default"), input_shape,
                        n_classes, mean, std, seed=0)
         return cls(members, [c.dropout for c in configs], seeds, probe, device)
+
+    @staticmethod
+    def tensors_of(model: Classifier) -> tuple[Tensors, Tensors]:
+        params: Tensors = {}
+        buffers: Tensors = {}
+        for j, layer in enumerate(param_layers(model)):
+            for name in ("weight", "bias"):
+                p = getattr(layer, name, None)
+                if p is not None:
+                    params[(j, name)] = p
+            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                buffers |= {(j, name): getattr(layer, name) for name in _BN_BUFFERS}
+        return params, buffers
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def replace_member(self, k: int, member: Classifier, cfg: ModelConfig, seed: int) -> None:
+        super().replace_member(k, member, cfg, seed)
+        self._rates[k] = float(cfg.dropout)
+        self._gens[k] = self._generator(seed)
+
+    def keep(self, slots: Sequence[int]) -> None:
+        super().keep(slots)
+        self._rates = [self._rates[i] for i in slots]
+        self._gens = [self._gens[i] for i in slots]
 
     # ---- forward (and the tape's backward, see fused_tape) ------------------------------
 
@@ -197,11 +231,11 @@ class FusedNet(MemberStack):
 
     def _batch_norm(self, j: int, bn: nn.modules.batchnorm._BatchNorm, h: torch.Tensor,
                     layout: str, tape: list[Backward] | None = None):
-        buffers = self.bn[j]
+        buffers = self.stacked_buffers
         if self.training:
-            buffers["num_batches_tracked"].add_(1)
+            buffers[(j, "num_batches_tracked")].add_(1)
         weight, bias = self.params[(j, "weight")], self.params[(j, "bias")]  # [K, C]
-        mean, var = buffers["running_mean"].view(-1), buffers["running_var"].view(-1)
+        mean, var = buffers[(j, "running_mean")].view(-1), buffers[(j, "running_var")].view(-1)
         w, b = weight.reshape(-1), bias.reshape(-1)
         if layout == IMAGE:
             return F.batch_norm(h, mean, var, w, b, self.training, bn.momentum, bn.eps), IMAGE
@@ -246,6 +280,11 @@ class FusedNet(MemberStack):
         if tape is not None:
             tape.append(noise.mul)
         return h * noise, layout
+
+
+def param_layers(model: Classifier) -> list[nn.Module]:
+    """Linear/Conv/BatchNorm layers of a member, input side first: what gets stacked."""
+    return [m for m in model.body.modules() if isinstance(m, _PARAM_LAYERS)]
 
 
 def _linear_backward(w: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,19 @@ import torch
 from .config import ModelConfig, TrainConfig
 from .data import Splits
 from .errors import TunetrackError
-from .fused_fields import SHARED_MODEL_FIELDS, SHARED_TRAIN_FIELDS, differences
-from .fused_net import FusedNet
+from .fused_fields import (
+    FUSABLE_FAMILIES,
+    SHARED_MODEL_FIELDS,
+    SHARED_TRAIN_FIELDS,
+    cpu_fuse_max_macs,
+    differences,
+)
+from .fused_functional import FunctionalStack, functional_problem, stack_user_networks
+from .fused_net import FusedNet, fusing_pays
 from .fused_optim import FusedOptimizer, MemberSchedule
-from .nets import Classifier, create
+from .metrics import ScoreFn, score
+from .nets import Classifier, create, model_path
+from .train import _has_conv
 from .trainer_core import (
     EpochBook,
     EpochCallback,
@@ -67,6 +76,39 @@ def group_differences(members: Sequence[Member]) -> list[str]:
     """Fields the members must share but do not (`model.width`, `train.batch_size`, ...)."""
     return (differences("model", SHARED_MODEL_FIELDS, [m.model for m in members])
             + differences("train", SHARED_TRAIN_FIELDS, [m.train for m in members]))
+
+
+def unfused_reason(cfg: ModelConfig, splits: Splits, batch_size: int, device: torch.device
+                   ) -> str | None:
+    """Why trials of this architecture should train unfused (one line), or None: a family
+    that cannot fuse, a user network `vmap` cannot run (`functional_problem`), or members
+    too big to gain on a CPU (`fusing_pays`)."""
+    user = model_path(cfg) is not None
+    if not user and cfg.family not in FUSABLE_FAMILIES:
+        return f"model.family {cfg.family} does not fuse"
+    if user:
+        network = create(cfg, splits.input_shape, splits.n_classes, splits.mean, splits.std,
+                         seed=0)
+        problem = functional_problem(network, splits.train.x[:2], splits.n_classes)
+        if problem is not None:
+            return problem
+    if not fusing_pays(cfg, splits.input_shape, splits.n_classes, batch_size, device):
+        return (f"its members would take more than {cpu_fuse_max_macs(user) / 1e6:.0f} M "
+                f"multiply-adds per step on CPU, where fusing gains little")
+    return None
+
+
+def stack_members(members: Sequence[Member], splits: Splits, device: torch.device
+                  ) -> FusedNet | FunctionalStack:
+    """The members as one network: tunetrack's MLP/CNN layer by layer (`FusedNet`), the
+    user's own network through torch.func (`FunctionalStack`)."""
+    configs, seeds = [m.model for m in members], [m.train.seed for m in members]
+    if model_path(configs[0]) is None:
+        return FusedNet.create(configs, seeds, splits.input_shape, splits.n_classes,
+                               splits.mean, splits.std, device)
+    networks = [create(cfg, splits.input_shape, splits.n_classes, splits.mean, splits.std,
+                       seed=seed) for cfg, seed in zip(configs, seeds, strict=True)]
+    return stack_user_networks(networks, splits.train.x[:2], splits.n_classes, device)
 
 
 def member_loss_grad(logits: torch.Tensor, targets: Targets, smoothing: torch.Tensor | None
@@ -146,15 +188,18 @@ class FusedTrainer(TrainerCore):
     shrinks); `on_done(result)` gets each finished member at once, before its slot is
     refilled; `on_epoch(rows)` gets every training member's (member, result) of a group
     epoch before any member's callbacks run (the search side reports them to Optuna at once
-    and reads the study once: `search/pruning_round.py`). `fit()` returns every member's
-    result in finishing order.
+    and reads the study once: `search/pruning_round.py`). `scores` (name -> fn(y_true,
+    y_prob), as `Trainer` takes them) are measured for each member on the validation split
+    every epoch (`EpochResult.scores`). `fit()` returns every member's result in finishing
+    order.
     """
 
     def __init__(self, members: Sequence[Member], splits: Splits, *,
                  device: torch.device | None = None,
                  refill: Callable[[], Member | None] | None = None,
                  on_done: Callable[[MemberResult], None] | None = None,
-                 on_epoch: Callable[[list[tuple[Member, EpochResult]]], None] | None = None):
+                 on_epoch: Callable[[list[tuple[Member, EpochResult]]], None] | None = None,
+                 scores: Mapping[str, ScoreFn] | None = None):
         if not members:
             raise TunetrackError("a fused group needs at least one member")
         differ = group_differences(members)
@@ -164,13 +209,12 @@ class FusedTrainer(TrainerCore):
             check_train_config(member.train)
         cfg = members[0].train  # its shared fields are the group's, its seed the stream's
         device = self.device_for(cfg, device)
-        channels_last = members[0].model.family != "mlp" and splits.train.x.dim() == 4
+        self.net = stack_members(members, splits, device)
+        channels_last = _has_conv(self.net.templates[0]) and splits.train.x.dim() == 4
         super().__init__(cfg, splits, device, channels_last)
         self.splits = splits
         self.refill, self.on_done, self.on_epoch = refill, on_done, on_epoch
-        self.net = FusedNet.create([m.model for m in members],
-                                   [m.train.seed for m in members], splits.input_shape,
-                                   splits.n_classes, splits.mean, splits.std, device)
+        self.scores = dict(scores or {})
         # bf16 autocast on CUDA; fp16 would need a GradScaler aware of per-member steps
         if self.amp_dtype != torch.bfloat16:
             self.amp_dtype = None
@@ -220,30 +264,44 @@ class FusedTrainer(TrainerCore):
         return loss_sum, correct, sum(map(len, targets))
 
     @torch.inference_mode()
-    def _validate(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _validate(self) -> tuple[torch.Tensor, torch.Tensor, int, list[dict[str, float]]]:
+        """Each member's summed loss and correct count on the validation split, the number
+        of images, and each member's scores (none without `scores`)."""
         net, k = self.net, self.net.k
         net.eval()
         loss_sum = torch.zeros(k, device=self.device)
         correct = torch.zeros(k, device=self.device, dtype=torch.long)
         seen = 0
+        kept, labels = [], []  # for the scores: every batch's logits [K, n, C]
         for x, y in self.val_data.iterate(self.eval_batch_size):
             with self.autocast():
                 logits = net(x).float()
             loss_sum += mixed_losses(logits, ((y, 1.0),), None) * len(y)
             correct += (logits.argmax(-1) == y).sum(1)
             seen += len(y)
-        return loss_sum, correct, seen
+            if self.scores:
+                kept.append(logits)
+                labels.append(y)
+        if not kept:
+            return loss_sum, correct, seen, [{} for _ in range(k)]
+        prob, y = torch.cat(kept, 1).softmax(-1), torch.cat(labels)
+        return loss_sum, correct, seen, [
+            {name: score(name, fn, y, prob[i]) for name, fn in self.scores.items()}
+            for i in range(k)]
 
     # ---- the group's life ---------------------------------------------------------------
 
     def _fit(self) -> list[MemberResult]:
         results: list[MemberResult] = []
+        # randomness inside a user's network (`FunctionalStack`) draws from torch's global
+        # generator: seeded with the group's seed, a group can be replayed
+        torch.manual_seed(self.cfg.seed)
         while self.slots:
             start = time.perf_counter()
             for slot in self.slots:
                 slot.begin_epoch(slot.schedule.lr)
             loss_sum, correct, seen = self._train_epoch()
-            val_loss, val_correct, seen_val = self._validate()
+            val_loss, val_correct, seen_val, scores = self._validate()
             # the one host sync of the epoch
             stats = torch.stack([loss_sum, correct.float(), val_loss, val_correct.float()])
             sums = list(zip(*stats.tolist(), strict=True))  # per member
@@ -252,6 +310,7 @@ class FusedTrainer(TrainerCore):
             for k, slot in enumerate(self.slots):
                 res = EpochResult.from_sums(len(slot.fit.history), sums[k], seen, seen_val,
                                             slot.lr, seconds)
+                res.scores = scores[k]
                 slot.observe(res, lambda k=k: self.net.member_state(k))
                 epoch_results.append(res)
             self.optimizer.after_epoch([r.val_loss for r in epoch_results])
@@ -297,7 +356,7 @@ class FusedTrainer(TrainerCore):
         splits = self.splits
         model = create(member.model, splits.input_shape, splits.n_classes, splits.mean,
                        splits.std, seed=member.train.seed)
-        self.net.replace_member(k, model, member.model.dropout, member.train.seed)
+        self.net.replace_member(k, model, member.model, member.train.seed)
         schedule = MemberSchedule(member.train, self.steps_per_epoch)
         self.optimizer.replace(k, schedule)
         self.slots[k] = _Slot(member, schedule)

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunetrack.models.choices import FAMILIES
 from tunetrack.models.errors import TunetrackError
-from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES, is_shared
+from tunetrack.models.fused_fields import (
+    CPU_FUSE_MAX_MACS,
+    CPU_FUSE_MAX_MACS_USER,
+    FUSABLE_FAMILIES,
+    is_shared,
+)
 
 from .config import StudySpec
 
@@ -23,12 +29,22 @@ GROUP_TAG = "tunetrack.fused_group"  # the same on the trial's MLflow run
 UNFUSED_SAMPLERS = ("grid",)
 
 
+def user_networks(spec: StudySpec, families: list[Any] | None) -> list[str]:
+    """The study's own networks, which fuse through torch.func: `model.class_path` (it
+    replaces any family), else the families that are plugins (not tunetrack's)."""
+    path = spec.model.class_path
+    if path is not None:
+        choices = getattr(path, "choice", None)  # a searched class_path: each choice
+        return [str(p) for p in choices] if choices is not None else [str(path)]
+    return [str(f) for f in families or [] if f not in FAMILIES]
+
+
 def fuse_problems(spec: StudySpec, families: list[Any] | None) -> list[str]:
     """Why `search.fuse` cannot work for this study (one line each); [] when it can.
 
     `families`: every `model.family` the study can draw (None: the default family)."""
     k = spec.search.fuse
-    if k == 1:
+    if k == 1 or user_networks(spec, families):
         return []
     families = families or ["mlp"]
     if not any(f in FUSABLE_FAMILIES for f in families):
@@ -56,13 +72,26 @@ def fuse_notes(spec: StudySpec, families: list[Any] | None) -> list[str]:
     if spec.search.sampler in UNFUSED_SAMPLERS:
         return [f"search.fuse: {k} ignored: the {spec.search.sampler} sampler hands out whole "
                 f"parameter sets one at a time, so trials train unfused (fuse: 1)"]
-    other = [f for f in families or [] if f not in FUSABLE_FAMILIES]
+    own = user_networks(spec, families)
+    other = ([] if spec.model.class_path is not None  # it replaces every family
+             else [f for f in families or [] if f not in (*FUSABLE_FAMILIES, *own)])
+    limit = f"{CPU_FUSE_MAX_MACS / 1e6:.0f} M"
+    if spec.model.class_path is not None:
+        limit = f"{CPU_FUSE_MAX_MACS_USER / 1e6:.0f} M"
+    elif own:
+        limit += f" ({', '.join(own)}: {CPU_FUSE_MAX_MACS_USER / 1e6:.0f} M)"
     notes = [f"search.fuse: up to {k} trials train at once as one model; they share "
              f"architecture, batch size, augmentation and batch order; each has its own "
              f"optimizer, schedule and recipe (docs/fused_trials.md)",
-             f"search.fuse: on a CPU only architectures of at most "
-             f"{CPU_FUSE_MAX_MACS / 1e6:.0f} M multiply-adds per trial and training step "
-             f"fuse (larger ones gain little there); on a GPU every group does"]
+             f"search.fuse: on a CPU only architectures of at most {limit} multiply-adds "
+             f"per trial and training step fuse (larger ones gain little there); on a GPU "
+             f"every group does"]
+    if own:
+        notes.append(f"search.fuse: {', '.join(own)}: a group's trials share its init_args and "
+                     f"train as one model through torch.func (vmap); a network vmap cannot "
+                     f"run trains unfused, and `run -v` says why; dropout inside it draws "
+                     f"each member's masks from torch's generator, not the masks of the "
+                     f"same trial alone")
     if other:
         notes.append(f"search.fuse: trials that draw model.family {', '.join(other)} train "
                      f"unfused")

@@ -24,9 +24,9 @@ import torch
 
 from tunetrack.models import EpochResult, Trainer
 from tunetrack.models.cost import CostMeter
-from tunetrack.models.fused_fields import CPU_FUSE_MAX_MACS, FUSABLE_FAMILIES
-from tunetrack.models.fused_net import fusing_pays
-from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult
+from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult, unfused_reason
+from tunetrack.models.nets import model_path
+from tunetrack.models.user_code import UserCodeError, last_line
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
 from .objective import Objective, PruningCallback
@@ -103,7 +103,8 @@ class MemberTrials:
         member = result.member
         # its device time: its share of each group epoch (`EpochResult.epoch_seconds`)
         entry.meter.device_seconds += sum(r.epoch_seconds for r in result.fit.history)
-        evaluator = Trainer(result.model, member.train, self.splits, device=self.device)
+        evaluator = Trainer(result.model, member.train, self.splits, device=self.device,
+                            scores=self.objective.scores)
         try:  # an error here fails this member and the group's others (`_train`)
             value = self.objective.conclude(entry.trial, result.fit, evaluator, entry.pruning,
                                             entry.run, entry.meter)
@@ -191,18 +192,15 @@ class FusedStudy:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         return len(study.get_trials(deepcopy=False, states=states)) < search.n_startup_trials
 
-    def _pays(self, leader: optuna.Trial, cfg: Any) -> bool:
-        """Would a group of the leader's architecture be faster than its members one by
-        one (`fusing_pays`: on CPU, small members only)? If not, the leader trains alone
-        and the next trial may lead a group of another architecture."""
-        splits = self.splits
-        if fusing_pays(cfg.model, splits.input_shape, splits.n_classes, cfg.train.batch_size,
-                       self.device):
-            return True
-        _log.info("trial %d trains unfused: its members would take more than %.0f M "
-                  "multiply-adds per step on CPU, where fusing gains little",
-                  leader.number, CPU_FUSE_MAX_MACS / 1e6)
-        return False
+    def _fuses(self, leader: optuna.Trial, cfg: Any) -> bool:
+        """Can a group of the leader's architecture train as one, faster than its members
+        one by one (`unfused_reason`: a family that fuses, a user network vmap can run, on
+        CPU small members only)? If not, the leader trains alone and the next trial may
+        lead a group of another architecture."""
+        reason = unfused_reason(cfg.model, self.splits, cfg.train.batch_size, self.device)
+        if reason is not None:
+            _log.info("trial %d trains unfused: %s", leader.number, reason)
+        return reason is None
 
     def _more(self, study: optuna.Study) -> bool:
         """May this process start another trial? (its budget, the study's budget shared by
@@ -225,8 +223,7 @@ class FusedStudy:
         study = leader.study
         sampled = self.space.sample(leader)
         cfg = self.space.resolve(sampled, device=str(self.device))
-        if (self.k == 1 or cfg.model.family not in FUSABLE_FAMILIES or self._starting(study)
-                or not self._pays(leader, cfg)):
+        if self.k == 1 or self._starting(study) or not self._fuses(leader, cfg):
             return self.run_trial(leader)  # re-sampling returns the values already drawn
         self.mark_owner(leader)
         group = f"g{leader.number}"
@@ -290,7 +287,7 @@ class FusedStudy:
             trainer = FusedTrainer(members, self.splits, device=self.device,
                                    refill=lambda: self._refill(study, shared, group),
                                    on_done=self.members.finish,
-                                   on_epoch=self._report)
+                                   on_epoch=self._report, scores=self.objective.scores)
             trainer.fit()
         except torch.cuda.OutOfMemoryError:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
@@ -308,7 +305,12 @@ class FusedStudy:
                 self._train(study, pending[start:start + self.k], shared, group)
         except BaseException as exc:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
-            self.members.fail(pending, f"{type(exc).__name__}: {exc}")
+            user = (isinstance(exc, Exception) and not isinstance(exc, UserCodeError)
+                    and model_path(members[0].model) is not None)
+            reason = last_line(exc) if user else f"{type(exc).__name__}: {exc}"
+            self.members.fail(pending, reason)
+            if user:  # inside the user's network: its trials fail, the study goes on
+                raise UserCodeError(reason) from exc
             raise
 
 

@@ -62,9 +62,8 @@ def test_tape_gradients_are_autograds(activation, batch_norm, device):
                                    atol=logits_tol)
         torch.testing.assert_close(losses, graphed_losses.detach(), rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(taped.flat_grad, graphed.flat_grad, rtol=1e-5, atol=1e-7)
-        for j, buffers in taped.bn.items():  # running statistics moved alike
-            for name, value in buffers.items():
-                torch.testing.assert_close(value, graphed.bn[j][name])
+        for key, value in taped.stacked_buffers.items():  # running statistics moved alike
+            torch.testing.assert_close(value, graphed.stacked_buffers[key])
 
 
 def test_the_gradient_reaches_each_members_own_rows():
