@@ -76,3 +76,14 @@ def test_the_study_runs_four_trials_and_promotes_its_best(ran, example):
     promoted = tunetrack("promote", "own-model", cwd=work)
     assert promoted.returncode == 0, promoted.stderr
     assert "champion" in promoted.stdout
+
+
+def test_the_fused_variant_trains_its_trials_as_one_group(example):
+    folder, work = example
+    result = tunetrack("run", str(folder / "study_fused.yaml"), "--no-progress", cwd=work)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="own-model-fused",
+                              storage=f"sqlite:///{work}/tunetrack.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert {t.user_attrs.get("fused_group") for t in study.trials} == {"g0"}  # one group
+    assert study.best_value > 0.3

@@ -23,3 +23,18 @@ class SmallConvNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class SmallMLP(nn.Module):
+    """A network small enough that a CPU gains from training several trials of it at once
+    (study_fused.yaml): trials that share `hidden` train as one model through torch.func."""
+
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int], hidden: int = 64):
+        super().__init__()
+        c, h, w = in_shape
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
