@@ -204,11 +204,12 @@ class Writer(Lanes):
         end_run(client_for(me.study.uri), me.run_id, state, reason)
 
     def finish_study(self, study: str, trials: list, directions: list[str],
-                     drawing: bool = False) -> None:
+                     drawing: bool = False, status: str = "FINISHED") -> None:
         """Plots, trials.csv, best params and report.html on the parent run, which then
-        ends FINISHED unless trials of the study still run (other workers): the last one to
-        finish leaves the final picture. Runs left RUNNING by dead workers are ended first.
-        Drawn here on the slow lane, after the last trial's own files."""
+        ends `status` (FINISHED; KILLED for a study stopped by a signal) unless trials of
+        the study still run (other workers): the last one to finish leaves the final
+        picture. Runs left RUNNING by dead workers are ended first. Drawn here on the slow
+        lane, after the last trial's own files."""
         from ..pictures import log_study_summary, study_copy, write_study_artifacts
 
         state = self._studies.get(study)
@@ -226,7 +227,7 @@ class Writer(Lanes):
         drawn = write_study_artifacts(copy, folder, self._drawer, drawing=drawing,
                                       meanwhile=meanwhile)
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
-                          folder, drawn.skipped)
+                          folder, drawn.skipped, status=status)
 
 
 
