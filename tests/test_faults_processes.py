@@ -163,3 +163,47 @@ def test_sigterm_to_the_launcher_reaches_every_worker_with_exit_143(tmp_path):
     stopped = [t for t in trials if t.state.name == "FAIL"]
     assert len(stopped) == 2
     assert {t.user_attrs["reason"] for t in stopped} == {"terminated (SIGTERM)"}
+
+
+@pytest.mark.slow
+def test_a_killed_tracking_helper_is_replaced_and_nothing_is_lost(tmp_path):
+    """The helper is frozen while a trial completes (its record then waits, unanswered, in
+    the study process) and killed: a new helper takes over, writes that record with its
+    model, keeps the next trial's run (one run per trial), ends every run, and `promote`
+    finds the best trial's model."""
+    file = write_study(tmp_path, **{**LONG_TRIALS, "n_trials": 4,
+                                    "tracking": {"enabled": True, "log_models": "all"}})
+    proc = subprocess.Popen([*CLI, "run", str(file), "--no-progress"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    storage = f"sqlite:///{tmp_path}/tunetrack.db"
+    try:
+        wait_mid_trial(storage, "tiny", max_epochs=40, user_attr="mlflow_run_id")
+        (helper,) = children(proc.pid)
+        os.kill(helper, signal.SIGSTOP)
+        deadline = time.monotonic() + 240
+        while len(_complete(storage)) < 2:  # a trial completes while the helper is frozen
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(helper, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    assert "a new one took over" in stderr and "Traceback" not in stderr, stderr
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    by_trial = [r for r in runs if r.data.tags.get(T.ROLE) != T.ROLE_PARENT]
+    assert sorted(int(r.data.tags[T.OPTUNA_TRIAL]) for r in by_trial) == [0, 1, 2, 3]
+    assert all(T.MODEL_ID in r.data.tags for r in by_trial)  # log_models: all
+    promoted = subprocess.run([*CLI, "promote", "tiny", "--model-name", "tiny-model"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert promoted.returncode == 0, promoted.stderr
+
+
+def _complete(storage: str) -> list:
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
