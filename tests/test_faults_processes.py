@@ -207,3 +207,25 @@ def test_a_killed_tracking_helper_is_replaced_and_nothing_is_lost(tmp_path):
 def _complete(storage: str) -> list:
     study = optuna.load_study(study_name="tiny", storage=storage)
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+@pytest.mark.slow
+def test_two_promotes_at_once_register_one_version_and_record_one_decision(tmp_path):
+    """Two `tunetrack promote` started together: one promotes (version 1, one history
+    entry), the other then finds the candidate already champion and records nothing."""
+    from tunetrack.tracking import promotion_history
+
+    file = write_study(tmp_path, n_trials=2, max_epochs=3, tracking={"enabled": True})
+    ran = subprocess.run([*CLI, "run", str(file), "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    procs = [subprocess.Popen([*CLI, "promote", "tiny", "--model-name", "tiny-model"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    versions = MlflowClient(uri).search_model_versions("name = 'tiny-model'")
+    assert [str(v.version) for v in versions] == ["1"], outputs
+    assert len(promotion_history("tiny-model", tracking_uri=uri)) == 1, outputs
+    assert sorted("already" in out for out in outputs) == [False, True], outputs
