@@ -154,47 +154,42 @@ def _fit_width(wide: bool) -> int | None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C into one
-    line and exit code 130 (the running trial was already marked FAIL on its way out)."""
+    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C (SIGTERM)
+    into one line and exit code 130 (143) (the running trial was already marked FAIL on its
+    way out; search/termination.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .termination import exit_code, interruption
+
         try:
             return fn(*args, **kwargs)
         except TunetrackError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            _say_interrupted()
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            _say_interrupted(exc)
+            raise typer.Exit(exit_code(exc)) from None
         except Exception as exc:
-            if not _raised_by_interrupt(exc):
-                raise  # a bug: keep the traceback
-            _say_interrupted()  # e.g. a database call cut off by Ctrl-C
-            raise typer.Exit(130) from None
+            # e.g. a database call cut off by Ctrl-C; a trial left RUNNING that way is
+            # failed by the next command. Without an interrupt behind it: a bug, traceback.
+            interrupt = interruption(exc)
+            if interrupt is None:
+                raise
+            _say_interrupted(interrupt)
+            raise typer.Exit(exit_code(interrupt)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _say_interrupted() -> None:
+def _say_interrupted(exc: KeyboardInterrupt) -> None:
     """One line; none from the workers of `run --workers N`, whose launcher prints the one
     summary line (with their exit codes) instead of N copies."""
     from .shared_study import WORKER_INDEX_ENV
+    from .termination import one_line
 
     if WORKER_INDEX_ENV not in os.environ:
-        typer.echo("interrupted", err=True)
-
-
-def _raised_by_interrupt(exc: BaseException | None) -> bool:
-    """True when `exc` happened while a Ctrl-C was being handled (its context chain holds
-    the KeyboardInterrupt); a trial left RUNNING that way is failed by the next command."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        seen.add(id(exc))
-        exc = exc.__context__
-    return False
+        typer.echo(one_line(exc), err=True)
 
 
 def _console(*, wide: bool = False):
@@ -792,10 +787,12 @@ def main() -> None:
     ~1 s on a 2-core machine and is the larger part of what a study waited for after its
     last trial."""
     from .startup_gc import pause
+    from .termination import exit_code, raise_on_sigterm
 
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if command in ("run", "worker"):
         pause()  # until the first trial's trainer is built (startup_gc.py)
+        raise_on_sigterm()  # docker stop, Kubernetes: as Ctrl-C (termination.py)
     try:
         app(prog_name="tunetrack")
         code = 0
@@ -807,10 +804,10 @@ def main() -> None:
     if helper is not None:
         try:
             helper.HELPER.close()  # everything the tracking helper was given is written
-        except KeyboardInterrupt:  # a second Ctrl-C while the record is written: one line
-            if code != 130:
-                _say_interrupted()
-            code = 130
+        except KeyboardInterrupt as exc:  # a second Ctrl-C while the record is written
+            if code not in (130, 143):  # one line
+                _say_interrupted(exc)
+            code = code if code in (130, 143) else exit_code(exc)
     uri = sys.modules.get("tunetrack.tracking.store.sqlite")
     if uri is not None:
         uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files

@@ -28,6 +28,7 @@ from tunetrack.models.user_code import UserCodeError, last_line
 from .config import StudySpec
 from .space import SearchSpace
 from .startup_gc import resume as resume_gc
+from .termination import reason as interrupt_reason
 from .user_objects import score_functions
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
     from .pruning_round import PruningRound
 
-INTERRUPTED = "interrupted (SIGINT)"  # the `reason` of a trial stopped by Ctrl-C
 
 
 class PruningCallback:
@@ -99,8 +99,8 @@ class Objective:
             sampled = self.space.sample(trial)
             cfg = self.space.resolve(sampled, device=str(self.device))
             run = self.start_run(trial, sampled, cfg)
-        except KeyboardInterrupt:
-            trial.set_user_attr("reason", INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            trial.set_user_attr("reason", interrupt_reason(exc))
             raise
         state, reason = "FAIL", ""
         meter = CostMeter(self.device).start()
@@ -114,8 +114,8 @@ class Objective:
         except torch.cuda.OutOfMemoryError as exc:
             reason = f"CUDA out of memory: {first_line(exc)}"
             raise
-        except KeyboardInterrupt:
-            reason = INTERRUPTED
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (termination.py)
+            reason = interrupt_reason(exc)
             raise
         except UserCodeError as exc:  # the user's code raised: this trial fails, not the study
             reason = str(exc)

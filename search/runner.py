@@ -195,6 +195,7 @@ def run_study(
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
     plain = Objective(spec, space, splits, dev, tracker, progress=bar)
     optimize = _optimize(spec, study, plain)
+    stopped = False  # by Ctrl-C or SIGTERM: the parent run ends KILLED, not FINISHED
     try:
         with bar if bar is not None else contextlib.nullcontext():
             optimize(
@@ -204,10 +205,13 @@ def run_study(
                 catch=(torch.cuda.OutOfMemoryError, UserCodeError),
                 callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
             )
+    except KeyboardInterrupt:
+        stopped = True
+        raise
     finally:
         resume_gc()
         if tracker is not None:
-            tracker.finish_study(study)
+            tracker.finish_study(study, stopped=stopped)
     return study
 
 

@@ -26,6 +26,8 @@ from tunetrack.tracking.store import (
     use_wal,
 )
 
+from .reconnecting_storage import ENGINE_KWARGS, ReconnectingRDBStorage
+
 DEFAULT_STORAGE = "sqlite:///tunetrack.db"
 # where `run --workers N` keeps a study given no --storage: SQLite locks under parallel
 # writers (search/workers.py), so the reading commands look here too
@@ -73,6 +75,8 @@ def open_storage(
             f"postgresql://USER:PASSWORD@HOST/DB or journal:FILE"
         )
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgres") else {}
+    if sqlite is None:  # a server: its connections may drop (reconnecting_storage.py)
+        engine_kwargs.update(ENGINE_KWARGS)
     if sqlite is not None:
         use_wal(sqlite)  # a third of the cost of each per-epoch `trial.report`
     try:
@@ -80,7 +84,8 @@ def open_storage(
             try:
                 if sqlite is None:
                     _check_database(url, engine_kwargs, create)
-                storage = optuna.storages.RDBStorage(
+                rdb = optuna.storages.RDBStorage if sqlite else ReconnectingRDBStorage
+                storage = rdb(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,

@@ -153,18 +153,23 @@ def plan_workers(
 
 @dataclass
 class WorkersResult:
-    """Exit codes of the workers (negative: killed by that signal) and whether we stopped
-    them on Ctrl-C."""
+    """Exit codes of the workers (negative: killed by that signal) and the signal (SIGINT,
+    SIGTERM) we stopped them with, if any."""
 
     returncodes: list[int] = field(default_factory=list)
-    interrupted: bool = False
+    stopped_by: int | None = None
     seconds: float = 0.0
 
     @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
+
+    @property
     def exit_code(self) -> int:
-        """0 all fine; 130 interrupted; 2 when every worker reported a user error; else 1."""
-        if self.interrupted:
-            return 130
+        """0 all fine; 130 / 143 stopped by Ctrl-C / SIGTERM; 2 when every worker reported a
+        user error; else 1."""
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
         if all(rc == 0 for rc in self.returncodes):
             return 0
         if all(rc == 2 for rc in self.returncodes):
@@ -187,7 +192,8 @@ def launch(
 
     def forward(signum: int, _frame: object) -> None:
         forwarded.append(signum)
-        result.interrupted = True
+        if result.stopped_by is None:
+            result.stopped_by = signum
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum if len(forwarded) == 1 else signal.SIGKILL)

@@ -4,6 +4,7 @@ budget, the stale-trial retry, the resilient tracker and the MLflow server comma
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 import warnings
@@ -109,7 +110,8 @@ def test_exit_code_of_the_launcher():
     assert WorkersResult([0, 0]).exit_code == 0
     assert WorkersResult([2, 2]).exit_code == 2
     assert WorkersResult([0, -9]).exit_code == 1
-    assert WorkersResult([0, 0], interrupted=True).exit_code == 130
+    assert WorkersResult([0, 0], stopped_by=signal.SIGINT).exit_code == 130
+    assert WorkersResult([143, 143], stopped_by=signal.SIGTERM).exit_code == 143
 
 
 def test_workers_of_one_launch_get_distinct_reproducible_sampler_seeds(monkeypatch):

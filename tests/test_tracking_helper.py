@@ -268,7 +268,8 @@ def test_every_trials_record_is_written_when_the_process_exits(tmp_path):
 
 def test_ctrl_c_leaves_no_mlflow_run_running(tmp_path):
     """SIGINT mid-trial: the interrupted trial is FAIL in Optuna, its run FAILED, the
-    parent FINISHED; the helper writes what it was given before the process exits."""
+    parent KILLED (the study was stopped); the helper writes what it was given before the
+    process exits."""
     file = write_study(tmp_path, n_trials=50, max_epochs=40, tracking={"enabled": True},
                        train={"batch_size": 32, "early_stopping": {"patience": None}},
                        search={"pruner": {"type": "none"}})
@@ -285,7 +286,9 @@ def test_ctrl_c_leaves_no_mlflow_run_running(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs) == len(trials) + 1
-    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
+    parents = [r for r in runs if r.data.tags.get(T.ROLE) == T.ROLE_PARENT]
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert {r.info.status for r in runs if r not in parents} <= {"FINISHED", "FAILED"}
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert [r.data.tags[T.OPTUNA_TRIAL] for r in failed] == [str(trials[-1].number)]
 

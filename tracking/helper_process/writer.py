@@ -98,10 +98,11 @@ class Writer(Lanes):
 
     def create_run(self, run: int, study: str, number: int, params: dict[str, str],
                    tags: dict[str, str], trial_yaml: str, system_metrics_s: float | None,
-                   data: Any = None) -> str:
+                   data: Any = None, resume: bool = False) -> str:
         """The trial's child run with its params, `trial.yaml` and, given `data` (the
         trial's `DataConfig`), its splits as dataset inputs (`datasets.py`); returns the
-        run id."""
+        run id. `resume`: sent again after a helper died (`runs/helper_link.py`), so the
+        run the dead helper created for this trial, if any, is taken over instead."""
         from mlflow.entities import Param
 
         from ..runs import dataset_inputs
@@ -112,6 +113,11 @@ class Writer(Lanes):
         if state.parent_run_id is None:  # creating it had failed: try again
             self.start_study(**state.start)
         client = client_for(state.uri)
+        found = self._trial_run(state, number) if resume else None
+        if found is not None:
+            me.run_id, me.artifact_uri = found.info.run_id, found.info.artifact_uri
+            me.broken = False
+            return me.run_id
         info = client.create_run(state.experiment_id, run_name=f"trial-{number}", tags={
             T.PARENT_RUN_ID: state.parent_run_id, **tags}).info
         me.run_id, me.artifact_uri = info.run_id, info.artifact_uri
@@ -132,6 +138,13 @@ class Writer(Lanes):
             me.monitor.start()
         me.broken = False
         return me.run_id
+
+    def _trial_run(self, state: StudyState, number: int) -> Any:
+        """The study's existing child run of trial `number`, or None."""
+        runs = client_for(state.uri).search_runs([state.experiment_id], filter_string=(
+            f"tags.`{T.PARENT_RUN_ID}` = '{state.parent_run_id}' and "
+            f"tags.`{T.OPTUNA_TRIAL}` = '{number}'"), max_results=1)
+        return runs[0] if runs else None
 
     def _live(self, run: int) -> RunState | None:
         me = self._runs.get(run)
@@ -204,11 +217,12 @@ class Writer(Lanes):
         end_run(client_for(me.study.uri), me.run_id, state, reason)
 
     def finish_study(self, study: str, trials: list, directions: list[str],
-                     drawing: bool = False) -> None:
+                     drawing: bool = False, status: str = "FINISHED") -> None:
         """Plots, trials.csv, best params and report.html on the parent run, which then
-        ends FINISHED unless trials of the study still run (other workers): the last one to
-        finish leaves the final picture. Runs left RUNNING by dead workers are ended first.
-        Drawn here on the slow lane, after the last trial's own files."""
+        ends `status` (FINISHED; KILLED for a study stopped by a signal) unless trials of
+        the study still run (other workers): the last one to finish leaves the final
+        picture. Runs left RUNNING by dead workers are ended first. Drawn here on the slow
+        lane, after the last trial's own files."""
         from ..pictures import log_study_summary, study_copy, write_study_artifacts
 
         state = self._studies.get(study)
@@ -226,7 +240,7 @@ class Writer(Lanes):
         drawn = write_study_artifacts(copy, folder, self._drawer, drawing=drawing,
                                       meanwhile=meanwhile)
         log_study_summary(client, state.parent_run_id, state.name, trials, directions,
-                          folder, drawn.skipped)
+                          folder, drawn.skipped, status=status)
 
 
 

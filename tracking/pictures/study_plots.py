@@ -237,9 +237,10 @@ def write_study_artifacts(study: optuna.Study, out: Path, drawer: PlotDrawer | N
 
 
 def log_study_summary(client, parent_run_id: str, name: str, trials: list,
-                      directions: list[str], folder: Path, skipped: dict[str, str]) -> None:
+                      directions: list[str], folder: Path, skipped: dict[str, str], *,
+                      status: str = "FINISHED") -> None:
     """The study's files (drawn into `folder`, removed here), counts and best trial on the
-    parent run, which ends FINISHED unless trials of the study are still running or
+    parent run, which ends `status` unless trials of the study are still running or
     waiting (other workers)."""
     import shutil
 
@@ -270,4 +271,4 @@ def log_study_summary(client, parent_run_id: str, name: str, trials: list,
     client.log_batch(parent_run_id, metrics=metrics,
                      tags=[RunTag(k, v) for k, v in tags.items()])
     if not counts["running"] and not counts["waiting"]:
-        client.set_terminated(parent_run_id, "FINISHED")
+        client.set_terminated(parent_run_id, status)

@@ -242,14 +242,25 @@ def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
     """Register the best trial's model and point `alias` at it when the evidence says it
     beats the champion: test accuracy gain >= `min_improvement` and exact McNemar p <
     `alpha`. Every decision (promoted or refused after a comparison) goes into the
-    history; `dry_run` decides and changes nothing."""
+    history; `dry_run` decides and changes nothing. Promotions of one model run one at a
+    time (`promotion_lock`): each decides on what the one before it left."""
     from ..runs import HELPER
     from ..store import open_client
+    from .promotion_lock import promotion_lock
 
     _validate(model_name, alias, min_improvement, alpha)
-    _, client = open_client(tracking_uri)
+    uri, client = open_client(tracking_uri)
     HELPER.flush()  # runs this process is still writing
     candidate = _find_candidate(client, study)
+    with contextlib.nullcontext() if dry_run else promotion_lock(uri, model_name):
+        return _decide(client, study, candidate, model_name=model_name, alias=alias,
+                       min_improvement=min_improvement, alpha=alpha, dry_run=dry_run)
+
+
+def _decide(client: MlflowClient, study: optuna.Study, candidate: _Candidate, *,
+            model_name: str, alias: str, min_improvement: float, alpha: float,
+            dry_run: bool) -> PromotionResult:
+    """Read the champion, judge the candidate against it, register or refuse."""
     registered = _registered(client, model_name)
     if registered is not None:
         _check_owner(registered, study.study_name)

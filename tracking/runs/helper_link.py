@@ -17,6 +17,13 @@ study's record is complete when its process ends.
 
 Ctrl-C goes to the study, not the helper (its own session, SIGINT ignored); when the
 study process dies, the helper's stdin closes and it exits after what it was given.
+
+When the helper dies (killed, out of memory), a new one takes over (at most
+`MAX_RESTARTS` times): every message not yet answered is kept here, with each study's
+`start_study` and each open run's `create_run`, and is sent again; the new helper finds a
+run the old one had created by its trial number instead of creating another
+(`Writer.create_run(resume=True)`), so no run is left RUNNING and no completed trial's
+model is lost.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ FAST_FAIL_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 _THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+MAX_RESTARTS = 3  # a helper that keeps dying (a message that kills it) is given up on
+Message = tuple[str, dict[str, Any]]  # (op, kwargs)
 
 
 class Helper:
@@ -57,6 +66,13 @@ class Helper:
         self._results: dict[int, Any] = {}
         self._wanted: set[int] = set()  # seqs whose result someone will ask for
         self._dead = False
+        # what a new helper needs after a crash: unanswered messages, each study's start
+        # and each open run's creation (seq, message), until the run's end is answered
+        self._unanswered: dict[int, Message] = {}
+        self._studies: dict[Any, tuple[int, Message]] = {}
+        self._open_runs: dict[Any, tuple[int, Message]] = {}
+        self._restarts = 0
+        self._closing = False
 
     @property
     def pid(self) -> int | None:
@@ -75,8 +91,15 @@ class Helper:
     def _ensure_started(self) -> None:
         if self._owner == os.getpid() and self._proc is not None:
             return
-        self._owner, self._dead = os.getpid(), False
-        self._outbox, self._pending, self._results = queue.SimpleQueue(), set(), {}
+        self._owner, self._dead, self._closing, self._restarts = os.getpid(), False, False, 0
+        self._pending, self._results = set(), {}
+        self._unanswered, self._studies, self._open_runs = {}, {}, {}
+        self._spawn()
+        atexit.register(self.close)
+
+    def _spawn(self) -> None:
+        """A new helper process with its own outbox and the two threads that serve it."""
+        self._outbox = queue.SimpleQueue()
         env = {**FAST_FAIL_ENV, **os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
         env.update(dict.fromkeys(_THREAD_POOLS, "1"))  # the trials own the cores
         self._proc = subprocess.Popen(
@@ -85,7 +108,6 @@ class Helper:
         for target, name in ((self._write_loop, "send"), (self._read_loop, "receive")):
             threading.Thread(target=target, args=(self._proc, self._outbox), daemon=True,
                              name=f"tunetrack-helper-{name}").start()
-        atexit.register(self.close)
 
     def send(self, op: str, *, want_result: bool = False, **kwargs: Any) -> int | None:
         """Queue `op(**kwargs)` for the helper; returns its sequence number (None when the
@@ -99,8 +121,17 @@ class Helper:
             self._pending.add(seq)
             if want_result:
                 self._wanted.add(seq)
-        self._outbox.put((seq, op, kwargs))
+            self._keep(seq, op, kwargs)
+            self._outbox.put((seq, op, kwargs))  # under the lock: a restart swaps the outbox
         return seq
+
+    def _keep(self, seq: int, op: str, kwargs: dict[str, Any]) -> None:
+        """Remember what a new helper would need if this one died before answering."""
+        self._unanswered[seq] = (op, kwargs)
+        if op == "start_study":
+            self._studies[kwargs["study"]] = (seq, (op, kwargs))
+        elif op == "create_run":
+            self._open_runs[kwargs["run"]] = (seq, (op, {**kwargs, "resume": True}))
 
     def ready(self, seq: int | None) -> bool:
         with self._lock:
@@ -126,11 +157,13 @@ class Helper:
 
     def close(self) -> None:
         """Let the helper finish its work and exit (at interpreter exit)."""
-        proc = self._proc if self._owner == os.getpid() else None
-        if proc is None:
+        if self._owner != os.getpid() or self._proc is None:
             return
         self.flush()
-        self._outbox.put(None)
+        with self._lock:
+            self._closing = True
+            proc = self._proc
+            self._outbox.put(None)
         # a blocking wait in a thread: `Popen.wait(timeout)` polls, and noticed the exit
         # up to 50 ms late, at the very end of every study
         exited = threading.Event()
@@ -168,17 +201,43 @@ class Helper:
             self._answer(seq, value)
         with self._done:
             lost = bool(self._pending)
-            if self._owner == os.getpid() and self._proc is proc:
-                self._dead = True
-            self._pending.clear()
-            self._done.notify_all()
-        if lost:
+            mine = self._owner == os.getpid() and self._proc is proc
+            resent = None
+            if mine and (lost or not self._closing) and self._restarts < MAX_RESTARTS:
+                resent = self._restart()
+            else:
+                self._dead = self._dead or mine
+                self._pending.clear()
+                self._done.notify_all()
+        if resent is not None:
+            _log.warning("warning: the MLflow tracking helper stopped (exit code %s); a new "
+                         "one took over (%d messages sent again)", proc.wait(), resent)
+        elif lost:
             _log.warning("warning: the MLflow tracking helper stopped (exit code %s); the "
                          "study goes on without tracking (Optuna still records every trial)",
                          proc.wait())
 
+    def _restart(self) -> int:
+        """(With the lock held.) A new helper, given again each study's start, each open
+        run's creation (found again, not created twice) and every unanswered message, in
+        the order they were sent; returns how many were sent."""
+        self._restarts += 1
+        self._outbox.put(None)  # the dead helper's sending thread ends
+        self._spawn()
+        context = [*self._studies.values(), *self._open_runs.values()]
+        replay = [(seq if seq in self._unanswered else None, op, kwargs)
+                  for seq, (op, kwargs) in context]
+        replay += [(seq, *self._unanswered[seq]) for seq in sorted(self._unanswered)
+                   if self._unanswered[seq][0] not in ("start_study", "create_run")]
+        for message in replay:
+            self._outbox.put(message)
+        return len(replay)
+
     def _answer(self, seq: int, value: Any) -> None:
         with self._done:
+            op, kwargs = self._unanswered.pop(seq, ("", {}))
+            if op == "end":  # the run is written: a new helper need not know it
+                self._open_runs.pop(kwargs["run"], None)
             self._pending.discard(seq)
             if seq in self._wanted:
                 self._wanted.discard(seq)

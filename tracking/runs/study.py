@@ -124,15 +124,18 @@ class StudyTracker:
                         system_metrics_s=SYSTEM_METRICS_INTERVAL_S if self.system_metrics
                         else None)
 
-    def finish_study(self, study: optuna.Study, *, wait: bool = True) -> None:
-        """Plots, trials.csv and best params on the parent run, which then ends FINISHED,
-        unless trials of the study still run (other workers). `wait`: return once
-        everything this process queued is written."""
+    def finish_study(self, study: optuna.Study, *, wait: bool = True,
+                     stopped: bool = False) -> None:
+        """Plots, trials.csv and best params on the parent run, which then ends FINISHED
+        (KILLED when the study was `stopped` by Ctrl-C or SIGTERM), unless trials of the
+        study still run (other workers). `wait`: return once everything this process
+        queued is written."""
         if self._parent is None and self._parent_id is None:
             self.start_study(study, wait=False)
         HELPER.send("finish_study", study=self._key,
                     trials=study.get_trials(deepcopy=False),
-                    directions=[d.name for d in study.directions])
+                    directions=[d.name for d in study.directions],
+                    status="KILLED" if stopped else "FINISHED")
         self.parent_run_id_of(study, wait=PARENT_WAIT_S if wait else 0.0)
         if wait:
             HELPER.flush()
