@@ -9,6 +9,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                   "promotion_history"),
     "promotion_stats": ("PairedEvidence", "bootstrap_difference_ci", "discordant_counts",
                         "mcnemar_exact_p", "paired_evidence"),
-    "model_io": ("FORMAT_TAG", "load_classifier", "load_pytorch_model", "local_model",
-                 "log_pytorch_model", "predict_logits", "raw_scale"),
+    "model_io": ("FORMAT_TAG", "check_classifier", "load_classifier", "load_pytorch_model",
+                 "local_model", "log_pytorch_model", "predict_logits", "raw_scale"),
 })

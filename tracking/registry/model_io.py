@@ -230,16 +230,22 @@ def load_pytorch_model(model_uri: str, client: MlflowClient) -> tuple[torch.nn.M
     return model, metadata
 
 
+def check_classifier(local: Path, model_uri: str) -> None:
+    """Refuse, in one line, a model whose pyfunc is not `pyfunc_classifier` (one logged
+    by tunetrack before models took images, or not by tunetrack)."""
+    flavor = Model.load(str(local)).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+    if flavor.get("loader_module") != LOADER.stem:
+        raise TunetrackError(f"model {model_uri} takes no images (its pyfunc is "
+                             f"{flavor.get('loader_module', 'missing')}, not tunetrack's "
+                             f"{LOADER.stem}); use a model logged by this tunetrack version")
+
+
 def load_classifier(model_uri: str, client: MlflowClient) -> Any:
     """The pyfunc of `model_uri` (see `local_model`): images in, labels out, the very model
     `tunetrack serve` and `mlflow models serve` answer with."""
     with local_model(model_uri, client) as local:
+        check_classifier(local, model_uri)
         try:
-            flavor = Model.load(local).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
-            if flavor.get("loader_module") != LOADER.stem:
-                raise TunetrackError(
-                    f"model {model_uri} takes normalised tensors, not images (logged by an "
-                    f"older tunetrack); promote a trial logged by this version")
             return mlflow.pyfunc.load_model(str(local))
         except (MlflowException, OSError) as exc:
             raise TunetrackError(f"cannot load model {model_uri}: {first_line(exc)}") from None

@@ -30,6 +30,7 @@ import pandas as pd
 
 IMAGE_COLUMN = "image"
 BATCH = 1024  # images per forward pass: bounds the memory of one large request
+MAX_PIXELS = 40_000_000  # an encoded image larger than this is refused before decoding
 
 
 def _bad(message: str, image: int | None = None) -> Exception:
@@ -112,7 +113,7 @@ class ImageClassifier:
 
     def decode(self, images: list[Any]) -> np.ndarray:
         """Encoded images (base64 text or bytes) -> the batch, decoded as in training."""
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         if not images:
             raise _bad(f"column {IMAGE_COLUMN!r} holds no images")
@@ -121,11 +122,15 @@ class ImageClassifier:
         for i, value in enumerate(images):
             raw = _image_bytes(value, i)
             try:
-                with Image.open(io.BytesIO(raw)) as img:
+                with Image.open(io.BytesIO(raw)) as img:  # reads the header only
+                    if img.width * img.height > MAX_PIXELS:
+                        raise _bad(f"image {i} has {img.width} x {img.height} pixels; at "
+                                   f"most {MAX_PIXELS} are decoded", i)
                     img = img.convert(mode).resize((self.width, self.height), Image.BILINEAR)
                     pixels = np.asarray(img, dtype=np.float32) / 255.0
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                why = ("not a format Pillow reads" if isinstance(exc, UnidentifiedImageError)
+                       else (str(exc).splitlines() or [type(exc).__name__])[0][:120])
                 raise _bad(f"image {i} is not a readable image: {why}", i) from None
             out[i] = pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
         return out
@@ -137,12 +142,11 @@ class ImageClassifier:
         except ValueError:  # ragged nested lists
             x = None
         c, h, w = self.channels, self.height, self.width
-        allowed = (f"(N, {h}, {w})" if c == 1 else "") + f" (N, {h}, {w}, {c}) or " \
-                  f"(N, {c}, {h}, {w})"
+        shapes = [f"(N, {h}, {w})"] * (c == 1) + [f"(N, {h}, {w}, {c})", f"(N, {c}, {h}, {w})"]
+        allowed = ", ".join(shapes[:-1]) + f" or {shapes[-1]}"
         if x is None or x.dtype.kind not in "uif" or x.size == 0:
-            raise _bad(f"inputs must be a non-empty numeric array of shape {allowed.strip()}"
-                       + ("" if x is None else f", got dtype {x.dtype} and shape "
-                          f"{list(x.shape)}"))
+            got = "" if x is None else f", got dtype {x.dtype} and shape {list(x.shape)}"
+            raise _bad(f"inputs must be a non-empty numeric array of shape {allowed}{got}")
         if c == 1 and x.shape[1:] == (h, w):
             x = x[:, None]
         elif x.ndim == 4 and x.shape[1:] == (c, h, w):
@@ -150,7 +154,7 @@ class ImageClassifier:
         elif x.ndim == 4 and x.shape[1:] == (h, w, c):
             x = x.transpose(0, 3, 1, 2)
         else:
-            raise _bad(f"inputs must have shape {allowed.strip()}, got {list(x.shape)}")
+            raise _bad(f"inputs must have shape {allowed}, got {list(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32) / np.float32(self.raw_scale)
         if not np.isfinite(x).all():
             raise _bad("inputs hold NaN or infinite values")
