@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ SERVING_IMPORTS = {"__future__", "base64", "binascii", "io", "os", "typing", "nu
 def test_the_pyfunc_imports_nothing_a_model_does_not_carry():
     """It travels inside each model and runs where tunetrack is not installed (the slow
     test in test_serving.py loads models so in a fresh process)."""
-    tree = ast.parse(open(pyfunc_classifier.__file__).read())
+    tree = ast.parse(Path(pyfunc_classifier.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
