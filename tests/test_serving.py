@@ -229,3 +229,44 @@ def test_models_load_where_tunetrack_cannot_be_imported(champion, tmp_path, monk
     assert champion_got == champion_labels
     assert user_got == user_labels
     assert imported == []
+
+
+def test_the_champion_version_and_run_tell_why(champion):
+    _, uri = champion
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias(NAME, "champion")
+    run = client.get_run(version.run_id)
+    text = version.description
+    assert text.startswith("**Promoted to @champion**") and "first champion" in text
+    n = len(cached_splits(DIGITS).test)
+    assert f"test accuracy {float(version.tags['test_accuracy']):.4f} on n = {n}" in text
+    assert f"data fingerprint {version.tags['data_fingerprint']}" in text
+    assert f"trial #{version.tags['tunetrack.trial']} of study **serve**" in text
+    parent = run.data.tags["mlflow.parentRunId"]
+    assert f"parent run {parent}" in text and f"run {version.run_id}" in text
+    note = run.data.tags["mlflow.note.content"]
+    assert f"{NAME} version {version.version}** (@champion)" in note
+    assert f"#/experiments/{run.info.experiment_id}/runs` (parent run {parent})" in note
+
+
+def test_a_challenge_is_described_with_its_evidence():
+    from tunetrack.tracking.registry.promotion import _evidence_entry
+    from tunetrack.tracking.registry.promotion_notes import version_description
+    from tunetrack.tracking.registry.promotion_stats import paired_evidence
+
+    champion = np.array([1] * 90 + [0] * 10, dtype=bool)
+    candidate = np.array([1] * 88 + [0] * 2 + [1] * 10, dtype=bool)
+    evidence = paired_evidence(champion, candidate)
+    decision = {"at": "2026-12-07T10:00:00+00:00", "alias": "champion", "study": "s",
+                "trial": 7, "run_id": "r7", "n": 100, "candidate_test_accuracy": 0.98,
+                "alpha": 0.05, "min_improvement": 0.01, "champion_version": "3",
+                "reason": "difference +0.0800 >= min_improvement 0.01 and McNemar p = 0.0386 "
+                          "< alpha 0.05", **_evidence_entry(evidence)}
+    text = version_description(decision, fingerprint="fp", parent_run_id="p1",
+                               experiment_id="4")
+    assert "- n = 100 test images" in text
+    assert "- candidate test accuracy 0.9800, champion (version 3) 0.9000" in text
+    assert (f"- difference +0.0800, 95% paired bootstrap CI [{evidence.ci_low:+.4f}, "
+            f"{evidence.ci_high:+.4f}]") in text
+    assert f"exact McNemar p = {evidence.p_value:.4g} (b = 2 " in text and "c = 10 " in text
+    assert "trial #7 of study **s** (experiment 4, parent run p1), run r7" in text
