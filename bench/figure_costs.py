@@ -80,7 +80,8 @@ def trial_costs(folder: Path, repeats: int) -> dict[str, float]:
                                                               done.images),
         "model export (pt2)": lambda: log_pytorch_model(
             client, run_id=run, experiment_id=experiment, model=done.model,
-            example=done.images, metadata={}),
+            example=done.images, metadata={"classes": done.classes, "input_shape": list(
+                done.input_shape), "raw_scale": 1.0}),
     }
     return {name: timed(step, repeats) for name, step in steps.items()}
 

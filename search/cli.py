@@ -740,8 +740,8 @@ def predict(
     tracking_uri: TrackingOpt = None,
     fmt: FormatOpt = OutputFormat.table,
 ) -> None:
-    """Classify images with a registered model: one line per image with its top classes
-    and their probabilities."""
+    """Classify images with a registered model (its own pyfunc, as `serve` answers): one
+    line per image with its top classes and their probabilities."""
     # --top means trials in compare and report; here it meant classes
     classes = _deprecated("predict --top", "--classes", top, classes)
     if model_uri.startswith(("models:/", "runs:/")):
@@ -756,6 +756,30 @@ def predict(
     if out is not None:
         out.write_text(to_csv(records))
     _emit(render(records, fmt.value, prediction_lines))
+
+
+@app.command()
+@user_errors
+def serve(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/digits-classifier@champion")],
+    host: Annotated[str, typer.Option(help="interface to bind; keep 127.0.0.1")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 5002,
+    workers: Annotated[int, typer.Option(
+        min=1, help="server processes (each loads the model; torch threads = cores / workers)")
+    ] = 1,
+    max_body_mb: Annotated[float, typer.Option(
+        min=0.001, help="larger requests get HTTP 400")] = 16.0,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Serve a model over HTTP (MLflow's scoring server, local environment): POST images or
+    pixel arrays to /invocations, get label, probability and probabilities per image."""
+    if model_uri.startswith(("models:/", "runs:/")):
+        _check_tracking_store(tracking_uri, must_exist=True)
+    _quiet_libraries()
+    from tunetrack.tracking.serving import serve as serve_model
+
+    serve_model(model_uri, host=host, port=port, workers=workers, max_body_mb=max_body_mb,
+                tracking_uri=tracking_uri)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -77,6 +77,7 @@ class RunState:
     run_id: str | None = None
     artifact_uri: str = ""
     monitor: Any = None  # mlflow SystemMetricsMonitor
+    data: Any = None  # the trial's DataConfig: the logged model's raw pixel scale
     broken: bool = False  # a write failed: skip the rest of this run's data
 
 

@@ -108,7 +108,7 @@ class Writer(Lanes):
         from ..runs import dataset_inputs
 
         state = self._studies[study]
-        me = self._runs[run] = RunState(state, number, broken=True)  # until written
+        me = self._runs[run] = RunState(state, number, broken=True, data=data)  # until written
         self._answering(state.uri, new_run=True)
         if state.parent_run_id is None:  # creating it had failed: try again
             self.start_study(**state.start)
@@ -187,13 +187,14 @@ class Writer(Lanes):
             self._upload(me, Path(tmp))
         tags, model_id = {T.STOP_REASON: record.stop_reason}, None
         if record.log_model:
-            from ..registry import FORMAT_TAG, log_pytorch_model
+            from ..registry import FORMAT_TAG, log_pytorch_model, raw_scale
 
             model_id, fmt = log_pytorch_model(
                 client_for(me.study.uri), run_id=me.run_id,
                 experiment_id=me.study.experiment_id, model=record.model,
                 example=record.images, metadata={
                     "classes": list(record.classes), "input_shape": list(record.input_shape),
+                    "raw_scale": raw_scale(me.data),
                     "data_fingerprint": record.data_fingerprint, "study": me.study.name,
                     "trial": me.number, "run_id": me.run_id},
                 tags={T.STUDY: me.study.name, T.TRIAL: str(me.number)})

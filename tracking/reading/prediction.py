@@ -1,9 +1,10 @@
 """Classify image files with a logged or registered model (e.g. `models:/NAME@champion`).
 
-Class names and the input shape travel inside the model (MLmodel metadata written by
-`run_contents.CompletedTrial`), so any copy of the model is self-describing. Images are decoded
-by the same function the `imagefolder` dataset uses for training, so what the model sees
-here matches what it was trained on (same channel conversion, bilinear resize, [0, 1]).
+The files go, as they are, through the model's own pyfunc (`registry.pyfunc_classifier`):
+the code that `tunetrack serve`, `mlflow models serve` and `mlflow.pyfunc.load_model` run,
+so the command line and the served model cannot disagree. Class names and preprocessing
+travel inside the model; its decoder is the training decoder's twin (same channel
+conversion, bilinear resize, [0, 1]: tests/test_serving_model.py checks they agree).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def predict(model_uri: str, path: str | Sequence[str], *, top: int = 3,
             tracking_uri: str | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-`top` classes with probabilities for each image in the files and folders `path`
     (one or several: the model is loaded once for all of them)."""
-    import torch
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
 
-    from tunetrack.models.data import decode_images
+    from tunetrack.models.errors import first_line
 
-    from ..registry import load_pytorch_model, predict_logits
+    from ..registry import load_classifier
     from ..store import open_client
 
     if top < 1:
@@ -49,19 +51,13 @@ def predict(model_uri: str, path: str | Sequence[str], *, top: int = 3,
     files = list(dict.fromkeys(f for p in paths for f in _image_files(Path(p).expanduser())))
     # a store is asked only for a model it holds, not for a plain folder or artifact URI
     _, client = open_client(tracking_uri, check=model_uri.startswith(("models:/", "runs:/")))
-    model, metadata = load_pytorch_model(model_uri, client)
-    classes, shape = metadata.get("classes"), metadata.get("input_shape")
-    if not classes or not shape:
-        raise TunetrackError(f"model {model_uri} carries no class names / input shape; it was "
-                             f"not logged by tunetrack")
-    channels, height, width = (int(s) for s in shape)
-    if height != width or channels not in (1, 3):
-        raise TunetrackError(f"model {model_uri} takes {channels}x{height}x{width} inputs; "
-                             f"predict supports square 1- or 3-channel images")
-    x = torch.from_numpy(decode_images(files, height, "L" if channels == 1 else "RGB"))
-    probabilities = predict_logits(model, x).softmax(1)
-    k = min(top, len(classes))
-    values, indices = probabilities.topk(k, dim=1)
-    return [(str(file), [(classes[i], float(p)) for p, i in zip(v.tolist(), idx.tolist(),
-                                                                 strict=True)])
-            for file, v, idx in zip(files, values, indices, strict=True)]
+    model = load_classifier(model_uri, client)
+    try:
+        rows = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    except MlflowException as exc:
+        index = getattr(exc, "image_index", None)
+        where = f"cannot read image {files[index]}" if index is not None else "cannot predict"
+        raise TunetrackError(f"{where}: {first_line(exc)}") from None
+    ranked = [sorted(p.items(), key=lambda kv: -kv[1])[:top] for p in rows["probabilities"]]
+    return [(str(file), [(label, float(p)) for label, p in best])
+            for file, best in zip(files, ranked, strict=True)]

@@ -1,5 +1,6 @@
 """The model registry: `promote` when the paired statistics (`promotion_stats`) back it,
-its history, and the MLflow PyTorch model files (`model_io`)."""
+its history, and the model files (`model_io`: one MLflow model, the bare network as its
+PyTorch flavor and `pyfunc_classifier`, images in and labels out, as its pyfunc)."""
 
 from ..lazy import lazy_exports
 
@@ -8,5 +9,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                   "promotion_history"),
     "promotion_stats": ("PairedEvidence", "bootstrap_difference_ci", "discordant_counts",
                         "mcnemar_exact_p", "paired_evidence"),
-    "model_io": ("FORMAT_TAG", "load_pytorch_model", "log_pytorch_model", "predict_logits"),
+    "model_io": ("FORMAT_TAG", "check_classifier", "load_classifier", "load_pytorch_model",
+                 "local_model", "log_pytorch_model", "predict_logits", "raw_scale"),
 })

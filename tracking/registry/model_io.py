@@ -3,23 +3,36 @@
 `mlflow.pytorch.log_model` resolves the store from the *global* tracking URI (and the
 experiment from the global active experiment), so under parallel trials or two stores in
 one process it could write to the wrong place. The same steps are done here with an
-explicit `MlflowClient`: create the LoggedModel, `save_model` into a temp folder, upload,
+explicit `MlflowClient`: create the LoggedModel, save the model into a temp folder, upload,
 link it to the run as an output, finalize. `runs:/<run>/model`, `models:/<model_id>` and
 registered versions all resolve to it.
 
-Format: `pt2` (torch.export), MLflow's default: loading runs no pickled code and needs
-neither tunetrack nor the model class. The batch dimension stays dynamic because the input
-example holds several images. Should export fail for some architecture, the model is
-saved with pickle instead (the run is tagged `tunetrack.model_format`).
+One model folder, two flavors over the same network file `data/`:
+- `pytorch`: the bare network (float32 (N, C, H, W) pixels in [0, 1] -> logits), for
+  `mlflow.pytorch.load_model` and promotion. Format `pt2` (torch.export), MLflow's default:
+  loading runs no pickled code and needs neither tunetrack nor the model class; the batch
+  dimension stays dynamic because the input example holds several images. Should export
+  fail for some architecture, the network is saved with pickle instead (the run is tagged
+  `tunetrack.model_format`), tunetrack's classes pickled by value and the user's modules
+  beside it as `code_paths` (`model_code`).
+- `python_function`: `pyfunc_classifier` (shipped in the model's `code/`), images or raw
+  pixels in, `label`, `probability`, `probabilities` out, for `mlflow.pyfunc.load_model`,
+  `mlflow models serve`, `tunetrack serve` and `tunetrack predict`. Its `model_config`
+  holds the preprocessing: class names, input shape, `raw_scale`.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import logging
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pytorch
@@ -28,44 +41,102 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
 from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
 from .. import tags as T
 from ..store import quiet_downloads
+from . import pyfunc_classifier
+from .model_code import tunetrack_classes_by_value, user_code_paths
+
+if TYPE_CHECKING:
+    from tunetrack.models import DataConfig
 
 _log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # artifact name, as in runs:/<run_id>/model
 METADATA_KEY = "tunetrack"  # MLmodel metadata: classes, input_shape, study, trial, ...
 FORMAT_TAG = "tunetrack.model_format"
+LOADER = Path(pyfunc_classifier.__file__)  # its file name is the pyfunc's loader_module
+# a white pixel in each built-in dataset's raw scale (what arrays sent to a model are in);
+# the user's datasets: the floats their items hold ([0, 1] for uint8 images)
+RAW_SCALE = {"digits": 16.0, "imagefolder": 255.0, "torchvision": 255.0, "synthetic": 1.0}
+OUTPUT_SCHEMA = Schema([ColSpec(DataType.string, "label"),
+                        ColSpec(DataType.double, "probability"),
+                        ColSpec(Map(DataType.double), "probabilities")])
+
+
+def raw_scale(data: DataConfig | None) -> float:
+    """`RAW_SCALE` of the dataset of `data` (1 for the user's own datasets)."""
+    if data is None or data.class_path:
+        return 1.0
+    return RAW_SCALE.get(data.name, 1.0)
 
 
 def _pip_requirements() -> list[str]:
     """Pinned short list: MLflow must not infer requirements (slow, imports everything)."""
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+    import PIL
+
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"pillow=={PIL.__version__}"]
 
 
-def _save(model: torch.nn.Module, path: Path, mlflow_model: Model, example: np.ndarray,
-          metadata: dict[str, Any]) -> str:
+def example_images(pixels: np.ndarray) -> Any:
+    """The input example: float (N, C, H, W) pixels in [0, 1] as a column of base64 PNGs."""
+    import pandas as pd
+    from PIL import Image
+
+    encoded = []
+    for image in np.clip(np.round(pixels * 255), 0, 255).astype(np.uint8):
+        buffer = io.BytesIO()
+        Image.fromarray(image[0] if len(image) == 1 else image.transpose(1, 2, 0)).save(
+            buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return pd.DataFrame({pyfunc_classifier.IMAGE_COLUMN: encoded})
+
+
+def _save_network(model: torch.nn.Module, path: Path, example: np.ndarray) -> str:
+    """The bare network as an MLflow PyTorch model in `path`: pt2, else pickle."""
+    from mlflow.models import infer_signature
+
     with torch.inference_mode():
         outputs = model(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, outputs)  # (-1, C, H, W) float32 -> (-1, K) logits
-    common = dict(mlflow_model=mlflow_model, signature=signature, input_example=example,
-                  pip_requirements=_pip_requirements(), metadata=metadata)
+    # (-1, C, H, W) float32 -> (-1, K) logits: pt2 traces with it
+    common = dict(input_example=example, signature=infer_signature(example, outputs),
+                  pip_requirements=[])
     try:
         mlflow.pytorch.save_model(model, str(path), serialization_format="pt2", **common)
         return "pt2"
     except Exception as exc:  # torch.export cannot trace every network
         _log.warning("torch.export failed (%s); saving the model with pickle instead",
                      first_line(exc))
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
-    mlflow_model.flavors.clear()
-    mlflow.pytorch.save_model(model, str(path), serialization_format="pickle", **common)
+    with tunetrack_classes_by_value(model):
+        mlflow.pytorch.save_model(model, str(path), serialization_format="pickle", **common)
     return "pickle"
+
+
+def _save(model: torch.nn.Module, path: Path, mlflow_model: Model, example: np.ndarray,
+          metadata: dict[str, Any], config: dict[str, Any]) -> str:
+    """The model folder (see the module's docstring) in `path`; returns the format."""
+    with tempfile.TemporaryDirectory(prefix="tunetrack-network-") as tmp:
+        network = Path(tmp) / "network"
+        fmt = _save_network(model, network, example)
+        code = [str(LOADER), *(user_code_paths(model) if fmt == "pickle" else [])]
+        mlflow.pyfunc.save_model(
+            str(path), loader_module=LOADER.stem, data_path=str(network / "data"),
+            code_paths=code, mlflow_model=mlflow_model,
+            signature=ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA),
+            input_example=example_images(example), pip_requirements=_pip_requirements(),
+            metadata=metadata, model_config=config)
+    # the same network file as MLflow's PyTorch flavor, for mlflow.pytorch.load_model
+    data = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]["data"]
+    mlflow_model.add_flavor(mlflow.pytorch.FLAVOR_NAME, model_data=data,
+                            pytorch_version=str(torch.__version__), code="code")
+    mlflow_model.save(str(path / "MLmodel"))
+    return fmt
 
 
 def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
@@ -74,7 +145,8 @@ def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
                       ) -> tuple[str, str]:
     """Log `model` for `run_id`; return (model_id, format). `model` must be a CPU model
     nobody trains any more (`CompletedTrial.collect` made it: an unwrapped, eval-mode copy),
-    so it is saved as it is, not copied again."""
+    so it is saved as it is, not copied again. `metadata` holds `classes`, `input_shape`
+    and `raw_scale` (the pyfunc's preprocessing) besides what identifies the trial."""
     cpu_model = model.eval()
     logged = client.create_logged_model(experiment_id=experiment_id, name=MODEL_NAME,
                                         source_run_id=run_id, tags=tags)
@@ -83,8 +155,9 @@ def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
                              model_uuid=logged.model_id, model_id=logged.model_id)
         with tempfile.TemporaryDirectory(prefix="tunetrack-model-") as tmp:
             path = Path(tmp) / MODEL_NAME
+            config = {k: metadata[k] for k in ("classes", "input_shape", "raw_scale")}
             fmt = _save(cpu_model, path, mlflow_model, np.ascontiguousarray(example),
-                        {METADATA_KEY: metadata})
+                        {METADATA_KEY: metadata}, config)
             client.log_model_artifacts(logged.model_id, str(path))
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
@@ -127,25 +200,55 @@ def model_location(client: MlflowClient, model_uri: str) -> str:
     return model_uri
 
 
-def load_pytorch_model(model_uri: str, client: MlflowClient) -> tuple[torch.nn.Module, dict]:
-    """Load `model_uri` (models:/NAME@alias, models:/NAME/N, models:/<id>,
-    runs:/<run>/model, or any artifact URI / folder) onto the CPU.
+@contextlib.contextmanager
+def local_model(model_uri: str, client: MlflowClient) -> Iterator[Path]:
+    """`model_uri` (models:/NAME@alias, models:/NAME/N, models:/<id>, runs:/<run>/model, or
+    any artifact URI / folder) as a local folder, for the time of the `with` block. MLflow
+    errors become one-line TunetrackErrors."""
+    with tempfile.TemporaryDirectory(prefix="tunetrack-load-") as tmp:
+        try:
+            location = model_location(client, model_uri)
+            with quiet_downloads():
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri)
+        except (MlflowException, OSError) as exc:
+            raise TunetrackError(f"cannot load model {model_uri}: {first_line(exc)}") from None
+        yield Path(local)
 
-    Returns the model and the tunetrack metadata stored in its MLmodel file ({} when the
-    model was not logged by tunetrack). MLflow errors become one-line TunetrackErrors.
-    """
-    try:
-        location = model_location(client, model_uri)
-        with tempfile.TemporaryDirectory(prefix="tunetrack-load-") as tmp, quiet_downloads():
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri)
+
+def load_pytorch_model(model_uri: str, client: MlflowClient) -> tuple[torch.nn.Module, dict]:
+    """The bare network of `model_uri` (see `local_model`) on the CPU, and the tunetrack
+    metadata stored in its MLmodel file ({} when the model was not logged by tunetrack)."""
+    with local_model(model_uri, client) as local:
+        try:
             metadata = (Model.load(local).metadata or {}).get(METADATA_KEY, {})
-            model = mlflow.pytorch.load_model(local, map_location="cpu")
-    except (MlflowException, OSError) as exc:
-        raise TunetrackError(f"cannot load model {model_uri}: {first_line(exc)}") from None
+            model = mlflow.pytorch.load_model(str(local), map_location="cpu")
+        except (MlflowException, OSError) as exc:
+            raise TunetrackError(f"cannot load model {model_uri}: {first_line(exc)}") from None
     if isinstance(model, torch.nn.Module) and not isinstance(model, torch.fx.GraphModule):
         model.eval()  # an exported (pt2) graph is already frozen in eval semantics
     return model, metadata
+
+
+def check_classifier(local: Path, model_uri: str) -> None:
+    """Refuse, in one line, a model whose pyfunc is not `pyfunc_classifier` (one logged
+    by tunetrack before models took images, or not by tunetrack)."""
+    flavor = Model.load(str(local)).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+    if flavor.get("loader_module") != LOADER.stem:
+        raise TunetrackError(f"model {model_uri} takes no images (its pyfunc is "
+                             f"{flavor.get('loader_module', 'missing')}, not tunetrack's "
+                             f"{LOADER.stem}); use a model logged by this tunetrack version")
+
+
+def load_classifier(model_uri: str, client: MlflowClient) -> Any:
+    """The pyfunc of `model_uri` (see `local_model`): images in, labels out, the very model
+    `tunetrack serve` and `mlflow models serve` answer with."""
+    with local_model(model_uri, client) as local:
+        check_classifier(local, model_uri)
+        try:
+            return mlflow.pyfunc.load_model(str(local))
+        except (MlflowException, OSError) as exc:
+            raise TunetrackError(f"cannot load model {model_uri}: {first_line(exc)}") from None
 
 
 @torch.inference_mode()

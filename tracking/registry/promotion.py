@@ -15,7 +15,10 @@ comparison) is kept as registered-model tag `tunetrack.history.<alias>.<NNNN>` (
 the decision and why, the versions, n, both accuracies, the difference and its interval,
 b, c, p, alpha, min_improvement; `promotion_history` reads them back), and promotions as
 version tags `tunetrack.promoted.<alias>` / `tunetrack.demoted.<alias>`. A registered
-model belongs to the study that created it (tag `tunetrack.study`).
+model belongs to the study that created it (tag `tunetrack.study`). For people, each
+promoted version's description states the decision with its numbers, the study, trial
+and data fingerprint, and the champion run's note names its version and its study's runs
+(`promotion_notes`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from tunetrack.models import TunetrackError
 
 from .. import tags as T
+from .promotion_notes import RUN_NOTE, run_note, version_description
 from .promotion_stats import PairedEvidence, paired_evidence
 
 if TYPE_CHECKING:
@@ -468,10 +472,13 @@ def _register(decider: _Decider, champion: ModelVersion | None, decision: dict[s
         # source = the artifact location, not "models:/<id>": for that form MLflow's SQL
         # registry looks the LoggedModel up in the *global* default store (its own TODO)
         source = client.get_logged_model(model_id).artifact_location
+        where = {"parent_run_id": run.data.tags.get(T.PARENT_RUN_ID),
+                 "experiment_id": run.info.experiment_id}
         mv = client.create_model_version(
             model_name, source=source, run_id=run.info.run_id,
             tags={k: str(v) for k, v in version_tags.items()}, model_id=model_id,
-            description=f"study {study.study_name}, trial #{trial.number}")
+            description=version_description(decision, fingerprint=decider.fingerprint,
+                                            **where))
         created_version = str(mv.version)
         client.set_registered_model_alias(model_name, alias, mv.version)
         alias_moved = True
@@ -482,6 +489,8 @@ def _register(decider: _Decider, champion: ModelVersion | None, decision: dict[s
                                          f"tunetrack.replaced_by.{alias}", str(mv.version))
         decision["version"] = str(mv.version)
         _record(client, model_name, alias, decision)
+        client.set_tag(run.info.run_id, RUN_NOTE, run_note(model_name, str(mv.version),
+                                                         decision, **where))
         return str(mv.version)
     except BaseException:
         _rollback(client, model_name, alias, champion, created_version, alias_moved,
