@@ -12,8 +12,12 @@ recorded per-epoch metrics. The trial is retrained for as many epochs as were re
 - anything else (GPU, another machine, other versions): validation accuracy per epoch and
   test accuracy within `tolerance`, and what differs in the environment is listed.
 
-Bad input (unknown run, no trial.yaml, data missing or changed) raises TunetrackError:
-one line, exit 2, nothing logged. The verdict is logged as a new run nested under the
+The user's own code (network, dataset, metric) is imported again from the folders the run
+recorded (`tracking.runs.code_provenance`), put first on sys.path, and must hash as it did:
+retraining changed code could not tell a changed trainer from a changed network.
+
+Bad input (unknown run, no trial.yaml, data or user code missing or changed) raises
+TunetrackError: one line, exit 2, nothing logged. The verdict is logged as a new run nested under the
 original, tagged `tunetrack.reproduces=<run id>`.
 """
 
@@ -152,9 +156,10 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
               tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
               log: bool = True) -> Reproduction:
     """Retrain the trial of MLflow run `run_id` and compare it with what was recorded."""
+    from tunetrack.models.user_code import code_dirs
     from tunetrack.tracking import tags as T
     from tunetrack.tracking.provenance import THREADS, environment_differences
-    from tunetrack.tracking.runs import HELPER
+    from tunetrack.tracking.runs import HELPER, code_records
     from tunetrack.tracking.store import check_reachable, client_for, resolve_tracking_uri
 
     if not (math.isfinite(tolerance) and tolerance >= 0):
@@ -165,25 +170,28 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     HELPER.flush()  # runs this process is still writing (e.g. a notebook's last trial)
     run = _run(client, run_id, uri)
     tags = run.data.tags
-    cfg = _config(client, run_id)
-    recorded = _recorded_history(client, run_id)
-    splits = _same_data(cfg, tags.get(T.DATA_FINGERPRINT), run_id)
-    recorded_device = tags.get(T.DEVICE, cfg.train.device)
-    dev = _device(recorded_device, device)
-    epochs = len(recorded["val_accuracy"])
-    recorded_test = run.data.metrics.get("test_accuracy")
-    with _threads(tags.get(THREADS), dev):
-        now_env = T.runtime_tags()
-        differences = environment_differences(tags, now_env)
-        for key in (T.GIT_SHA, T.GIT_DIRTY):
-            if tags.get(key) != now_env.get(key):
-                differences.append(f"{key}: {tags.get(key, 'not recorded')} -> "
-                                   f"{now_env.get(key, 'none')}")
-        if str(dev) != recorded_device:
-            differences.append(f"device: {recorded_device} -> {dev}")
-        exact = not differences and dev.type == "cpu"
-        fit, test_now, seconds = _retrain(cfg, splits, dev, epochs,
-                                          test=recorded_test is not None)
+    code = code_records(tags)
+    with code_dirs(_code_folders(code)):
+        _same_code(code, run_id)
+        cfg = _config(client, run_id)
+        recorded = _recorded_history(client, run_id)
+        splits = _same_data(cfg, tags.get(T.DATA_FINGERPRINT), run_id)
+        recorded_device = tags.get(T.DEVICE, cfg.train.device)
+        dev = _device(recorded_device, device)
+        epochs = len(recorded["val_accuracy"])
+        recorded_test = run.data.metrics.get("test_accuracy")
+        with _threads(tags.get(THREADS), dev):
+            now_env = T.runtime_tags()
+            differences = environment_differences(tags, now_env)
+            for key in (T.GIT_SHA, T.GIT_DIRTY):
+                if tags.get(key) != now_env.get(key):
+                    differences.append(f"{key}: {tags.get(key, 'not recorded')} -> "
+                                       f"{now_env.get(key, 'none')}")
+            if str(dev) != recorded_device:
+                differences.append(f"device: {recorded_device} -> {dev}")
+            exact = not differences and dev.type == "cpu"
+            fit, test_now, seconds = _retrain(cfg, splits, dev, epochs,
+                                              test=recorded_test is not None)
 
     result = Reproduction(run_id=run_id, device=str(dev), exact=exact, reproduced=False,
                           epochs_recorded=epochs, epochs_now=fit.epochs_run,
@@ -192,6 +200,9 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
              f"{tags.get(T.STUDY, '?')}")
     result.lines.append(f"run {run_id} ({where}): rebuilt from trial.yaml, data "
                         f"fingerprint {splits.fingerprint} matches")
+    if code:
+        result.lines.append("user code as recorded (sha256): " + ", ".join(
+            f"{role} {rec['import_path']}" for role, rec in code.items()))
     result.lines.append(_environment_line(exact, differences, tolerance))
     result.lines.append(f"retrained {fit.epochs_run} epoch(s) on {dev} in {seconds:.1f} s")
     problems = _compare_history(result, recorded, fit.history, tolerance)
@@ -216,6 +227,32 @@ def _environment_line(exact: bool, differences: list[str], tolerance: float) -> 
     return (f"environment differs: {'; '.join(differences) or 'none'}"
             f"{'' if differences else ' (but not on CPU)'}; comparing within tolerance "
             f"{tolerance:g}")
+
+
+def _code_folders(code: dict[str, dict[str, Any]]) -> list[str]:
+    """The folders the run imported its user code from (the study file's, a mounted one),
+    to go first on sys.path again; an installed package's code is found as installed."""
+    folders = [rec["folder"] for rec in code.values() if rec["folder"] and not rec["package"]]
+    return list(dict.fromkeys(folders))
+
+
+def _same_code(code: dict[str, dict[str, Any]], run_id: str) -> None:
+    """Refuse a run whose user code is not the code it ran, naming the file: changed or
+    gone since the run, an object passed without an import path, or an import path that
+    now finds another file (another module of that name earlier on sys.path)."""
+    from tunetrack.models.user_code import changed_code, code_record
+
+    problem = changed_code(list(code.values()))
+    if problem:
+        raise TunetrackError(f"run {run_id} cannot be reproduced: {problem}")
+    for role, rec in code.items():
+        if rec["file"] is None:
+            continue
+        now = code_record(rec["import_path"]).file  # imports it: the user's code runs
+        if now != rec["file"]:
+            raise TunetrackError(f"run {run_id} cannot be reproduced: {rec['import_path']} "
+                                 f"(its {role}) now imports from {now}, the run's from "
+                                 f"{rec['file']}")
 
 
 def _same_data(cfg: TrialConfig, fingerprint: str | None, run_id: str) -> Splits:

@@ -9,7 +9,7 @@ Importing runs the module's code: a study file is code (README, "Your own networ
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunetrack.models.choices import SCORE_DIRECTIONS
 from tunetrack.models.errors import TunetrackError
@@ -21,6 +21,9 @@ from tunetrack.models.user_code import (
 )
 
 from .config import END_METRICS, ObjectiveSpec, StudySpec
+
+if TYPE_CHECKING:
+    from tunetrack.models.config import TrialConfig
 
 # arguments tunetrack passes to a network callable whose signature names them
 NETWORK_ARGUMENTS = ("num_classes", "in_shape")
@@ -48,6 +51,20 @@ def score_functions(spec: StudySpec) -> dict[str, Any]:
             out[objective.metric] = import_object(path, "search.metric")
         elif objective.metric in SCORES:
             out[objective.metric] = SCORES[objective.metric]
+    return out
+
+
+def used_code(spec: StudySpec, cfg: TrialConfig) -> dict[str, str]:
+    """{role: import path} of the user's code one trial runs: its network, its dataset
+    and its metrics (`metric`, `metric_2`, ...); what the trial's MLflow run records the
+    provenance of (`tracking.runs.code_provenance`)."""
+    from tunetrack.models.nets import model_path
+    from tunetrack.models.user_data import dataset_path
+
+    out = {role: path for role, path in (("model", model_path(cfg.model)),
+                                         ("dataset", dataset_path(cfg.data))) if path}
+    metrics = [p for objective in spec.search.objective_list if (p := metric_path(objective))]
+    out.update({"metric" if n == 1 else f"metric_{n}": p for n, p in enumerate(metrics, 1)})
     return out
 
 
