@@ -17,8 +17,8 @@ recorded (`tracking.runs.code_provenance`), put first on sys.path, and must hash
 retraining changed code could not tell a changed trainer from a changed network.
 
 Bad input (unknown run, no trial.yaml, data or user code missing or changed) raises
-TunetrackError: one line, exit 2, nothing logged. The verdict is logged as a new run nested under the
-original, tagged `tunetrack.reproduces=<run id>`.
+TunetrackError: one line, exit 2, nothing logged. The verdict is logged as a new run
+nested under the original, tagged `tunetrack.reproduces=<run id>`.
 """
 
 from __future__ import annotations

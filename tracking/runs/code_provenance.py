@@ -8,29 +8,36 @@ every run of one file version (`tags."tunetrack.code.model.sha256" = '...'`), an
 
 A module is hashed the first time a trial of this process names it, not at every trial:
 Python does not import a module twice, so the file as first seen is the code that runs
-even when it is edited while the study goes on.
+even when it is edited while the study goes on (a module dropped from `sys.modules` and
+imported again is hashed again).
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from tunetrack.models import TunetrackError
-from tunetrack.models.user_code import CodeRecord, code_record
+from tunetrack.models.user_code import CodeRecord, code_record, import_object
 
 from .. import tags as T
 
 FIELDS = ("file", "sha256", "package", "version", "folder")
+_seen: dict[str, tuple[Any, CodeRecord]] = {}  # import path -> (its module, its record)
 
 
-@functools.cache
 def _record(import_path: str) -> CodeRecord:
+    """The record of `import_path` as of when this process imported its module."""
     try:
-        return code_record(import_path)
+        obj = import_object(import_path, "code")  # imported already: a lookup
     except TunetrackError:  # it does not import: the trial fails and says why
         return CodeRecord(import_path, None, None, None, None)
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    seen = _seen.get(import_path)
+    if seen is None or seen[0] is not module:
+        seen = _seen[import_path] = (module, code_record(import_path))
+    return seen[1]
 
 
 def code_tags(code: Mapping[str, str]) -> dict[str, str]:
