@@ -159,7 +159,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     from tunetrack.models.user_code import code_dirs
     from tunetrack.tracking import tags as T
     from tunetrack.tracking.provenance import THREADS, environment_differences
-    from tunetrack.tracking.runs import HELPER, code_records
+    from tunetrack.tracking.runs import HELPER, code_folders, code_records
     from tunetrack.tracking.store import check_reachable, client_for, resolve_tracking_uri
 
     if not (math.isfinite(tolerance) and tolerance >= 0):
@@ -171,7 +171,7 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     run = _run(client, run_id, uri)
     tags = run.data.tags
     code = code_records(tags)
-    with code_dirs(_code_folders(code)):
+    with code_dirs(code_folders(code)):
         _same_code(code, run_id)
         cfg = _config(client, run_id)
         recorded = _recorded_history(client, run_id)
@@ -227,13 +227,6 @@ def _environment_line(exact: bool, differences: list[str], tolerance: float) -> 
     return (f"environment differs: {'; '.join(differences) or 'none'}"
             f"{'' if differences else ' (but not on CPU)'}; comparing within tolerance "
             f"{tolerance:g}")
-
-
-def _code_folders(code: dict[str, dict[str, Any]]) -> list[str]:
-    """The folders the run imported its user code from (the study file's, a mounted one),
-    to go first on sys.path again; an installed package's code is found as installed."""
-    folders = [rec["folder"] for rec in code.values() if rec["folder"] and not rec["package"]]
-    return list(dict.fromkeys(folders))
 
 
 def _same_code(code: dict[str, dict[str, Any]], run_id: str) -> None:

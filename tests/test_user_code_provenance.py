@@ -31,10 +31,14 @@ def _trial_runs(uri: str, experiment: str):
             if r.data.tags.get(T.ROLE) == T.ROLE_TRIAL]
 
 
+def _artifacts(uri: str, run_id: str) -> set[str]:
+    return {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+
+
 def test_trial_run_records_the_user_code_and_reproduce_rebuilds_it(tmp_path, uri, monkeypatch):
     module = "acme_provenance"
     folder = tmp_path / "code"
-    study = write_own_study(folder, module, tracking={"enabled": True, "log_models": "none"})
+    study = write_own_study(folder, module, tracking={"enabled": True, "log_models": "best"})
     source = folder / f"{module}.py"
     out = runner.invoke(app, ["run", str(study), "--no-progress", "--tracking-uri", uri,
                               "--storage", f"sqlite:///{tmp_path}/tunetrack.db"])
@@ -51,6 +55,9 @@ def test_trial_run_records_the_user_code_and_reproduce_rebuilds_it(tmp_path, uri
         assert tags[f"tunetrack.code.{role}.sha256"] == sha
         assert tags[f"tunetrack.code.{role}.folder"] == str(folder.resolve())
         assert f"tunetrack.code.{role}.package" not in tags  # a loose file, no package
+    # the helper process read the completed trial (its model is of the user's class)
+    assert {"confusion_matrix.csv", "curves.png"} <= _artifacts(uri, run.info.run_id)
+    assert T.MODEL_ID in tags
     assert code_records(tags)["model"] == {
         "import_path": f"{module}.WideNet", "file": str(source.resolve()), "sha256": sha,
         "package": None, "version": None, "folder": str(folder.resolve())}
@@ -141,3 +148,54 @@ def test_validate_passes_a_dataset_that_returns_a_dataset(workdir):
     out = runner.invoke(app, ["validate", str(study), "-f", "json"])
     assert out.exit_code == 0, out.output
     assert '"parameter": "model.init_args.hidden"' in out.output
+
+
+def _host_without(workdir, module: str, *, source: str | None):
+    """A study file as a worker host sees it: its module missing (`source` None) or
+    importing a package this host lacks."""
+    study = write_own_study(workdir / "code", module,
+                            tracking={"enabled": True, "log_models": "none"})
+    if source is None:
+        (workdir / "code" / f"{module}.py").unlink()
+    else:
+        (workdir / "code" / f"{module}.py").write_text(source)
+    return study
+
+
+@pytest.mark.parametrize(("command", "source", "message"), [
+    (["worker"], None, "model.class_path: cannot import '{m}.WideNet': "
+                       "ModuleNotFoundError: No module named '{m}'"),
+    (["run", "--workers", "2"], None, "model.class_path: cannot import '{m}.WideNet': "
+                                      "ModuleNotFoundError: No module named '{m}'"),
+    (["worker"], "import acme_gpu_kernels\n",
+     "model.class_path: cannot import '{m}.WideNet': ModuleNotFoundError: No module named "
+     "'acme_gpu_kernels'"),
+])
+def test_workers_check_the_user_code_before_anything_is_written(workdir, command, source,
+                                                                  message):
+    module = f"acme_absent_{len(command)}_{source is None}"
+    study = _host_without(workdir, module, source=source)
+    out = runner.invoke(app, [*command, str(study)])
+    assert out.exit_code == 2
+    assert out.output.count("\n") == 1, out.output  # one line, every problem on it
+    assert out.output.startswith(f"error: {study}: ")
+    assert message.format(m=module) in out.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["code"]  # no study, no MLflow run
+
+
+@pytest.mark.slow  # two worker processes, each importing torch and MLflow
+def test_every_worker_imports_the_code_beside_the_study_file_and_records_it(workdir):
+    module = "acme_two_workers"
+    study = write_own_study(workdir / "code", module, n_trials=2,
+                            tracking={"enabled": True, "log_models": "none"})
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    out = runner.invoke(app, ["run", str(study), "--workers", "2", "--no-progress",
+                              "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    runs = _trial_runs(uri, module)
+    assert len(runs) == 2
+    assert all("confusion_matrix.csv" in _artifacts(uri, r.info.run_id) for r in runs)
+    source = str((workdir / "code" / f"{module}.py").resolve())
+    assert {r.data.tags["tunetrack.code.model.file"] for r in runs} == {source}
+    assert {r.data.tags["tunetrack.code.model.folder"] for r in runs} == {
+        str((workdir / "code").resolve())}

@@ -10,5 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "run_contents": ("CompletedTrial", "model_wanted", "run_fields", "warm_up_files",
                      "write_trial_artifacts"),
     "datasets": ("dataset_inputs",),
-    "code_provenance": ("code_records", "code_tags"),
+    "code_provenance": ("code_folders", "code_records", "code_tags"),
 })

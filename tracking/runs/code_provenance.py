@@ -67,3 +67,12 @@ def code_records(tags: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         elif field in FIELDS:
             record[field] = value
     return {role: r for role, r in out.items() if r["import_path"]}
+
+
+def code_folders(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The folders loose user code was imported from (the study file's, a mounted one), in
+    order: a process that must import it again (`reproduce`, the tracking helper reading a
+    user network's trial) puts them first on sys.path; an installed package's code is found
+    as installed."""
+    folders = [r["folder"] for r in records.values() if r["folder"] and not r["package"]]
+    return list(dict.fromkeys(folders))
