@@ -230,22 +230,39 @@ def _environment_line(exact: bool, differences: list[str], tolerance: float) -> 
 
 
 def _same_code(code: dict[str, dict[str, Any]], run_id: str) -> None:
-    """Refuse a run whose user code is not the code it ran, naming the file: changed or
-    gone since the run, an object passed without an import path, or an import path that
-    now finds another file (another module of that name earlier on sys.path)."""
-    from tunetrack.models.user_code import changed_code, code_record
+    """Refuse a run whose user code is not the code it ran, naming the file: changed since
+    the run, an object passed without an import path, or an import path that now finds a
+    file of other content. The sha256 is the code's identity, not the path: a file gone
+    from where the run had it (another machine, a folder mounted elsewhere) will do when
+    the import path finds the same content on sys.path."""
+    from tunetrack.models.user_code import changed_code
 
-    problem = changed_code(list(code.values()))
-    if problem:
-        raise TunetrackError(f"run {run_id} cannot be reproduced: {problem}")
     for role, rec in code.items():
+        problem = changed_code([rec])
+        gone = rec["file"] is not None and not Path(rec["file"]).is_file()
+        if problem and not gone:  # changed in place, or never had an import path
+            raise TunetrackError(f"run {run_id} cannot be reproduced: {problem}")
         if rec["file"] is None:
             continue
-        now = code_record(rec["import_path"]).file  # imports it: the user's code runs
-        if now != rec["file"]:
-            raise TunetrackError(f"run {run_id} cannot be reproduced: {rec['import_path']} "
-                                 f"(its {role}) now imports from {now}, the run's from "
-                                 f"{rec['file']}")
+        now = _importable_file(rec["import_path"])  # imports it: the user's code runs
+        if now is not None and now[1] == rec["sha256"]:
+            continue
+        raise TunetrackError(f"run {run_id} cannot be reproduced: " + (
+            problem if now is None or gone else
+            f"{rec['import_path']} (its {role}) now imports from {now[0]}, whose content "
+            f"differs from the run's {rec['file']}"))
+
+
+def _importable_file(import_path: str) -> tuple[str, str] | None:
+    """(file, sha256) of the module `import_path` imports from now, or None when it does
+    not import (or its file is gone)."""
+    from tunetrack.models.user_code import code_record
+
+    try:
+        now = code_record(import_path)
+    except (TunetrackError, OSError):
+        return None
+    return (now.file, now.sha256) if now.file and now.sha256 else None
 
 
 def _same_data(cfg: TrialConfig, fingerprint: str | None, run_id: str) -> Splits:

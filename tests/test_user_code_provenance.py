@@ -40,6 +40,7 @@ def test_trial_run_records_the_user_code_and_reproduce_rebuilds_it(tmp_path, uri
     folder = tmp_path / "code"
     study = write_own_study(folder, module, tracking={"enabled": True, "log_models": "best"})
     source = folder / f"{module}.py"
+    original = source.read_text()
     out = runner.invoke(app, ["run", str(study), "--no-progress", "--tracking-uri", uri,
                               "--storage", f"sqlite:///{tmp_path}/tunetrack.db"])
     assert out.exit_code == 0, out.output
@@ -71,6 +72,25 @@ def test_trial_run_records_the_user_code_and_reproduce_rebuilds_it(tmp_path, uri
             f"metric {module}.recall_at_top2") in again.output
     assert "validation history: bit-exact (3 epochs" in again.output
     assert str(folder.resolve()) not in sys.path  # put back only while reproducing
+
+    # the same file elsewhere (another machine, a folder mounted at another path): found
+    # on sys.path by its import path, and its content is the run's
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)
+    monkeypatch.delitem(sys.modules, module)
+    monkeypatch.syspath_prepend(str(moved))
+    there = runner.invoke(app, ["reproduce", run.info.run_id, "--tracking-uri", uri,
+                                "--no-log"])
+    assert there.exit_code == 0, there.output
+    assert sys.modules[module].__file__ == str(moved / f"{module}.py")
+    (moved / f"{module}.py").write_text(original + "\n# tuned\n")
+    monkeypatch.delitem(sys.modules, module)
+    other = runner.invoke(app, ["reproduce", run.info.run_id, "--tracking-uri", uri])
+    assert other.exit_code == 2 and other.output.count("\n") == 1, other.output
+    assert f"{source.resolve()} (the code of {module}." in other.output  # the run's file
+    assert "no longer exists" in other.output
+    moved.rename(folder)
+    source.write_text(original)
 
     source.write_text(source.read_text().replace("hidden=64", "hidden=65"))
     changed = runner.invoke(app, ["reproduce", run.info.run_id, "--tracking-uri", uri])

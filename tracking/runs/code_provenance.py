@@ -31,12 +31,12 @@ def _record(import_path: str) -> CodeRecord:
     """The record of `import_path` as of when this process imported its module."""
     try:
         obj = import_object(import_path, "code")  # imported already: a lookup
-    except TunetrackError:  # it does not import: the trial fails and says why
-        return CodeRecord(import_path, None, None, None, None)
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    seen = _seen.get(import_path)
-    if seen is None or seen[0] is not module:
-        seen = _seen[import_path] = (module, code_record(import_path))
+        module = sys.modules.get(getattr(obj, "__module__", "") or "")
+        seen = _seen.get(import_path)
+        if seen is None or seen[0] is not module:
+            seen = _seen[import_path] = (module, code_record(import_path))
+    except (TunetrackError, OSError):  # it does not import (the trial fails and says why),
+        return CodeRecord(import_path, None, None, None, None)  # or its file went away
     return seen[1]
 
 
