@@ -219,3 +219,32 @@ def test_every_worker_imports_the_code_beside_the_study_file_and_records_it(work
     assert {r.data.tags["tunetrack.code.model.file"] for r in runs} == {source}
     assert {r.data.tags["tunetrack.code.model.folder"] for r in runs} == {
         str((workdir / "code").resolve())}
+
+
+def test_a_module_is_hashed_as_first_imported_and_an_installed_one_names_its_package(
+        tmp_path, monkeypatch):
+    import importlib
+
+    from tunetrack.tracking.runs import code_folders, code_tags
+
+    module = "acme_hashed_once"
+    write_own_study(tmp_path, module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / f"{module}.py"
+    importlib.import_module(module)
+    first = code_tags({"model": f"{module}.WideNet"})
+    assert first["tunetrack.code.model.sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+    source.write_text(source.read_text() + "\n# edited while the study runs\n")
+    assert code_tags({"model": f"{module}.WideNet"}) == first  # what runs is the first import
+    monkeypatch.delitem(sys.modules, module)
+    importlib.import_module(module)  # imported anew: hashed anew
+    again = code_tags({"model": f"{module}.WideNet"})
+    assert again["tunetrack.code.model.sha256"] == \
+        hashlib.sha256(source.read_bytes()).hexdigest() != first["tunetrack.code.model.sha256"]
+
+    installed = code_tags({"metric": "optuna.samplers.TPESampler"})
+    assert installed["tunetrack.code.metric.package"] == "optuna"
+    assert installed["tunetrack.code.metric.version"] == optuna.__version__
+    records = code_records({**again, **installed})
+    assert code_folders(records) == [str(tmp_path.resolve())]  # site-packages stays put
