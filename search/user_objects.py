@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunetrack.models.choices import SCORE_DIRECTIONS
+from tunetrack.models.choices import DATASETS, SCORE_DIRECTIONS
 from tunetrack.models.errors import TunetrackError
 from tunetrack.models.user_code import (
     import_object,
@@ -138,6 +138,8 @@ def check(spec: StudySpec) -> list[str]:
 def dry_build(spec: StudySpec) -> list[str]:
     """`validate`'s dry build: call the user's dataset and check what it returns (a Dataset
     or a {train, val, test} mapping of them)."""
+    if not spec.dataset.class_path and spec.dataset.name in (None, *DATASETS):
+        return []  # a built-in dataset: nothing of the user's to call, and no torch import
     from tunetrack.models.config import DataConfig
     from tunetrack.models.user_data import call_dataset, check_returned, dataset_path
 
