@@ -1,5 +1,5 @@
 """The study process's side of tracking (`StudyTracker`, `TrialRun`, the `HELPER` link,
-`run_contents`); nothing here imports MLflow."""
+`run_contents`, `code_provenance`); nothing here imports MLflow."""
 
 from ..lazy import lazy_exports
 

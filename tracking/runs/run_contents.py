@@ -1,7 +1,8 @@
 """What a trial's MLflow run holds: decided here and only here.
 
 - When the trial starts (`run_fields`): params (the sampled values and the trial number),
-  tags (study, trial number, device, data fingerprint, torch / CUDA / git versions) and
+  tags (study, trial number, device, data fingerprint, torch / CUDA / git versions, the
+  user's code it runs: `code_provenance.py`) and
   `trial.yaml`, the resolved config that replays the trial.
 - Every epoch: the `EpochResult` metrics, `step=epoch` (`TrialRun.on_epoch_end`).
 - When it completes (`CompletedTrial.collect`): the final metrics, the tables and figures
