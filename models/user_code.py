@@ -193,6 +193,7 @@ class CodeRecord:
     sha256: str | None
     package: str | None  # the distribution that installed it, when one did
     version: str | None
+    folder: str | None = None  # the sys.path entry it was imported from (reproduce puts it back)
 
     def as_dict(self) -> dict[str, str | None]:
         return dict(self.__dict__)
@@ -209,8 +210,20 @@ def _distributions() -> dict[str, list[str]]:
     return packages_distributions()
 
 
+def import_root(module: Any) -> str | None:
+    """The `sys.path` entry a module was imported from: its file's folder, one level up
+    per dot in its name (one more for a package's `__init__.py`); a zip on sys.path too."""
+    file, name = getattr(module, "__file__", None), getattr(module, "__name__", "")
+    if not file or not name:
+        return None
+    path = Path(os.path.abspath(file))
+    levels = name.count(".") + (path.stem == "__init__")
+    return str(path.parents[levels]) if levels < len(path.parents) else None
+
+
 def code_record(import_path: str) -> CodeRecord:
-    """The module file, its hash and its installed package of the object at `import_path`."""
+    """The module file, its hash, its installed package and the folder it was imported
+    from, of the object at `import_path`."""
     if import_path.startswith(LOCAL_PREFIX):
         return CodeRecord(import_path, None, None, None, None)
     obj = import_object(import_path, "code")
@@ -224,7 +237,8 @@ def code_record(import_path: str) -> CodeRecord:
 
         package, version = names[0], dist_version(names[0])
     return CodeRecord(import_path, str(Path(file).resolve()) if file else None,
-                      file_hash(file) if file else None, package, version)
+                      file_hash(file) if file else None, package, version,
+                      import_root(module))
 
 
 def changed_code(records: Sequence[dict[str, Any]]) -> str | None:

@@ -35,8 +35,11 @@ Loaded = tuple[np.ndarray, np.ndarray, list[str], dict[str, np.ndarray] | None]
 
 
 def dataset_path(cfg: DataConfig) -> str | None:
-    """The import path of the user's dataset callable, or None for a built-in dataset."""
-    return cfg.class_path or plugin_path("dataset", cfg.name)
+    """The import path of the user's dataset callable, or None for a built-in dataset (a
+    built-in name wins over a plugin's, as in `load_splits`; and no entry-point scan)."""
+    if cfg.class_path or cfg.name not in DATASETS:
+        return cfg.class_path or plugin_path("dataset", cfg.name)
+    return None
 
 
 def call_dataset(cfg: DataConfig) -> Any:

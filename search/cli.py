@@ -277,16 +277,21 @@ def _check_tracking_store(tracking_uri: str | None, *, must_exist: bool = False)
 def validate(file: Annotated[Path, typer.Argument(help="study file (YAML)")],
              fmt: FormatOpt = OutputFormat.table) -> None:
     """Check a study file and print its resolved search space (or every error found, one
-    line each on stderr, exit 2). With -f json: {"study": [...], "parameters": [...]}."""
+    line each on stderr, exit 2). A user dataset is called once (a dry build) and what it
+    returns checked. With -f json: {"study": [...], "parameters": [...]}."""
     from .command_output import render_sections
     from .fused_groups import fuse_notes
     from .space import SearchSpace
     from .study_file import StudyFileError, load_study_file
+    from .user_objects import dry_build
 
     try:
         spec = load_study_file(file)
+        problems = dry_build(spec)
     except StudyFileError as exc:
-        for line in exc.errors:
+        problems = exc.errors
+    if problems:
+        for line in problems:
             typer.echo(f"{file}: {line}", err=True)
         raise typer.Exit(2) from None
     space, search = SearchSpace(spec), spec.search

@@ -29,7 +29,7 @@ from .config import StudySpec
 from .space import SearchSpace
 from .startup_gc import resume as resume_gc
 from .termination import reason as interrupt_reason
-from .user_objects import score_functions
+from .user_objects import score_functions, used_code
 
 if TYPE_CHECKING:
     from tunetrack.tracking import NullRun, StudyTracker, TrialRun
@@ -145,7 +145,8 @@ class Objective:
         if self.tracker is None:
             return NullRun()
         return self.tracker.trial_run(trial, sampled, cfg, device=str(self.device),
-                                      data_fingerprint=self.splits.fingerprint, tags=tags)
+                                      data_fingerprint=self.splits.fingerprint, tags=tags,
+                                      code=used_code(self.spec, cfg))
 
     def pruning_callback(self, trial: optuna.Trial,
                          group_round: PruningRound | None = None) -> PruningCallback | None:

@@ -12,9 +12,13 @@ recorded per-epoch metrics. The trial is retrained for as many epochs as were re
 - anything else (GPU, another machine, other versions): validation accuracy per epoch and
   test accuracy within `tolerance`, and what differs in the environment is listed.
 
-Bad input (unknown run, no trial.yaml, data missing or changed) raises TunetrackError:
-one line, exit 2, nothing logged. The verdict is logged as a new run nested under the
-original, tagged `tunetrack.reproduces=<run id>`.
+The user's own code (network, dataset, metric) is imported again from the folders the run
+recorded (`tracking.runs.code_provenance`), put first on sys.path, and must hash as it did:
+retraining changed code could not tell a changed trainer from a changed network.
+
+Bad input (unknown run, no trial.yaml, data or user code missing or changed) raises
+TunetrackError: one line, exit 2, nothing logged. The verdict is logged as a new run
+nested under the original, tagged `tunetrack.reproduces=<run id>`.
 """
 
 from __future__ import annotations
@@ -152,9 +156,10 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
               tolerance: float = DEFAULT_TOLERANCE, device: str | None = None,
               log: bool = True) -> Reproduction:
     """Retrain the trial of MLflow run `run_id` and compare it with what was recorded."""
+    from tunetrack.models.user_code import code_dirs
     from tunetrack.tracking import tags as T
     from tunetrack.tracking.provenance import THREADS, environment_differences
-    from tunetrack.tracking.runs import HELPER
+    from tunetrack.tracking.runs import HELPER, code_folders, code_records
     from tunetrack.tracking.store import check_reachable, client_for, resolve_tracking_uri
 
     if not (math.isfinite(tolerance) and tolerance >= 0):
@@ -165,25 +170,28 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
     HELPER.flush()  # runs this process is still writing (e.g. a notebook's last trial)
     run = _run(client, run_id, uri)
     tags = run.data.tags
-    cfg = _config(client, run_id)
-    recorded = _recorded_history(client, run_id)
-    splits = _same_data(cfg, tags.get(T.DATA_FINGERPRINT), run_id)
-    recorded_device = tags.get(T.DEVICE, cfg.train.device)
-    dev = _device(recorded_device, device)
-    epochs = len(recorded["val_accuracy"])
-    recorded_test = run.data.metrics.get("test_accuracy")
-    with _threads(tags.get(THREADS), dev):
-        now_env = T.runtime_tags()
-        differences = environment_differences(tags, now_env)
-        for key in (T.GIT_SHA, T.GIT_DIRTY):
-            if tags.get(key) != now_env.get(key):
-                differences.append(f"{key}: {tags.get(key, 'not recorded')} -> "
-                                   f"{now_env.get(key, 'none')}")
-        if str(dev) != recorded_device:
-            differences.append(f"device: {recorded_device} -> {dev}")
-        exact = not differences and dev.type == "cpu"
-        fit, test_now, seconds = _retrain(cfg, splits, dev, epochs,
-                                          test=recorded_test is not None)
+    code = code_records(tags)
+    with code_dirs(code_folders(code)):
+        _same_code(code, run_id)
+        cfg = _config(client, run_id)
+        recorded = _recorded_history(client, run_id)
+        splits = _same_data(cfg, tags.get(T.DATA_FINGERPRINT), run_id)
+        recorded_device = tags.get(T.DEVICE, cfg.train.device)
+        dev = _device(recorded_device, device)
+        epochs = len(recorded["val_accuracy"])
+        recorded_test = run.data.metrics.get("test_accuracy")
+        with _threads(tags.get(THREADS), dev):
+            now_env = T.runtime_tags()
+            differences = environment_differences(tags, now_env)
+            for key in (T.GIT_SHA, T.GIT_DIRTY):
+                if tags.get(key) != now_env.get(key):
+                    differences.append(f"{key}: {tags.get(key, 'not recorded')} -> "
+                                       f"{now_env.get(key, 'none')}")
+            if str(dev) != recorded_device:
+                differences.append(f"device: {recorded_device} -> {dev}")
+            exact = not differences and dev.type == "cpu"
+            fit, test_now, seconds = _retrain(cfg, splits, dev, epochs,
+                                              test=recorded_test is not None)
 
     result = Reproduction(run_id=run_id, device=str(dev), exact=exact, reproduced=False,
                           epochs_recorded=epochs, epochs_now=fit.epochs_run,
@@ -192,6 +200,9 @@ def reproduce(run_id: str, *, tracking_uri: str | None = None,
              f"{tags.get(T.STUDY, '?')}")
     result.lines.append(f"run {run_id} ({where}): rebuilt from trial.yaml, data "
                         f"fingerprint {splits.fingerprint} matches")
+    if code:
+        result.lines.append("user code as recorded (sha256): " + ", ".join(
+            f"{role} {rec['import_path']}" for role, rec in code.items()))
     result.lines.append(_environment_line(exact, differences, tolerance))
     result.lines.append(f"retrained {fit.epochs_run} epoch(s) on {dev} in {seconds:.1f} s")
     problems = _compare_history(result, recorded, fit.history, tolerance)
@@ -216,6 +227,42 @@ def _environment_line(exact: bool, differences: list[str], tolerance: float) -> 
     return (f"environment differs: {'; '.join(differences) or 'none'}"
             f"{'' if differences else ' (but not on CPU)'}; comparing within tolerance "
             f"{tolerance:g}")
+
+
+def _same_code(code: dict[str, dict[str, Any]], run_id: str) -> None:
+    """Refuse a run whose user code is not the code it ran, naming the file: changed since
+    the run, an object passed without an import path, or an import path that now finds a
+    file of other content. The sha256 is the code's identity, not the path: a file gone
+    from where the run had it (another machine, a folder mounted elsewhere) will do when
+    the import path finds the same content on sys.path."""
+    from tunetrack.models.user_code import changed_code
+
+    for role, rec in code.items():
+        problem = changed_code([rec])
+        gone = rec["file"] is not None and not Path(rec["file"]).is_file()
+        if problem and not gone:  # changed in place, or never had an import path
+            raise TunetrackError(f"run {run_id} cannot be reproduced: {problem}")
+        if rec["file"] is None:
+            continue
+        now = _importable_file(rec["import_path"])  # imports it: the user's code runs
+        if now is not None and now[1] == rec["sha256"]:
+            continue
+        raise TunetrackError(f"run {run_id} cannot be reproduced: " + (
+            problem if now is None or gone else
+            f"{rec['import_path']} (its {role}) now imports from {now[0]}, whose content "
+            f"differs from the run's {rec['file']}"))
+
+
+def _importable_file(import_path: str) -> tuple[str, str] | None:
+    """(file, sha256) of the module `import_path` imports from now, or None when it does
+    not import (or its file is gone)."""
+    from tunetrack.models.user_code import code_record
+
+    try:
+        now = code_record(import_path)
+    except (TunetrackError, OSError):
+        return None
+    return (now.file, now.sha256) if now.file and now.sha256 else None
 
 
 def _same_data(cfg: TrialConfig, fingerprint: str | None, run_id: str) -> Splits:

@@ -10,9 +10,9 @@ Importing runs the module's code: a study file is code (README, "Your own networ
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunetrack.models.choices import SCORE_DIRECTIONS
+from tunetrack.models.choices import DATASETS, SCORE_DIRECTIONS
 from tunetrack.models.errors import TunetrackError
 from tunetrack.models.user_code import (
     import_object,
@@ -22,6 +22,9 @@ from tunetrack.models.user_code import (
 )
 
 from .config import END_METRICS, ObjectiveSpec, StudySpec
+
+if TYPE_CHECKING:
+    from tunetrack.models.config import TrialConfig
 
 # arguments tunetrack passes to a network callable whose signature names them
 NETWORK_ARGUMENTS = ("num_classes", "in_shape")
@@ -49,6 +52,20 @@ def score_functions(spec: StudySpec) -> dict[str, Any]:
             out[objective.metric] = import_object(path, "search.metric")
         elif objective.metric in SCORES:
             out[objective.metric] = SCORES[objective.metric]
+    return out
+
+
+def used_code(spec: StudySpec, cfg: TrialConfig) -> dict[str, str]:
+    """{role: import path} of the user's code one trial runs: its network, its dataset
+    and its metrics (`metric`, `metric_2`, ...); what the trial's MLflow run records the
+    provenance of (`tracking.runs.code_provenance`)."""
+    from tunetrack.models.nets import model_path
+    from tunetrack.models.user_data import dataset_path
+
+    out = {role: path for role, path in (("model", model_path(cfg.model)),
+                                         ("dataset", dataset_path(cfg.data))) if path}
+    metrics = [p for objective in spec.search.objective_list if (p := metric_path(objective))]
+    out.update({"metric" if n == 1 else f"metric_{n}": p for n, p in enumerate(metrics, 1)})
     return out
 
 
@@ -122,6 +139,8 @@ def check(spec: StudySpec) -> list[str]:
 def dry_build(spec: StudySpec) -> list[str]:
     """`validate`'s dry build: call the user's dataset and check what it returns (a Dataset
     or a {train, val, test} mapping of them)."""
+    if not spec.dataset.class_path and spec.dataset.name in (None, *DATASETS):
+        return []  # a built-in dataset: nothing of the user's to call, and no torch import
     from tunetrack.models.config import DataConfig
     from tunetrack.models.user_data import call_dataset, check_returned, dataset_path
 

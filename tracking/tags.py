@@ -42,6 +42,9 @@ DATA_FINGERPRINT = "data_fingerprint"
 MODEL_ID = "tunetrack.model_id"  # LoggedModel id of the trial's model, when one was logged
 STOP_REASON = "tunetrack.stop_reason"
 TRIAL = "tunetrack.trial"
+# the user's code a trial ran: `tunetrack.code.<role>` = its import path and
+# `tunetrack.code.<role>.<field>` = file, sha256, package, version, folder (runs/code_provenance.py)
+CODE = "tunetrack.code"
 
 TRIAL_NUMBER_PARAM = "trial_number"  # a param too: a tag alone cannot be plotted
 

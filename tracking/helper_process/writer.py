@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetrack.models.errors import first_line
+from tunetrack.models.user_code import add_code_dirs
 
 from .. import tags as T
+from ..runs import code_folders, code_records
 from ..store import client_for, end_run  # MLflow's client, before the first message
 from .lanes import Lanes, RunState, StudyState
 from .parent_run import find_or_create
@@ -35,6 +37,8 @@ class Writer(Lanes):
         super().__init__(answer)
 
     def dispatch(self, seq: int, op: str, kwargs: dict[str, Any]) -> None:
+        if op == "create_run":  # before its `completed` is unpickled: its model's class
+            add_code_dirs(code_folders(code_records(kwargs["tags"])))  # is the user's
         if op == "finish_study":
             kwargs["drawing"] = self._draw_early(kwargs)
         super().dispatch(seq, op, kwargs)

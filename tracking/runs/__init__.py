@@ -1,5 +1,5 @@
 """The study process's side of tracking (`StudyTracker`, `TrialRun`, the `HELPER` link,
-`run_contents`); nothing here imports MLflow."""
+`run_contents`, `code_provenance`); nothing here imports MLflow."""
 
 from ..lazy import lazy_exports
 
@@ -10,4 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "run_contents": ("CompletedTrial", "model_wanted", "run_fields", "warm_up_files",
                      "write_trial_artifacts"),
     "datasets": ("dataset_inputs",),
+    "code_provenance": ("code_folders", "code_records", "code_tags"),
 })

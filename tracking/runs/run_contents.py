@@ -1,7 +1,8 @@
 """What a trial's MLflow run holds: decided here and only here.
 
 - When the trial starts (`run_fields`): params (the sampled values and the trial number),
-  tags (study, trial number, device, data fingerprint, torch / CUDA / git versions) and
+  tags (study, trial number, device, data fingerprint, torch / CUDA / git versions, the
+  user's code it runs: `code_provenance.py`) and
   `trial.yaml`, the resolved config that replays the trial.
 - Every epoch: the `EpochResult` metrics, `step=epoch` (`TrialRun.on_epoch_end`).
 - When it completes (`CompletedTrial.collect`): the final metrics, the tables and figures
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from numbers import Real
 from pathlib import Path
@@ -164,14 +165,19 @@ def warm_up_files(out: Path) -> None:
 
 
 def run_fields(trial_number: int, params: dict[str, object], config: TrialConfig, *,
-               study_name: str, device: str, data_fingerprint: str
+               study_name: str, device: str, data_fingerprint: str,
+               code: Mapping[str, str] | None = None
                ) -> tuple[dict[str, str], dict[str, str], str]:
-    """(params, tags, trial.yaml text) of a trial's run when it starts."""
+    """(params, tags, trial.yaml text) of a trial's run when it starts; `code`: {role:
+    import path} of the user's code it runs, recorded as `code_provenance` tags."""
     import yaml
+
+    from .code_provenance import code_tags
 
     tags = {T.STUDY: study_name, T.ROLE: T.ROLE_TRIAL, T.OPTUNA_STUDY: study_name,
             T.OPTUNA_TRIAL: str(trial_number), T.DEVICE: str(device),
-            T.DATA_FINGERPRINT: data_fingerprint, **T.runtime_tags()}
+            T.DATA_FINGERPRINT: data_fingerprint, **T.runtime_tags(),
+            **code_tags(code or {})}
     values = {**{k: T.clip(str(v), 6000) for k, v in params.items()},
               T.TRIAL_NUMBER_PARAM: str(trial_number)}
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

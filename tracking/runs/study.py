@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tunetrack.models import TunetrackError
@@ -103,10 +104,11 @@ class StudyTracker:
         return self._parent_id
 
     def trial_run(self, trial: optuna.Trial, params: dict[str, object], config: TrialConfig,
-                  *, device: str, data_fingerprint: str, tags: dict[str, str] | None = None
-                  ) -> TrialRun | NullRun:
+                  *, device: str, data_fingerprint: str, tags: dict[str, str] | None = None,
+                  code: Mapping[str, str] | None = None) -> TrialRun | NullRun:
         """The trial's run: created by the helper while the trial trains. `tags`: more
-        tags for the run (e.g. a fused member's group)."""
+        tags for the run (e.g. a fused member's group); `code`: {role: import path} of the
+        user's code the trial runs (its provenance becomes tags, `code_provenance.py`)."""
         from .run_contents import run_fields
 
         if self._parent is None and self._parent_id is None:
@@ -116,7 +118,7 @@ class StudyTracker:
         self.parent_run_id_of(trial.study)
         values, run_tags, trial_yaml = run_fields(
             trial.number, params, config, study_name=self.study_name, device=device,
-            data_fingerprint=data_fingerprint)
+            data_fingerprint=data_fingerprint, code=code)
         return TrialRun(trial, study=self._key, params=values,
                         tags={**run_tags, **(tags or {})}, trial_yaml=trial_yaml,
                         log_models=self.log_models,
