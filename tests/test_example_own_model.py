@@ -87,3 +87,26 @@ def test_the_fused_variant_trains_its_trials_as_one_group(example):
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert {t.user_attrs.get("fused_group") for t in study.trials} == {"g0"}  # one group
     assert study.best_value > 0.3
+
+
+def test_reproduce_rebuilds_the_best_run_and_refuses_it_once_the_network_changed(ran, example):
+    """Exit 0 from the recorded folder; after an edit to the network's file, exit 2 with one
+    line naming that file (run after the study, on a copy of the example)."""
+    from mlflow import MlflowClient
+
+    from tunetrack.tracking import tags as T
+
+    folder, work = example
+    assert ran.returncode == 0, ran.stderr
+    study = optuna.load_study(study_name="own-model", storage=f"sqlite:///{work}/tunetrack.db")
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    experiment = client.get_experiment_by_name("own-model").experiment_id
+    [best] = [r for r in client.search_runs([experiment])
+              if r.data.tags.get(T.OPTUNA_TRIAL) == str(study.best_trial.number)]
+    same = tunetrack("reproduce", best.info.run_id, cwd=work)
+    assert same.returncode == 0, same.stderr
+    nets = folder / "acme" / "nets.py"
+    nets.write_text(nets.read_text().replace("padding=1", "padding=1, bias=True"))
+    changed = tunetrack("reproduce", best.info.run_id, cwd=work)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert str(nets.resolve()) in changed.stderr

@@ -174,7 +174,9 @@ def _test_split(client: MlflowClient, candidate: _Candidate) -> Splits:
     import yaml
 
     from tunetrack.models import TrialConfig, load_splits
+    from tunetrack.models.user_code import code_dirs
 
+    from ..runs.code_provenance import code_folders, code_records
     from ..store import quiet_downloads
 
     run_id = candidate.run.info.run_id
@@ -186,7 +188,9 @@ def _test_split(client: MlflowClient, candidate: _Candidate) -> Splits:
                                  f"({type(exc).__name__}); cannot rebuild its test split") \
                 from None
         raw = yaml.safe_load(Path(local).read_text())
-    splits = load_splits(TrialConfig.from_dict(raw).data)
+    # a user dataset: importable from the folders its run recorded (the study file's)
+    with code_dirs(code_folders(code_records(candidate.run.data.tags))):
+        splits = load_splits(TrialConfig.from_dict(raw).data)
     trained_on = candidate.run.data.tags.get(T.DATA_FINGERPRINT)
     if trained_on and trained_on != splits.fingerprint:
         raise TunetrackError(
