@@ -2,8 +2,8 @@
 
 Class names and the input shape travel inside the model (MLmodel metadata written by
 `run_contents.CompletedTrial`), so any copy of the model is self-describing. Images are decoded
-by the same function the `imagefolder` dataset uses for training, so what the model sees
-here matches what it was trained on (same channel conversion, bilinear resize, [0, 1]).
+by the same function the `imagefolder` dataset uses for training (`models.image_decoding`), so
+what the model sees here matches what it was trained on (same range, channels and resize).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def predict(model_uri: str, path: str | Sequence[str], *, top: int = 3,
     (one or several: the model is loaded once for all of them)."""
     import torch
 
-    from tunetrack.models.data import decode_images
+    from tunetrack.models.image_decoding import decode_images
 
     from ..registry import load_pytorch_model, predict_logits
     from ..store import open_client
@@ -58,7 +58,7 @@ def predict(model_uri: str, path: str | Sequence[str], *, top: int = 3,
     if height != width or channels not in (1, 3):
         raise TunetrackError(f"model {model_uri} takes {channels}x{height}x{width} inputs; "
                              f"predict supports square 1- or 3-channel images")
-    x = torch.from_numpy(decode_images(files, height, "L" if channels == 1 else "RGB"))
+    x = torch.from_numpy(decode_images(files, height, channels))
     probabilities = predict_logits(model, x).softmax(1)
     k = min(top, len(classes))
     values, indices = probabilities.topk(k, dim=1)
