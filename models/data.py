@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .choices import DATASETS
-from .config import DataConfig
+from .config import SEEDS, DataConfig
 from .errors import TunetrackError, unknown
 from .image_decoding import common_channels, decode_images
 from .user_data import load_user_dataset
@@ -175,8 +175,6 @@ def _stratified(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     """`sklearn.model_selection.train_test_split(indices, test_size=fraction,
     random_state=seed, stratify=y[indices])`, the same draws in the same order (checked
     against scikit-learn in tests/test_models_data.py), without importing scikit-learn."""
-    if fraction <= 0:
-        return indices, indices[:0]
     labels = y[indices]
     n_test = math.ceil(fraction * len(labels))
     n_train = len(labels) - n_test
@@ -258,7 +256,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     else:
         test_idx = official_test
     val_share = cfg.val_fraction / (1 - (0 if official_test is not None else cfg.test_fraction))
-    train_idx, val_idx = _stratified(pool, y, val_share, cfg.seed + 1)
+    train_idx, val_idx = _stratified(pool, y, val_share, (cfg.seed + 1) % SEEDS)
     return _splits(x, y, classes, *(np.sort(i) for i in (train_idx, val_idx, test_idx)))
 
 

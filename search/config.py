@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from tunetrack.models.choices import SCORE_DIRECTIONS
-from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
+from tunetrack.models.config import SEED_ALLOWED, SEEDS, DataConfig, ModelConfig, TrainConfig
 from tunetrack.models.errors import TunetrackError
 
 STRICT = ConfigDict(extra="forbid", populate_by_name=True)
@@ -304,6 +304,13 @@ class StudySpec(BaseModel):
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
     registry: RegistrySpec | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        if not 0 <= seed < SEEDS:  # numpy would raise at the first split or sampler draw
+            raise ValueError(f"must be {SEED_ALLOWED} but got {seed}")
+        return seed
 
     @model_validator(mode="after")
     def _check_objectives(self) -> StudySpec:
