@@ -204,13 +204,12 @@ def _console(*, wide: bool = False):
 
 
 def _quiet_libraries() -> None:
-    """Optuna and MLflow at WARNING (ERROR with -q, INFO with -vv): their per-trial info
-    lines would drown tunetrack's own output."""
-    import optuna
-
+    """MLflow at WARNING (ERROR with -q, INFO with -vv): its per-trial info lines would
+    drown tunetrack's own output; Optuna's warnings only with -vv (`optuna_warnings`)."""
     from .optuna_internals import optimize_logger
+    from .optuna_warnings import optuna_log_level
 
-    optuna.logging.set_verbosity(_library_level())
+    optuna_log_level(_library_level())
     logging.getLogger("mlflow").setLevel(_library_level())
     optimize_logger().addFilter(_NotInterrupted())
 
