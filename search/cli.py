@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from tunetrack.models.errors import TunetrackError
+from tunetrack.tracking.store import redact
 
 if TYPE_CHECKING:
     from .config import StudySpec
@@ -105,7 +106,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(redact(self.format(record)) + "\n")
         except Exception:
             self.handleError(record)
 
@@ -162,7 +163,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TunetrackError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {redact(str(exc))}", err=True)  # whatever text it quotes
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _say_interrupted()
@@ -756,7 +757,8 @@ def predict(
 def server(
     ctx: typer.Context,
     backend_store_uri: Annotated[str, typer.Option(
-        help="MLflow's database, e.g. postgresql+psycopg://USER:PASSWORD@HOST/mlflow")],
+        help="MLflow's database, e.g. postgresql+psycopg://USER@HOST/mlflow (password: "
+             "PGPASSWORD)")],
     artifacts_destination: Annotated[str, typer.Option(
         help="folder (or s3://...) where the server keeps artifacts")],
     host: Annotated[str, typer.Option(help="interface to bind; keep 127.0.0.1")] = "127.0.0.1",

@@ -18,6 +18,7 @@ from tunetrack.models.errors import TunetrackError, first_line
 from tunetrack.tracking.store import (
     SQLITE_MAGIC,
     other_kind,
+    password_hint,
     redact,
     shown_path,
     sqlite_path,
@@ -67,8 +68,8 @@ def open_storage(
         _check_sqlite_file(sqlite, url, create)
     if "://" not in url:
         raise TunetrackError(
-            f"storage {url!r} is not a URL; use sqlite:///FILE, "
-            f"postgresql://USER:PASSWORD@HOST/DB or journal:FILE"
+            f"storage {redact(url)!r} is not a URL; use sqlite:///FILE, "
+            f"postgresql://USER@HOST/DB (the password in PGPASSWORD) or journal:FILE"
         )
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgres") else {}
     if sqlite is not None:
@@ -96,8 +97,9 @@ def open_storage(
     except ImportError:  # e.g. postgresql:// on SQLAlchemy < 2.1, whose default is psycopg2
         raise TunetrackError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
+        why = redact(first_line(exc))  # SQLAlchemy may quote the URL it was given
         raise TunetrackError(
-            f"cannot open storage {redact(url)}: {first_line(exc)}") from None
+            f"cannot open storage {redact(url)}: {why}{password_hint(why)}") from None
 
 
 _SCHEMA_RACE_ATTEMPTS = 4

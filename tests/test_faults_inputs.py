@@ -144,3 +144,179 @@ def test_a_read_only_store_with_a_dead_trial_is_read_and_repair_is_one_line(read
         states = [row[0] for row in connection.execute(
             "SELECT state FROM trials ORDER BY number")]
     assert states == ["COMPLETE", "COMPLETE", "RUNNING"] and number == 2
+
+
+# ---- validate on a huge file -------------------------------------------------------------
+
+def test_validate_reads_a_huge_choice_with_libyaml_and_shows_it_in_one_short_line(workdir):
+    import yaml
+
+    from tunetrack.search.study_file import _unique_key_loader
+
+    if yaml.__with_libyaml__:  # the pure-Python scanner took a minute on a 5 MB file
+        assert issubclass(_unique_key_loader(), yaml.CSafeLoader)
+    widths = list(range(1, 100_001))  # 0.6 MB of YAML
+    raw = tiny_study(model={"family": "mlp", "width": {"choice": widths}})
+    (workdir / "huge.yaml").write_text(yaml.safe_dump(raw, default_flow_style=None))
+    result = runner.invoke(app, ["validate", "huge.yaml"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "model.width" in line)
+    assert "choice 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, ... (99988 more)" in row
+    assert len(result.stdout) < 5000  # before: every value in the table, 0.7 MB of cells
+
+
+def test_a_value_listed_twice_in_a_long_choice_is_named_alone():
+    raw = tiny_study(model={"family": "mlp", "width": {"choice": [*range(1, 5000), 7]}})
+    assert errors_of(raw) == ["model.width.choice: choice lists a value twice: 7"]
+
+
+# ---- YAML 1.1 booleans -------------------------------------------------------------------
+
+def test_an_unquoted_off_in_a_string_field_is_named_with_the_way_out():
+    raw = tiny_study(train={"scheduler": {"choice": ["none", False]}, "optimizer": False})
+    assert errors_of(raw) == [
+        "train.optimizer: False is not a valid str (YAML reads an unquoted off, no or false "
+        "as False; quote the word: 'off')"]
+    del raw["train"]["optimizer"]
+    assert errors_of(raw) == [
+        "train.scheduler.choice: False is not a valid str (YAML reads an unquoted off, no or "
+        "false as False; quote the word: 'off')"]  # once: not again as an unknown name
+
+
+# ---- registry names ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("registry", "line"), [
+    ({"model_name": "team/digits"},
+     "registry.model_name: must not contain '/' or ':' (MLflow's rule), got 'team/digits'"),
+    ({"model_name": "a:b"},
+     "registry.model_name: must not contain '/' or ':' (MLflow's rule), got 'a:b'"),
+    ({"model_name": ".."},
+     "registry.model_name: must read as one plain name (MLflow treats it as a path), got '..'"),
+    ({"model_name": "  "}, "registry.model_name: must not be blank"),
+    ({"model_name": "ok", "alias": "v2"},
+     "registry.alias: 'v2' is reserved by MLflow for versions; choose another"),
+])
+def test_validate_checks_registry_names_by_mlflows_rules(registry, line):
+    assert errors_of(tiny_study(registry=registry)) == [line]
+
+
+def test_the_registry_names_validate_accepts_are_the_ones_mlflow_accepts():
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    from tunetrack.tracking.registry import model_name_problem
+
+    for name in ["digits", "digits classifier", "a.b", "..x", "a/b", "a:b", ".", "./a",
+                 "a//b", "a/", "", " ", "ünïcode"]:
+        try:
+            _validate_model_name(name)
+            mlflow_ok = True
+        except MlflowException:
+            mlflow_ok = False
+        assert (model_name_problem(name) is None) == mlflow_ok, name
+
+
+# ---- Optuna's warnings -------------------------------------------------------------------
+
+def _optuna_lines(caplog: pytest.LogCaptureFixture) -> str:
+    """Optuna's log lines that got past its loggers' levels, then forgotten."""
+    lines = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("optuna"))
+    caplog.clear()
+    return lines
+
+
+def test_optunas_warnings_are_shown_only_with_vv(caplog):
+    import logging
+    import warnings
+
+    from tunetrack.search.optuna_warnings import optuna_log_level
+
+    contour = logging.getLogger("optuna.visualization._contour")
+    failed = logging.getLogger("optuna.study._optimize")
+    before = optuna.logging.get_verbosity()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            optuna_log_level(logging.WARNING)  # the default: no -v
+            contour.warning("Param x unique value length is less than 2.")
+            failed.warning("Trial 3 failed with parameters: {} because of the following error")
+            warnings.warn_explicit("fewer than two trials", UserWarning, "importance.py", 1,
+                                   module="optuna.importance._base")
+            assert caught == []
+            shown = _optuna_lines(caplog)
+            assert "unique value length" not in shown and "Trial 3 failed" in shown
+            optuna_log_level(logging.INFO)  # -vv
+            contour.warning("Param x unique value length is less than 2.")
+            assert "unique value length" in _optuna_lines(caplog)
+    finally:
+        optuna.logging.set_verbosity(before)
+        failed.setLevel(logging.NOTSET)
+
+
+def test_the_plot_drawing_processes_keep_optunas_warnings_for_vv(caplog, monkeypatch):
+    from tunetrack.tracking.pictures.plot_png import quiet_optuna_logs
+
+    before = optuna.logging.get_verbosity()
+    study = optuna.create_study()
+    for lr in (0.1, 0.2, 0.3):  # `act` takes one value: contour warns about it
+        study.enqueue_trial({"lr": lr, "act": "relu"})
+    study.optimize(lambda t: t.suggest_float("lr", 0, 1) + len(t.suggest_categorical(
+        "act", ["relu", "gelu"])), n_trials=3)
+    try:
+        for level, warned in (("WARNING", False), ("DEBUG", True)):
+            monkeypatch.setenv("TUNETRACK_LOG_LEVEL", level)
+            quiet_optuna_logs()
+            caplog.clear()
+            optuna.visualization.plot_contour(study)
+            assert ("unique value length is less than 2" in _optuna_lines(caplog)) is warned
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+# ---- secrets -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("postgresql://tunetrack:s3cret@db:5432/optuna", "postgresql://tunetrack:***@db:5432/optuna"),
+    ("postgresql+psycopg://u:p@ss:w@rd@h/db?sslmode=require&password=s3cret",
+     "postgresql+psycopg://u:***@h/db?sslmode=require&password=***"),
+    ("https://me:tok3n@[::1]:5000/", "https://me:***@[::1]:5000/"),
+    ("error: cannot open mysql://a:s3cret@h/db (connection refused); http://x:s3cret@z/",
+     "error: cannot open mysql://a:***@h/db (connection refused); http://x:***@z/"),
+    ("postgresql://tunetrack@db/optuna", "postgresql://tunetrack@db/optuna"),
+    ("sqlite:////data/tunetrack.db", "sqlite:////data/tunetrack.db"),
+])
+def test_one_redaction_rule_hides_every_password(text, shown):
+    from tunetrack.tracking.store import redact
+
+    assert redact(text) == shown
+
+
+def test_errors_and_log_lines_quoting_a_url_never_show_its_password(workdir, monkeypatch):
+    import io
+    import logging
+    from contextlib import redirect_stderr
+
+    from tunetrack.search import storage as storage_module
+
+    secret = "postgresql://tunetrack:s3cret@127.0.0.1:1/optuna"
+    result = runner.invoke(app, ["status", "tiny", "--storage", secret])
+    assert "s3cret" not in result.output and "tunetrack:***@127.0.0.1:1" in result.output
+
+    def quoting(*_args, **_kwargs):  # a driver that quotes the URL it was given
+        raise RuntimeError(f"could not parse {secret}\nmore")
+
+    monkeypatch.setattr(storage_module, "_check_database", quoting)
+    line = one_error_line(runner.invoke(app, ["status", "tiny", "--storage", secret]))
+    assert "s3cret" not in line and "could not parse postgresql://tunetrack:***@" in line
+    stream = io.StringIO()  # the command's log handler (installed by the commands above)
+    with redirect_stderr(stream):
+        logging.getLogger("tunetrack.search").warning("store %s is slow", secret)
+    assert stream.getvalue() == "store postgresql://tunetrack:***@127.0.0.1:1/optuna is slow\n"
+
+
+def test_a_refused_password_points_to_pgpassword():
+    from tunetrack.tracking.store import password_hint
+
+    assert password_hint('FATAL:  password authentication failed for user "tunetrack"') == (
+        "; give the password in PGPASSWORD or a ~/.pgpass file (libpq reads both), not in "
+        "the URL")
+    assert password_hint("connection refused") == ""
