@@ -320,3 +320,19 @@ def test_a_refused_password_points_to_pgpassword():
         "; give the password in PGPASSWORD or a ~/.pgpass file (libpq reads both), not in "
         "the URL")
     assert password_hint("connection refused") == ""
+
+
+# ---- the study's timeout -----------------------------------------------------------------
+
+def test_the_timeout_stops_the_running_trial_between_epochs(workdir):
+    from tunetrack.search.runner import run_study
+
+    raw = tiny_study(n_trials=5, max_epochs=400, dataset={"name": "digits", "max_samples": 600},
+                     search={"timeout_s": 1, "pruner": {"type": "none"}})
+    study = run_study(raw, storage="sqlite:///tunetrack.db")
+    [trial] = study.trials  # Optuna's own timeout is checked between trials only
+    assert trial.state.name == "PRUNED", trial.user_attrs
+    assert trial.user_attrs["stop_reason"] == "callback"
+    assert trial.user_attrs["epochs_run"] < 400
+    assert trial.user_attrs["reason"] == (
+        f"the study's timeout ran out after epoch {trial.user_attrs['epochs_run'] - 1}")
