@@ -17,6 +17,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # (field, value holds?, what is allowed): one bound of one config field
 Bound = tuple[str, bool, str]
+# every seed is a numpy/Optuna seed, which must lie in [0, 2**32 - 1]; derived seeds (split
+# seed + 1, study seed + a sampler offset) wrap modulo SEEDS, so any seed in range is usable
+SEEDS = 2**32
+SEED_ALLOWED = f"in [0, {SEEDS - 1}] (2**32 - 1, numpy's seed range)"
+
+
+def _seed_bound(seed: Any) -> Bound:
+    return ("seed", isinstance(seed, int) and 0 <= seed < SEEDS, SEED_ALLOWED)
 
 
 def _finite(value: Any) -> bool:
@@ -76,10 +84,12 @@ class DataConfig(Checked):
         val, test = self.val_fraction, self.test_fraction
         out = _out_of_bounds("dataset", self, [
             ("val_fraction", 0 < val < 1, "in (0, 1)"),
-            ("test_fraction", 0 <= test < 1, "in [0, 1)"),
+            ("test_fraction", 0 < test < 1,
+             "in (0, 1) (the test split scores each completed trial and decides promotion)"),
             ("image_size", self.image_size is None or self.image_size >= 1, ">= 1 (pixels)"),
             ("channels", self.channels in (None, 1, 3), "1 (grayscale) or 3 (RGB)"),
             ("max_samples", self.max_samples is None or self.max_samples >= 1, ">= 1"),
+            _seed_bound(self.seed),
             ("n_samples", self.n_samples >= 1, ">= 1"),
             ("n_classes", self.n_classes >= 2, ">= 2"),
             ("shape", len(self.shape) == 3 and min(self.shape) >= 1,
@@ -244,6 +254,7 @@ class TrainConfig(Checked):
             ("plateau_factor", 0 < self.plateau_factor < 1, "in (0, 1)"),
             ("plateau_patience", self.plateau_patience >= 0, ">= 0 (epochs)"),
             ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+            _seed_bound(self.seed),
             ("device", isinstance(self.device, str) and bool(DEVICE_PATTERN.fullmatch(
                 self.device)), "auto, cpu, cuda, cuda:N or mps"),
         ]) + self.early_stopping.problems() + self.augment.problems()

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from .choices import DATASETS
-from .config import DataConfig
+from .config import SEEDS, DataConfig
 from .errors import TunetrackError, unknown
+from .image_decoding import common_channels, decode_images
 from .user_data import load_user_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -85,46 +86,6 @@ def _load_synthetic(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]
     return x, y.astype(np.int64), [f"class_{i}" for i in range(cfg.n_classes)]
 
 
-# what Pillow raises for unreadable, truncated or corrupt files (UnidentifiedImageError is
-# an OSError; some corrupt headers surface as SyntaxError or ValueError)
-_PIL_ERRORS = (OSError, SyntaxError, ValueError)
-
-
-def _unreadable(file: Path, exc: Exception) -> TunetrackError:
-    return TunetrackError(f"imagefolder: cannot read image {file}: {exc}")
-
-
-def decode_images(files: list[Path], size: int, mode: str) -> np.ndarray:
-    from PIL import Image
-
-    out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.float32)
-    for i, file in enumerate(files):
-        try:
-            with Image.open(file) as img:
-                img = img.convert(mode).resize((size, size), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-        except _PIL_ERRORS as exc:
-            raise _unreadable(file, exc) from None
-        out[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
-    return out
-
-
-def _image_mode(files: list[Path], channels: int | None) -> str:
-    """Grayscale only when every image is grayscale (or asked for); RGB otherwise."""
-    if channels is not None:  # 1 or 3: `DataConfig.problems`
-        return "L" if channels == 1 else "RGB"
-    from PIL import Image
-
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                if img.mode not in ("L", "1", "I", "I;16", "LA"):
-                    return "RGB"
-        except _PIL_ERRORS as exc:
-            raise _unreadable(file, exc) from None
-    return "L"
-
-
 def _scan_imagefolder(path: Path) -> tuple[list[Path], list[int], list[str]]:
     if not path.is_dir():
         raise TunetrackError(f"imagefolder: data.path {str(path)!r} is not a folder")
@@ -156,7 +117,7 @@ def _load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str
     if not cfg.path:
         raise TunetrackError("imagefolder: data.path is required (a folder of class sub-folders)")
     files, labels, classes = _scan_imagefolder(Path(cfg.path).expanduser())
-    x = decode_images(files, cfg.image_size or 64, _image_mode(files, cfg.channels))
+    x = decode_images(files, cfg.image_size or 64, cfg.channels or common_channels(files))
     return x, np.asarray(labels, dtype=np.int64), classes
 
 
@@ -214,8 +175,6 @@ def _stratified(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     """`sklearn.model_selection.train_test_split(indices, test_size=fraction,
     random_state=seed, stratify=y[indices])`, the same draws in the same order (checked
     against scikit-learn in tests/test_models_data.py), without importing scikit-learn."""
-    if fraction <= 0:
-        return indices, indices[:0]
     labels = y[indices]
     n_test = math.ceil(fraction * len(labels))
     n_train = len(labels) - n_test
@@ -297,7 +256,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     else:
         test_idx = official_test
     val_share = cfg.val_fraction / (1 - (0 if official_test is not None else cfg.test_fraction))
-    train_idx, val_idx = _stratified(pool, y, val_share, cfg.seed + 1)
+    train_idx, val_idx = _stratified(pool, y, val_share, (cfg.seed + 1) % SEEDS)
     return _splits(x, y, classes, *(np.sort(i) for i in (train_idx, val_idx, test_idx)))
 
 

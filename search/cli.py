@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from tunetrack.models.errors import TunetrackError
+from tunetrack.tracking.store import redact
 
 if TYPE_CHECKING:
     from .config import StudySpec
@@ -105,7 +106,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(redact(self.format(record)) + "\n")
         except Exception:
             self.handleError(record)
 
@@ -165,7 +166,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TunetrackError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {redact(str(exc))}", err=True)  # whatever text it quotes
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             _say_interrupted(exc)
@@ -199,13 +200,12 @@ def _console(*, wide: bool = False):
 
 
 def _quiet_libraries() -> None:
-    """Optuna and MLflow at WARNING (ERROR with -q, INFO with -vv): their per-trial info
-    lines would drown tunetrack's own output."""
-    import optuna
-
+    """MLflow at WARNING (ERROR with -q, INFO with -vv): its per-trial info lines would
+    drown tunetrack's own output; Optuna's warnings only with -vv (`optuna_warnings`)."""
     from .optuna_internals import optimize_logger
+    from .optuna_warnings import optuna_log_level
 
-    optuna.logging.set_verbosity(_library_level())
+    optuna_log_level(_library_level())
     logging.getLogger("mlflow").setLevel(_library_level())
     optimize_logger().addFilter(_NotInterrupted())
 
@@ -792,7 +792,8 @@ def serve(
 def server(
     ctx: typer.Context,
     backend_store_uri: Annotated[str, typer.Option(
-        help="MLflow's database, e.g. postgresql+psycopg://USER:PASSWORD@HOST/mlflow")],
+        help="MLflow's database, e.g. postgresql+psycopg://USER@HOST/mlflow (password: "
+             "PGPASSWORD)")],
     artifacts_destination: Annotated[str, typer.Option(
         help="folder (or s3://...) where the server keeps artifacts")],
     host: Annotated[str, typer.Option(help="interface to bind; keep 127.0.0.1")] = "127.0.0.1",

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from tunetrack.models.choices import SCORE_DIRECTIONS
-from tunetrack.models.config import DataConfig, ModelConfig, TrainConfig
+from tunetrack.models.config import SEED_ALLOWED, SEEDS, DataConfig, ModelConfig, TrainConfig
 from tunetrack.models.errors import TunetrackError
 
 STRICT = ConfigDict(extra="forbid", populate_by_name=True)
@@ -83,12 +83,30 @@ class ChoiceParam(_Searched):
     def _check(self) -> ChoiceParam:
         if not self.choice:
             raise ValueError("choice must list at least one value")
-        if len(set(map(repr, self.choice))) != len(self.choice):
-            raise ValueError(f"choice lists a value twice: {self.choice}")
+        seen: set[str] = set()  # by repr: 1, 1.0 and True are three values
+        for value in self.choice:
+            if repr(value) in seen:  # named alone: a choice may hold thousands of values
+                raise ValueError(f"choice lists a value twice: {value!r}")
+            seen.add(repr(value))
         return self
 
 
 SearchedParam = IntParam | FloatParam | ChoiceParam
+
+# what YAML 1.1 (PyYAML) reads as booleans when unquoted, by the value it gives
+_YAML_BOOLEANS = {True: "on, yes or true", False: "off, no or false"}
+
+
+def not_a_valid(value: Any, kind: Any) -> str:
+    """"VALUE is not a valid TYPE", with the way out when VALUE is a boolean YAML made of a
+    word meant for a string field (`scheduler: {choice: [none, off]}` gives False)."""
+    name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    text = f"{value!r} is not a valid {name}"
+    if isinstance(value, bool) and str in (typing.get_args(kind) or (kind,)):
+        spelled = "on" if value else "off"
+        text += (f" (YAML reads an unquoted {_YAML_BOOLEANS[value]} as {value}; quote the "
+                 f"word: '{spelled}')")
+    return text
 
 
 def _param_kind(value: Any) -> str:
@@ -295,6 +313,26 @@ class RegistrySpec(BaseModel):
     min_improvement: float = Field(0.0, ge=0)
     alpha: float = Field(0.05, gt=0, lt=1)  # McNemar significance level for promotion
 
+    @field_validator("model_name")
+    @classmethod
+    def _mlflow_model_name(cls, name: str) -> str:
+        from tunetrack.tracking.registry import model_name_problem  # MLflow's rule, light
+
+        problem = model_name_problem(name)
+        if problem is not None:  # else promote, after the whole study, would refuse it
+            raise ValueError(problem)
+        return name
+
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, alias: str) -> str:
+        from tunetrack.tracking.registry import alias_problem
+
+        problem = alias_problem(alias)
+        if problem is not None:
+            raise ValueError(problem)
+        return alias
+
 
 class StudySpec(BaseModel):
     model_config = STRICT
@@ -306,6 +344,13 @@ class StudySpec(BaseModel):
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
     registry: RegistrySpec | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        if not 0 <= seed < SEEDS:  # numpy would raise at the first split or sampler draw
+            raise ValueError(f"must be {SEED_ALLOWED} but got {seed}")
+        return seed
 
     @model_validator(mode="after")
     def _check_objectives(self) -> StudySpec:

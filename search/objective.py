@@ -62,6 +62,18 @@ class PruningCallback:
         return False
 
 
+@dataclass
+class StudyDeadline:
+    """Stops a trial after the epoch during which the study's timeout ran out: Optuna only
+    checks its timeout between trials, so one long trial could run far past it. The trial
+    ends PRUNED, with the reason (`Objective.conclude`)."""
+
+    deadline: float  # time.monotonic()
+
+    def on_epoch_end(self, result: EpochResult) -> bool:
+        return time.monotonic() >= self.deadline
+
+
 def measure_latency_ms(model: torch.nn.Module, splits: Splits, device: torch.device) -> float:
     """Median forward time of one 64-image batch in eval mode, in milliseconds."""
     x = splits.test.x[:64].to(device)
@@ -87,6 +99,7 @@ class Objective:
     device: torch.device
     tracker: StudyTracker | None = None  # None: tracking is off
     progress: Any = None  # search.progress.StudyProgress: a bar of each trial's epochs
+    deadline: float | None = None  # time.monotonic() when --timeout / timeout_s runs out
     objectives: list = field(init=False)
     scores: dict = field(init=False)  # name -> fn(y_true, y_prob): macro_f1, the user's own
 
@@ -166,6 +179,8 @@ class Objective:
             callbacks.append(self.progress.for_trial(trial.number, cfg.train.max_epochs))
         if pruning is not None:
             callbacks.append(pruning)
+        if self.deadline is not None:
+            callbacks.append(StudyDeadline(self.deadline))
         trainer = Trainer(model, cfg.train, splits, callbacks=callbacks, device=self.device,
                           scores=self.scores)
         resume_gc()  # the imports a trial needs are done (data, network, optimizer)
@@ -188,6 +203,10 @@ class Objective:
             raise optuna.TrialPruned(
                 f"pruned by {type(trial.study.pruner).__name__} at epoch "
                 f"{pruning.pruned_at} ({metric}={fit.history[-1].value(metric):.4f})")
+        if fit.stop_reason == "callback" and self.deadline is not None and (
+                time.monotonic() >= self.deadline):  # cut short: not a result to compare
+            raise optuna.TrialPruned(f"the study's timeout ran out after epoch "
+                                     f"{fit.history[-1].epoch}")
         with meter.on_device():
             test = trainer.evaluate(self.splits.test)
         values = self._values(fit, trainer, meter)

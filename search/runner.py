@@ -8,6 +8,7 @@ never creates an empty study row or an orphan MLflow run.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -193,7 +194,9 @@ def run_study(
         tracker.start_study(study, wait=False)  # the helper creates the store and parent run
     n_trials = n_trials or spec.search.n_trials
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
-    plain = Objective(spec, space, splits, dev, tracker, progress=bar)
+    timeout = timeout or spec.search.timeout_s
+    plain = Objective(spec, space, splits, dev, tracker, progress=bar,
+                      deadline=time.monotonic() + timeout if timeout else None)
     optimize = _optimize(spec, study, plain)
     stopped = False  # by Ctrl-C or SIGTERM: the parent run ends KILLED, not FINISHED
     try:
@@ -201,7 +204,7 @@ def run_study(
             optimize(
                 _owned(plain, study),
                 n_trials=n_trials,
-                timeout=timeout or spec.search.timeout_s,
+                timeout=timeout,
                 catch=(torch.cuda.OutOfMemoryError, UserCodeError),
                 callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
             )

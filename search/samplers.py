@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import optuna
 
-from tunetrack.models.config import TrainConfig
+from tunetrack.models.config import SEEDS, TrainConfig
 from tunetrack.models.errors import unknown
 
 from .config import PrunerSpec, SearchSpec, StudySpec
@@ -63,12 +63,13 @@ PRUNERS: dict[str, Callable[[PrunerSpec, int], _p.BasePruner]] = {
 
 
 def make_sampler(spec: StudySpec, space: SearchSpace, *, offset: int = 0) -> _s.BaseSampler:
-    """The sampler named by `search.sampler`, seeded with `seed + offset`."""
+    """The sampler named by `search.sampler`, seeded with `seed + offset` (modulo 2**32, the
+    seeds numpy takes: a seed near the top plus a worker's offset is still a seed)."""
     name = spec.search.sampler
     if name not in SAMPLERS:
         raise unknown("search.sampler", name, SAMPLERS)
     with quiet_experimental():  # TPE's group, QMC
-        return SAMPLERS[name](spec.search, space, spec.seed + offset)
+        return SAMPLERS[name](spec.search, space, (spec.seed + offset) % SEEDS)
 
 
 def most_epochs(space: SearchSpace) -> int:

@@ -27,13 +27,14 @@ from typing import TextIO
 
 import optuna
 
-from tunetrack.models.errors import TunetrackError
+from tunetrack.models.errors import TunetrackError, first_line
+from tunetrack.tracking.store import redact
 
 from .config import StudySpec
 from .optuna_internals import study_storage, uncached_storage
 from .optuna_warnings import quiet_experimental
 from .stale_trials import OWNER_ATTR, EndRun, Heartbeat, RetryStaleTrial, fail_dead_trials
-from .storage import open_storage
+from .storage import DEFAULT_STORAGE, open_storage
 from .trial_budget import SharedTrialBudget, finished_count, finished_so_far, has_heartbeats
 
 _log = logging.getLogger(__name__)
@@ -165,9 +166,36 @@ def load_study(name: str, url: str | None, *, tracking_uri: str | None = None) -
 
 def repair_study(name: str, url: str | None, *, tracking_uri: str | None = None) -> list[int]:
     """`tunetrack repair`: fail, retry and end the MLflow runs of the study's trials whose
-    process died (what `run` and `worker` do when they start); the trials' numbers."""
-    return clean_up_dead_trials(load_study(name, url, tracking_uri=tracking_uri),
-                                tracking_uri=tracking_uri)
+    process died (what `run` and `worker` do when they start); the trials' numbers. A store
+    that refuses writes (a read-only file, folder or database user) is one line: the
+    reading commands show such a store as it is, so only the repair needs to write."""
+    study = load_study(name, url, tracking_uri=tracking_uri)
+    try:
+        return clean_up_dead_trials(study, tracking_uri=tracking_uri)
+    except Exception as exc:
+        why = _write_refused(exc)
+        if why is None:
+            raise
+        raise TunetrackError(
+            f"cannot repair study {name}: its store {redact(url or DEFAULT_STORAGE)} refuses "
+            f"writes ({why}); run `tunetrack repair {name}` where it is writable (status, "
+            f"best and compare read it as it is)") from None
+
+
+_READ_ONLY_MARKERS = ("readonly database", "read-only", "permission denied")
+
+
+def _write_refused(exc: BaseException) -> str | None:
+    """The first line of the innermost error, in `exc` or what caused it, that says the store
+    refused a write (SQLite's "attempt to write a readonly database", PostgreSQL's read-only
+    transaction or missing privilege, a journal file not writable); None for anything else."""
+    found, seen = None, exc
+    while seen is not None:
+        if isinstance(seen, PermissionError) or any(
+                marker in str(seen).lower() for marker in _READ_ONLY_MARKERS):
+            found = first_line(seen)
+        seen = seen.__cause__ or seen.__context__
+    return found
 
 
 def clean_up_dead_trials(

@@ -34,7 +34,15 @@ from tunetrack.models.config import (
 from tunetrack.models.errors import TunetrackError
 from tunetrack.models.user_code import plugin_names
 
-from .config import ChoiceParam, FloatParam, IntParam, SearchedParam, StudySpec, expand_env
+from .config import (
+    ChoiceParam,
+    FloatParam,
+    IntParam,
+    SearchedParam,
+    StudySpec,
+    expand_env,
+    not_a_valid,
+)
 
 # knobs that only matter for one optimizer / scheduler / model family: conditional unless
 # the file says otherwise
@@ -56,6 +64,7 @@ IMPLIED_WHEN: dict[str, dict[str, list[Any]]] = {
     "model.input_size": {"model.family": ["torchvision"]},
 }
 GRID_MAX_POINTS = 1000
+SHOWN_CHOICES = 12  # a longer choice list is shortened where it is shown
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,10 @@ class Dimension:
 
     def describe(self) -> str:
         p = self.param
-        if isinstance(p, ChoiceParam):
-            return "choice " + ", ".join(map(str, p.choice))
+        if isinstance(p, ChoiceParam):  # a long list shortened: one table cell, one line
+            hidden = len(p.choice) - SHOWN_CHOICES
+            return "choice " + ", ".join(map(str, p.choice[:SHOWN_CHOICES])) + (
+                f", ... ({hidden} more)" if hidden > 0 else "")
         low, high = p.int_ if isinstance(p, IntParam) else p.float_
         extra = " log" if p.log else (f" step {p.step}" if p.step not in (None, 1) else "")
         return f"{self.kind} [{low}, {high}]{extra}"
@@ -206,7 +217,8 @@ class SearchSpace:
             errors += _check_dimension(dim)
             for parent, allowed in dim.when if dim.param.when is not None else ():
                 options = space.options(parent)
-                bad = [a for a in allowed if options is not None and a not in options]
+                known = set(options or ())  # scalars: hashable; a set keeps this linear
+                bad = [a for a in allowed if options is not None and a not in known]
                 if bad:
                     errors.append(
                         f"{dim.path}.when: {parent} never takes {bad}; it takes {options}"
@@ -435,18 +447,20 @@ def _check_dimension(dim: Dimension) -> list[str]:
         return [f"{dim.path}.float: {dim.path} takes integers; use int"]
     if isinstance(p, ChoiceParam):
         adapter = TypeAdapter(kind)
-        errors = []
+        errors: list[str] = []
+        mistyped: set[str] = set()
         for option in p.choice:
             try:
                 adapter.validate_python(option, strict=True)
             except ValidationError:
                 if not (isinstance(option, int) and float in (typing.get_args(kind) or (kind,))):
-                    errors.append(f"{dim.path}.choice: {option!r} is not a valid {kind}")
-        allowed = allowed_names(dim.path)
-        bad = [o for o in p.choice if allowed and o not in allowed]
+                    errors.append(f"{dim.path}.choice: {not_a_valid(option, kind)}")
+                    mistyped.add(repr(option))
+        allowed = allowed_names(dim.path)  # a mistyped value is said once, above
+        bad = [o for o in p.choice if allowed and o not in allowed and repr(o) not in mistyped]
         if bad:
-            errors.append(
-                f"{dim.path}.choice: unknown value(s) {bad}; allowed: {', '.join(allowed)}"
-            )
+            more = f" and {len(bad) - SHOWN_CHOICES} more" if len(bad) > SHOWN_CHOICES else ""
+            errors.append(f"{dim.path}.choice: unknown value(s) {bad[:SHOWN_CHOICES]}{more}; "
+                          f"allowed: {', '.join(allowed)}")
         return errors
     return []

@@ -18,6 +18,7 @@ from tunetrack.models.errors import TunetrackError, first_line
 from tunetrack.tracking.store import (
     SQLITE_MAGIC,
     other_kind,
+    password_hint,
     redact,
     shown_path,
     sqlite_path,
@@ -58,21 +59,19 @@ def open_storage(
     url = url or DEFAULT_STORAGE
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
-        if not path.parent.is_dir():
-            raise TunetrackError(f"storage {url}: folder {path.parent} does not exist")
+        _check_file_place(path, url, f"journal:{path / 'tunetrack.journal'}")
         _check_journal(path, url, create)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
     sqlite = sqlite_path(url)
-    if sqlite is not None and not sqlite.parent.is_dir():
-        raise TunetrackError(f"storage {url}: folder {sqlite.parent} does not exist")
     if sqlite is not None:
+        _check_file_place(sqlite, url, f"sqlite:///{sqlite / 'tunetrack.db'}")
         _check_sqlite_file(sqlite, url, create)
     if "://" not in url:
         raise TunetrackError(
-            f"storage {url!r} is not a URL; use sqlite:///FILE, "
-            f"postgresql://USER:PASSWORD@HOST/DB or journal:FILE"
+            f"storage {redact(url)!r} is not a URL; use sqlite:///FILE, "
+            f"postgresql://USER@HOST/DB (the password in PGPASSWORD) or journal:FILE"
         )
     engine_kwargs = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgres") else {}
     if sqlite is None:  # a server: its connections may drop (reconnecting_storage.py)
@@ -103,8 +102,9 @@ def open_storage(
     except ImportError:  # e.g. postgresql:// on SQLAlchemy < 2.1, whose default is psycopg2
         raise TunetrackError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy / driver errors carry multi-line messages
+        why = redact(first_line(exc))  # SQLAlchemy may quote the URL it was given
         raise TunetrackError(
-            f"cannot open storage {redact(url)}: {first_line(exc)}") from None
+            f"cannot open storage {redact(url)}: {why}{password_hint(why)}") from None
 
 
 _SCHEMA_RACE_ATTEMPTS = 4
@@ -139,6 +139,16 @@ def missing_store(where: str) -> TunetrackError:
 def _wrong_kind(url: str, what: str) -> TunetrackError:
     return TunetrackError(f"storage {redact(url)}: {what}, not a study storage; pass --storage "
                           f"{DEFAULT_STORAGE} (the default) or another Optuna storage")
+
+
+def _check_file_place(path: Path, url: str, example: str) -> None:
+    """A storage file's folder must exist and the name must not be a folder itself (both
+    would otherwise surface as an OS error deep inside SQLite or the journal backend)."""
+    if not path.parent.is_dir():
+        raise TunetrackError(f"storage {url}: folder {path.parent} does not exist")
+    if path.exists() and not path.is_file():
+        raise TunetrackError(f"storage {url}: {path} is a folder, not a file; name a file in "
+                             f"it, e.g. {example}")
 
 
 def _check_sqlite_file(path: Path, url: str, create: bool) -> None:

@@ -14,7 +14,7 @@ from tunetrack.models.errors import TunetrackError, first_line
 from tunetrack.models.user_code import add_code_dirs
 
 from . import user_objects
-from .config import StudySpec
+from .config import StudySpec, not_a_valid
 from .fused_groups import fuse_problems
 from .space import SearchSpace
 
@@ -35,6 +35,8 @@ def _format_errors(exc: ValidationError) -> list[str]:
         # drop the union tags pydantic inserts (e.g. "fixed", "function-after[...]")
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "fixed"))]
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "string_type" and isinstance(err.get("input"), bool):
+            msg = not_a_valid(err["input"], str)  # `optimizer: off` is False, not "off"
         where = ".".join(loc) or "(top level)"
         out.append(msg if msg.startswith(f"{where}.") else f"{where}: {msg}")  # names a field
     return out
@@ -60,10 +62,12 @@ def parse_study(raw: object, source: str = "<study>") -> StudySpec:
 def _unique_key_loader() -> type:
     """`yaml.SafeLoader` (the same safe constructors) that refuses a key given twice in one
     mapping: plain YAML keeps the last silently, so `lr: 0.1` ... `lr: 1.0` would quietly
-    train at 1.0. Keys merged in by `<<:` may still be overridden, as YAML means."""
+    train at 1.0. Keys merged in by `<<:` may still be overridden, as YAML means. Built on
+    libyaml's parser where PyYAML has it (`CSafeLoader`: the same documents, the same
+    constructors): the pure-Python scanner takes a minute on a 5 MB file."""
     import yaml
 
-    class UniqueKeyLoader(yaml.SafeLoader):
+    class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
                 first: dict[object, int] = {}

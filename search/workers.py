@@ -57,7 +57,7 @@ def parallel_storage(storage: str | None, workers: int) -> str | None:
         raise TunetrackError(
             f"storage {storage} cannot be shared by {workers} worker processes (SQLite: "
             f"'database is locked'); use --storage journal:FILE on one host or "
-            f"postgresql://USER:PASSWORD@HOST/DB across hosts"
+            f"postgresql://USER@HOST/DB across hosts, the password in PGPASSWORD"
         )
     return storage
 

@@ -21,6 +21,7 @@ from tunetrack.search.cli import app
 from tunetrack.search.progress import StudyProgress
 
 from .studyfiles import write_study
+from .support import orphan_trial
 
 runner = CliRunner(env={"COLUMNS": "200"})
 CLI = [sys.executable, "-m", "tunetrack.search.cli"]
@@ -291,21 +292,8 @@ def test_reading_commands_find_the_journal_of_run_workers(tmp_path, monkeypatch)
     assert "COMPLETE" not in result.stdout and "reading" not in result.stderr
 
 
-def _orphan(url: str) -> int:
-    """A RUNNING trial of study `made` whose process is gone (as after kill -9)."""
-    from tunetrack.search.stale_trials import OWNER_ATTR, this_process
-
-    study = optuna.load_study(study_name="made", storage=url)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    trial = study.ask({"train.lr": FloatDistribution(1e-4, 1e-1, log=True)})
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
-                                         {**this_process(), "pid": gone.pid, "start": "1"})
-    return trial.number
-
-
 def test_status_never_writes_and_repair_cleans_up(storage):
-    number = _orphan(storage)
+    number = orphan_trial(storage)
     before = [(t.state.name, t.datetime_complete) for t in
               optuna.load_study(study_name="made", storage=storage).trials]
     for command in (["status", "made"], ["best", "made"]):

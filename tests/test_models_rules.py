@@ -96,7 +96,8 @@ def test_defaults_and_edges_that_the_trainer_accepts_pass():
                         early_stopping=EarlyStoppingConfig(patience=1, min_delta=0.0))
     assert edges.problems() == []
     assert ModelConfig(dropout=0.0, freeze=0, input_size=1).problems() == []
-    assert DataConfig(val_fraction=0.5, test_fraction=0.0).problems() == []
+    assert DataConfig(val_fraction=0.5, test_fraction=0.01, seed=2**32 - 1).problems() == []
+    assert TrainConfig(seed=2**32 - 1).problems() == [] == TrainConfig(seed=0).problems()
 
 
 def test_val_and_test_fractions_must_leave_a_training_split():

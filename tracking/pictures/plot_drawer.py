@@ -111,7 +111,9 @@ def warm_up_drawing() -> None:
     of ~0.9 s."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from .plot_png import quiet_optuna_logs
+
+    quiet_optuna_logs()
     made_up = optuna.create_study(direction="maximize",
                                   sampler=optuna.samplers.RandomSampler(seed=0))
 

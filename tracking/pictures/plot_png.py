@@ -35,10 +35,19 @@ class _ReadOnlyTrials(optuna.storages.InMemoryStorage):
         return super().get_all_trials(study_id, deepcopy=False, states=states)
 
 
+def quiet_optuna_logs() -> None:
+    """Optuna's log lines in a drawing process: errors only, warnings too with -vv (which
+    the `tunetrack` command passes on as TUNETRACK_LOG_LEVEL=DEBUG). Its warnings about a
+    drawing ("Param x unique value length is less than 2": a contour over a parameter that
+    took one value) are nothing a user could act on (search/optuna_warnings.py)."""
+    debug = os.environ.get("TUNETRACK_LOG_LEVEL") == "DEBUG"
+    optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)
+
+
 def study_copy(name: str, trials: list, directions: list[str]) -> optuna.Study:
     """An in-memory study holding `trials` (FrozenTrials sent by the study process), to
     read and draw, not to run."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+    quiet_optuna_logs()  # no "study created in memory", no warnings about the drawing
     study = optuna.create_study(study_name=name, storage=_ReadOnlyTrials(),
                                 directions=[d.lower() for d in directions])
     study.add_trials(trials)

@@ -1,6 +1,8 @@
 """The model registry: `promote` when the paired statistics (`promotion_stats`) back it,
-its history, and the model files (`model_io`: one MLflow model, the bare network as its
-PyTorch flavor and `pyfunc_classifier`, images in and labels out, as its pyfunc)."""
+its history, the model files (`model_io`: one MLflow model, the bare network as its
+PyTorch flavor and `pyfunc_classifier`, images in and labels out, as its pyfunc), and
+MLflow's rules for model names and aliases (`names`, which `validate` checks a study's
+`registry:` with)."""
 
 from ..lazy import lazy_exports
 
@@ -11,4 +13,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                         "mcnemar_exact_p", "paired_evidence"),
     "model_io": ("FORMAT_TAG", "check_classifier", "load_classifier", "load_pytorch_model",
                  "local_model", "log_pytorch_model", "predict_logits", "raw_scale"),
+    "names": ("alias_problem", "model_name_problem"),
 })

@@ -38,6 +38,7 @@ import numpy as np
 from tunetrack.models import TunetrackError
 
 from .. import tags as T
+from .names import alias_problem, model_name_problem
 from .promotion_notes import RUN_NOTE, run_note, version_description
 from .promotion_stats import PairedEvidence, paired_evidence
 
@@ -73,12 +74,10 @@ def _now() -> str:
 
 
 def _validate(model_name: str, alias: str, min_improvement: float, alpha: float) -> None:
-    if not model_name or not model_name.strip() or "/" in model_name:
-        raise TunetrackError(f"model name must be non-empty without '/', got {model_name!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias or ""):
-        raise TunetrackError(f"alias must be letters, digits, '_' or '-', got {alias!r}")
-    if alias.lower() == "latest" or re.fullmatch(r"v\d+", alias, flags=re.IGNORECASE):
-        raise TunetrackError(f"alias {alias!r} is reserved by MLflow; choose another")
+    for what, problem in (("model name", model_name_problem(model_name)),
+                          ("alias", alias_problem(alias))):
+        if problem is not None:
+            raise TunetrackError(f"{what} {problem}")
     if not math.isfinite(min_improvement) or min_improvement < 0:
         raise TunetrackError(f"min_improvement must be >= 0 but got {min_improvement}")
     if not (math.isfinite(alpha) and 0 < alpha < 1):

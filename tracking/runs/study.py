@@ -15,7 +15,7 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import unknown
 
 from .. import tags as T
-from ..store import check_reachable, resolve_tracking_uri
+from ..store import check_reachable, redact, resolve_tracking_uri
 from .helper_link import HELPER
 from .trial_run import NullRun, TrialRun
 
@@ -63,7 +63,7 @@ class StudyTracker:
 
     def __repr__(self) -> str:
         return (f"StudyTracker(study={self.study_name!r}, experiment={self.experiment_name!r}, "
-                f"tracking_uri={self.tracking_uri!r})")
+                f"tracking_uri={redact(self.tracking_uri)!r})")  # reprs end up in logs
 
     @property
     def client(self):

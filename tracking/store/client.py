@@ -22,8 +22,9 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
 from .. import tags as T
+from .redaction import redact
 from .sqlite import sqlite_path, use_wal
-from .uri import check_reachable, redact, resolve_tracking_uri
+from .uri import check_reachable, resolve_tracking_uri
 
 
 @functools.lru_cache(maxsize=8)

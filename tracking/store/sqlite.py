@@ -7,6 +7,7 @@ use these; nothing here imports MLflow or Optuna.
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +74,11 @@ def _wal_pragmas(connection, _record) -> None:
     try:
         rows = cursor.execute("PRAGMA database_list").fetchall()
         if any(row[2] and str(Path(row[2]).resolve()) in _WAL_FILES for row in rows):
-            cursor.execute("PRAGMA journal_mode=WAL")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:  # a read-only file or folder: switching
+                if "readonly" not in str(exc):     # modes writes, reading needs no WAL
+                    raise
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
     finally:
@@ -106,6 +111,13 @@ def sqlite_tables(path: Path) -> tuple[frozenset[str], str | None] | None:
             row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = row[0] if row else None
     except sqlite3.DatabaseError as exc:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and not os.access(path.parent, os.W_OK):
+            raise TunetrackError(
+                f"{shown_path(path)} cannot be read in place: its folder is read-only and "
+                f"SQLite must write {path.name}-shm to read {wal.name}, the changes a process "
+                f"that did not close it left behind; copy both files to a writable folder, "
+                f"or open it once where it is writable") from None
         raise TunetrackError(f"{shown_path(path)} is not a readable SQLite database "
                              f"({exc})") from None
     finally:

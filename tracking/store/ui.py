@@ -23,8 +23,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .redaction import redact
 from .sqlite import sqlite_path
-from .uri import redact, resolve_tracking_uri, scheme_of
+from .uri import resolve_tracking_uri, scheme_of
 
 UI_QUERY = "workflowType=machine_learning"
 UI_HOST = "127.0.0.1"

@@ -26,6 +26,7 @@ from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
 from . import sqlite
+from .redaction import password_hint, redact
 from .sqlite import sqlite_path, sqlite_uri
 
 DEFAULT_DB_FILE = "mlflow.db"
@@ -47,15 +48,6 @@ def scheme_of(uri: str) -> str:
     if "://" not in uri:
         return "file"
     return uri.split("://", 1)[0].split("+", 1)[0].lower()
-
-
-def redact(uri: str) -> str:
-    """`uri` without a password, safe for error messages and logs."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _absolute(uri: str) -> str:
@@ -161,8 +153,9 @@ def _check_database(uri: str, timeout: float) -> None:
         raise TunetrackError(f"tracking URI {redact(uri)} needs the database driver "
                              f"{exc.name!r}; pip install -e '.[postgres]'") from None
     except Exception as exc:  # driver errors have no common base class
+        why = redact(first_line(exc))  # a driver may quote the URL it was given
         raise TunetrackError(f"cannot connect to tracking database {redact(uri)}: "
-                             f"{first_line(exc)}") from None
+                             f"{why}{password_hint(why)}") from None
     if sqlite.store_kind(tables) == "optuna":  # other programs' tables may share a server database
         raise TunetrackError(f"tracking URI {redact(uri)}: the database is a tunetrack/Optuna "
                              f"study storage, not an MLflow store")
