@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TunetrackError
+from .image_pixels import Unmappable, is_grey, pixels
 
 PIXEL_LIMIT_SETTING = "TUNETRACK_MAX_IMAGE_PIXELS"
 DEFAULT_PIXEL_LIMIT = 89_478_485  # Pillow's own default, so nothing changes unless asked
@@ -37,8 +38,6 @@ DEFAULT_PIXEL_LIMIT = 89_478_485  # Pillow's own default, so nothing changes unl
 # what Pillow raises for unreadable, truncated or corrupt files (UnidentifiedImageError is
 # an OSError; some corrupt headers surface as SyntaxError or ValueError)
 _PIL_ERRORS = (OSError, SyntaxError, ValueError)
-_GREY_BANDS = {"1", "L", "I", "F"}  # one intensity band; alpha bands aside
-_LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # what Pillow's "L" uses
 
 
 def pixel_limit() -> int:
@@ -82,78 +81,14 @@ def _opened(file: Path, limit: int, *, read: bool = True) -> Iterator:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _is_grey(img) -> bool:
-    return set(img.getbands()) - {"A", "a"} <= _GREY_BANDS
-
-
-def _has_alpha(img) -> bool:
-    return bool({"A", "a"} & set(img.getbands())) or "transparency" in img.info
-
-
-def _is_wide(img) -> bool:
-    """A single band deeper than 8 bits: 16-bit, 32-bit integer or float."""
-    return img.mode in ("I", "F") or img.mode.startswith("I;16")
-
-
-def _wide_grey(img, file: Path) -> np.ndarray:
-    """One 16-bit, 32-bit or float band as float32 in [0, 1] by its type's range."""
-    values = np.asarray(img)
-    if img.mode.startswith("I;16"):
-        return values.astype(np.float32) / 65535.0
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if img.mode == "F":
-        if not (low >= 0.0 and high <= 1.0):  # NaN fails both comparisons
-            raise TunetrackError(f"cannot map image {file}: its float pixels span [{low:g}, "
-                                 f"{high:g}]; float images must hold values in [0, 1]")
-        return values.astype(np.float32)
-    if not (low >= 0 and high <= 65535):
-        raise TunetrackError(f"cannot map image {file}: its 32-bit integer pixels span "
-                             f"[{low:g}, {high:g}]; integer images must hold values in 0-65535")
-    return values.astype(np.float32) / 65535.0
-
-
-def _planes(img, file: Path) -> np.ndarray:
-    """The image's colour (1 or 3 planes) as float32 in [0, 1], alpha composited over black."""
-    if _is_wide(img):
-        return _wide_grey(img, file)[None]
-    with_alpha = img.convert("LA" if _is_grey(img) else "RGBA")
-    values = np.asarray(with_alpha, dtype=np.float32) / 255.0
-    return (values[..., :-1] * values[..., -1:]).transpose(2, 0, 1)
-
-
-def _resized(planes: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """`planes` mapped to `channels` and resized, bilinear, each plane in float."""
-    from PIL import Image
-
-    if channels == 1 and len(planes) == 3:
-        planes = np.tensordot(_LUMA, planes, axes=1)[None]
-    resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))
-                                   .resize((size, size), Image.BILINEAR)) for p in planes])
-    return np.repeat(resized, channels, axis=0) if len(resized) < channels else resized
-
-
-def _eight_bit(img, size: int, channels: int) -> np.ndarray:
-    """Pillow's 8-bit conversion and resize, divided by 255 (the pixels every earlier model
-    was trained on); a mode Pillow cannot convert straight to `L` goes through `RGB`."""
-    from PIL import Image
-
-    target = "L" if channels == 1 else "RGB"
-    try:
-        converted = img.convert(target)
-    except ValueError:  # e.g. LAB -> L
-        converted = img.convert("RGB").convert(target)
-    arr = np.asarray(converted.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
 def decode_image(file: Path, size: int, channels: int, limit: int | None = None
                  ) -> np.ndarray:
     """One file as a (channels, size, size) float32 array in [0, 1]."""
     with _opened(file, limit or pixel_limit()) as img:
         try:
-            if not _is_wide(img) and not _has_alpha(img):
-                return _eight_bit(img, size, channels)
-            return _resized(_planes(img, file), size, channels)
+            return pixels(img, (size, size), channels)
+        except Unmappable as exc:
+            raise TunetrackError(f"cannot map image {file}: {exc}") from None
         except ValueError as exc:  # a mode Pillow reads but cannot convert
             raise TunetrackError(f"cannot map image {file} (mode {img.mode}) to "
                                  f"{channels} channel(s): {exc}") from None
@@ -174,6 +109,6 @@ def common_channels(files: list[Path]) -> int:
     limit = pixel_limit()
     for file in files:
         with _opened(file, limit, read=False) as img:
-            if not _is_grey(img):
+            if not is_grey(img):
                 return 3
     return 1

@@ -159,17 +159,19 @@ def test_the_pixel_limit_setting_lowers_and_raises_the_bomb_limit(tmp_path, monk
 def _brightness_model(tmp_path: Path) -> Path:
     """A model folder as tunetrack logs one (MLmodel metadata: classes, input shape) whose
     "bright" logit is the sum of its 16 pixels minus 8: it reads the pixels' real range."""
-    import mlflow.pytorch
     import torch
+    from mlflow.models import Model
+
+    from tunetrack.tracking.registry import model_io
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     with torch.no_grad():
         net[1].weight.copy_(torch.stack([torch.zeros(16), torch.ones(16)]))
         net[1].bias.copy_(torch.tensor([0.0, -8.0]))
     folder = tmp_path / "model"
-    mlflow.pytorch.save_model(net, str(folder), serialization_format="pickle",
-                              metadata={"tunetrack": {"classes": ["dark", "bright"],
-                                                      "input_shape": [1, 4, 4]}})
+    config = {"classes": ["dark", "bright"], "input_shape": [1, 4, 4], "raw_scale": 1.0}
+    model_io._save(net.eval(), folder, Model(), np.zeros((1, 1, 4, 4), np.float32),
+                   {model_io.METADATA_KEY: config}, config)
     return folder
 
 

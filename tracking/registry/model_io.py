@@ -44,7 +44,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-from tunetrack.models import TunetrackError
+from tunetrack.models import TunetrackError, image_pixels
 from tunetrack.models.errors import first_line
 
 from .. import tags as T
@@ -60,6 +60,7 @@ MODEL_NAME = "model"  # artifact name, as in runs:/<run_id>/model
 METADATA_KEY = "tunetrack"  # MLmodel metadata: classes, input_shape, study, trial, ...
 FORMAT_TAG = "tunetrack.model_format"
 LOADER = Path(pyfunc_classifier.__file__)  # its file name is the pyfunc's loader_module
+PIXELS = Path(image_pixels.__file__)  # the training decoder's pixels, which the pyfunc imports
 # a white pixel in each built-in dataset's raw scale (what arrays sent to a model are in);
 # the user's datasets: the floats their items hold ([0, 1] for uint8 images)
 RAW_SCALE = {"digits": 16.0, "imagefolder": 255.0, "torchvision": 255.0, "synthetic": 1.0}
@@ -124,7 +125,8 @@ def _save(model: torch.nn.Module, path: Path, mlflow_model: Model, example: np.n
     with tempfile.TemporaryDirectory(prefix="tunetrack-network-") as tmp:
         network = Path(tmp) / "network"
         fmt = _save_network(model, network, example)
-        code = [str(LOADER), *(user_code_paths(model) if fmt == "pickle" else [])]
+        code = [str(LOADER), str(PIXELS),
+                *(user_code_paths(model) if fmt == "pickle" else [])]
         mlflow.pyfunc.save_model(
             str(path), loader_module=LOADER.stem, data_path=str(network / "data"),
             code_paths=code, mlflow_model=mlflow_model,

@@ -3,15 +3,18 @@
 This file travels inside each model (MLflow `code_paths`; the model's `python_function`
 flavor names it as its `loader_module`), so `mlflow.pyfunc.load_model`, `mlflow models
 serve`, `tunetrack serve` and `tunetrack predict` all run this code and nothing else. It
-imports only what MLflow's own PyTorch flavor needs (mlflow, torch, numpy, pandas) and
-Pillow, never tunetrack: a model keeps working where tunetrack is not installed.
+imports only what MLflow's own PyTorch flavor needs (mlflow, torch, numpy, pandas),
+Pillow, and `image_pixels` (tunetrack's training decoder, shipped beside it in the model's
+`code/`), never the tunetrack package: a model keeps working where tunetrack is not
+installed.
 
 What the preprocessing needs travels in the flavor's `model_config` (written by
 `model_io`): class names, the network's input shape (C, H, W) and `raw_scale`, the value
 of a white pixel in the training data's raw scale (16 for digits, 255 for image files).
-Encoded images are decoded as the `imagefolder` dataset decodes them for training (Pillow,
-channel conversion, bilinear resize to H x W, / 255); arrays are taken as they are, in the
-raw scale, and divided by `raw_scale`. The network normalises its own input.
+Encoded images are decoded by the function the `imagefolder` dataset decodes them with for
+training (`image_pixels.pixels`: each file by its real range, channels, bilinear resize to
+H x W); arrays are taken as they are, in the raw scale, and divided by `raw_scale`. The
+network normalises its own input.
 
 Bad input raises `MlflowException(..., BAD_REQUEST)` with one line naming what is wrong:
 the scoring server answers HTTP 400 with it, without a stack trace.
@@ -27,6 +30,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+if __package__:  # inside tunetrack (predict, tests)
+    from tunetrack.models.image_pixels import Unmappable, pixels
+else:  # loaded by MLflow from the model's code/, which ships image_pixels.py beside it
+    from image_pixels import Unmappable, pixels
 
 IMAGE_COLUMN = "image"
 BATCH = 1024  # images per forward pass: bounds the memory of one large request
@@ -117,22 +125,23 @@ class ImageClassifier:
 
         if not images:
             raise _bad(f"column {IMAGE_COLUMN!r} holds no images")
-        mode = "L" if self.channels == 1 else "RGB"
         out = np.empty((len(images), self.channels, self.height, self.width), np.float32)
         for i, value in enumerate(images):
             raw = _image_bytes(value, i)
             try:
                 with Image.open(io.BytesIO(raw)) as img:  # reads the header only
                     if img.width * img.height > MAX_PIXELS:
-                        raise _bad(f"image {i} has {img.width} x {img.height} pixels; at "
-                                   f"most {MAX_PIXELS} are decoded", i)
-                    img = img.convert(mode).resize((self.width, self.height), Image.BILINEAR)
-                    pixels = np.asarray(img, dtype=np.float32) / 255.0
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                        raise Image.DecompressionBombError
+                    out[i] = pixels(img, (self.width, self.height), self.channels)
+            except Image.DecompressionBombError:
+                raise _bad(f"image {i} has more than {MAX_PIXELS} pixels (the "
+                           f"decompression-bomb limit of served models)", i) from None
+            except Unmappable as exc:
+                raise _bad(f"image {i} cannot be mapped: {exc}", i) from None
+            except (OSError, SyntaxError, ValueError) as exc:
                 why = ("not a format Pillow reads" if isinstance(exc, UnidentifiedImageError)
                        else (str(exc).splitlines() or [type(exc).__name__])[0][:120])
                 raise _bad(f"image {i} is not a readable image: {why}", i) from None
-            out[i] = pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
         return out
 
     def from_pixels(self, data: Any) -> np.ndarray:
