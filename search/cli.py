@@ -569,17 +569,22 @@ def compare(
 
     from tunetrack.tracking import compare_trials
     from tunetrack.tracking.reading import cost_to_target
+    from tunetrack.tracking.reading.cost_report import COST_KEY
 
     from .command_output import cost_table, render_sections, rows_table
+    from .trial_reads import trial_summaries, whole
 
     loaded = _load_study(study, storage, tracking_uri)
     _check_tracking_store(tracking_uri)
-    frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top)
+    # ranked and costed from summaries; only the top trials are read whole
+    summaries = trial_summaries(loaded, [COST_KEY])
+    frame = compare_trials(loaded, tracking_uri=tracking_uri, top=top, trials=summaries,
+                           whole=lambda picked: whole(loaded, picked))
     out = _deprecated("compare --csv", "--out", csv, out)
     if out is not None:
         frame.to_csv(out, index=False)
     sections = {"trials": frame.to_dict("records"),
-                "cost_to_target": cost_to_target(loaded).to_dict("records")}
+                "cost_to_target": cost_to_target(loaded, trials=summaries).to_dict("records")}
     width = _fit_width(wide)
 
     def tables(parts: dict[str, list[dict[str, Any]]]) -> Group:

@@ -28,6 +28,7 @@ __all__ = [
     "study_id",
     "study_storage",
     "trial_id",
+    "trial_rows",
     "trial_state_counts",
     "uncached_storage",
 ]
@@ -115,3 +116,56 @@ def trial_state_counts(storage: optuna.storages.BaseStorage, study_id: int
     with engine.connect() as connection:
         rows = connection.execute(query, {"study": study_id}).all()
     return {str(getattr(state, "name", state)): int(n) for state, n in rows}
+
+
+def trial_rows(storage: optuna.storages.BaseStorage, study_id: int,
+               attr_keys: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    """Every trial of a study on an RDB storage without its params, system attributes or
+    curves: trial id, number, state, start and completion times, values, the last reported
+    value, and the user attributes `attr_keys`; None on other storages. Four queries over
+    Optuna's tables through its ORM models (`optuna.storages._rdb.models`; 4.9 - 5.1).
+
+    The times are the columns as stored (naive; Optuna 5 stores UTC and shows local time):
+    what readers use of them, their order and differences, is the same.
+
+    Why private: Optuna reads a trial whole or not at all (17 s for 10k trials of 20
+    reports); `compare`'s ranking and cost-to-target need five fields of each."""
+    import json
+
+    import optuna
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models as m
+
+    backend = uncached_storage(storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return None
+    trial, column = m.TrialModel, m.TrialModel.__table__.c
+    of_study = sa.select(trial.trial_id).where(trial.study_id == study_id)
+    inter = m.TrialIntermediateValueModel
+    last_step = (sa.select(inter.trial_id, sa.func.max(inter.step).label("step"))
+                 .where(inter.trial_id.in_(of_study)).group_by(inter.trial_id).subquery())
+    with backend.engine.connect() as db:
+        rows = {r.trial_id: {"trial_id": r.trial_id, "number": r.number, "state": r.state,
+                             "datetime_start": r.datetime_start,
+                             "datetime_complete": r.datetime_complete, "values": {},
+                             "last_report": None, "user_attrs": {}}
+                for r in db.execute(sa.select(trial.trial_id, trial.number, trial.state,
+                                              column.datetime_start, column.datetime_complete)
+                                    .where(trial.study_id == study_id))}
+        value = m.TrialValueModel
+        for r in db.execute(sa.select(value.trial_id, value.objective, value.value,
+                                      value.value_type).where(value.trial_id.in_(of_study))):
+            rows[r.trial_id]["values"][r.objective] = value.stored_repr_to_value(
+                r.value, r.value_type)
+        for r in db.execute(sa.select(inter.trial_id, inter.step, inter.intermediate_value,
+                                      inter.intermediate_value_type)
+                            .join(last_step, sa.and_(inter.trial_id == last_step.c.trial_id,
+                                                     inter.step == last_step.c.step))):
+            rows[r.trial_id]["last_report"] = (r.step, inter.stored_repr_to_intermediate_value(
+                r.intermediate_value, r.intermediate_value_type))
+        attr = m.TrialUserAttributeModel
+        if attr_keys:
+            for r in db.execute(sa.select(attr.trial_id, attr.key, attr.value_json)
+                                .where(attr.trial_id.in_(of_study), attr.key.in_(attr_keys))):
+                rows[r.trial_id]["user_attrs"][r.key] = json.loads(r.value_json)
+    return sorted(rows.values(), key=lambda row: row["number"])

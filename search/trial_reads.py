@@ -11,10 +11,21 @@ trials 2N small ones. Journal and in-memory storages hold the study in memory an
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import optuna
 
-from .optuna_internals import study_id, study_storage, trial_state_counts, uncached_storage
+from .optuna_internals import (
+    study_id,
+    study_storage,
+    trial_id,
+    trial_rows,
+    trial_state_counts,
+    uncached_storage,
+)
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -51,3 +62,54 @@ def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
     """The RDB storage under Optuna's cache, or None for journal and in-memory storages."""
     backend = uncached_storage(study_storage(study))
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """What ranking and cost-to-target read of a trial, under `FrozenTrial`'s names (the
+    readers take either): no params, no system attributes, only the last report."""
+
+    number: int
+    state: optuna.trial.TrialState
+    values: list[float] | None
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    intermediate_values: dict[int, float]  # the last report only
+    user_attrs: dict[str, Any]
+    storage_id: int = field(repr=False)
+
+    @property
+    def duration(self):
+        if self.datetime_start is None or self.datetime_complete is None:
+            return None
+        return self.datetime_complete - self.datetime_start
+
+
+def trial_summaries(study: optuna.Study, attr_keys: Sequence[str]
+                    ) -> list[TrialSummary]:
+    """Every trial as a `TrialSummary` with the user attributes `attr_keys` (four queries
+    on an RDB storage; journal and in-memory storages: from their trials)."""
+    rows = trial_rows(study_storage(study), study_id(study), tuple(attr_keys))
+    if rows is None:
+        return [TrialSummary(t.number, t.state, t.values, t.datetime_start,
+                             t.datetime_complete, _last(t.intermediate_values),
+                             {k: t.user_attrs[k] for k in attr_keys if k in t.user_attrs},
+                             trial_id(t))
+                for t in study.get_trials(deepcopy=False)]
+    return [TrialSummary(r["number"], r["state"],
+                         [r["values"][i] for i in sorted(r["values"])] or None,
+                         r["datetime_start"], r["datetime_complete"],
+                         dict([r["last_report"]]) if r["last_report"] else {},
+                         r["user_attrs"], r["trial_id"])
+            for r in rows]
+
+
+def _last(curve: dict[int, float]) -> dict[int, float]:
+    return {max(curve): curve[max(curve)]} if curve else {}
+
+
+def whole(study: optuna.Study, summaries: Sequence[TrialSummary]
+          ) -> list[optuna.trial.FrozenTrial]:
+    """The full trials of `summaries` (one read each)."""
+    storage = study_storage(study)
+    return [storage.get_trial(s.storage_id) for s in summaries]

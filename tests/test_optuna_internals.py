@@ -69,6 +69,26 @@ def test_trial_state_counts(rdb_study):
     assert internals.trial_state_counts(internals.study_storage(memory), 0) is None
 
 
+def test_trial_rows(rdb_study):
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("cost", trial.number * 2.0)
+        trial.report(0.25, 0)
+        trial.report(float("inf"), 4)
+        return 0.5 + trial.number
+
+    rdb_study.optimize(objective, n_trials=2)
+    rows = internals.trial_rows(internals.study_storage(rdb_study),
+                                internals.study_id(rdb_study), ("cost",))
+    whole = rdb_study.get_trials()
+    assert [r["number"] for r in rows] == [0, 1]
+    assert [r["trial_id"] for r in rows] == [internals.trial_id(t) for t in whole]
+    assert rows[1]["state"] == optuna.trial.TrialState.COMPLETE
+    assert rows[1]["values"] == {0: 1.5} and rows[1]["user_attrs"] == {"cost": 2.0}
+    assert rows[1]["last_report"] == (4, float("inf"))
+    assert rows[1]["datetime_complete"] - rows[1]["datetime_start"] == whole[1].duration
+    assert internals.trial_rows(optuna.storages.InMemoryStorage(), 0, ()) is None
+
+
 def test_heartbeat_thread(rdb_study):
     trial = rdb_study.ask()
     backend = internals.uncached_storage(internals.study_storage(rdb_study))

@@ -50,3 +50,35 @@ def test_status_shows_the_last_trials_and_counts_them_all(tmp_path):
             "every one)") in result.stdout
     result = runner.invoke(app, ["status", "s", "--storage", storage, "--all", "-f", "json"])
     assert result.exit_code == 0 and result.stdout.count('"number"') == 9
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_compare_from_summaries_is_compare_from_whole_trials(kind, tmp_path):
+    """Ranking and cost-to-target read summaries (four queries on an RDB storage) and the
+    top trials whole: the same tables as reading every trial whole."""
+    from tunetrack.search.trial_reads import trial_summaries, whole
+    from tunetrack.tracking.reading.compare import compare_trials
+    from tunetrack.tracking.reading.cost_report import COST_KEY, cost_to_target
+
+    storage = (f"sqlite:///{tmp_path}/o.db" if kind == "sqlite" else
+               JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))))
+    study = optuna.create_study(study_name="c", storage=storage, direction="maximize")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        trial.set_user_attr(COST_KEY, 0.5 + trial.number)
+        for step in range(3):
+            trial.report(x * step, step)
+        if trial.number % 3 == 1:
+            raise optuna.TrialPruned
+        return x
+
+    study.optimize(objective, n_trials=9)
+    summaries = trial_summaries(study, [COST_KEY])
+    assert summaries[1].intermediate_values == {2: study.trials[1].intermediate_values[2]}
+    assert summaries[4].user_attrs == {COST_KEY: 4.5}
+    fast = compare_trials(study, top=5, trials=summaries,
+                          whole=lambda picked: whole(study, picked))
+    assert fast.equals(compare_trials(study, top=5)) and len(fast) == 5
+    targets = cost_to_target(study, trials=summaries)
+    assert targets.equals(cost_to_target(study)) and len(targets) == 4

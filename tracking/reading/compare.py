@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunetrack.models import TunetrackError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
-def _sort_key(trial: FrozenTrial, signs: list[int]) -> tuple:
+def rank_key(trial: FrozenTrial, signs: list[int]) -> tuple:
     """Completed by value (direction aware), then pruned by their last reported value,
     then the rest by number."""
     from optuna.trial import TrialState
@@ -64,16 +65,25 @@ def _mlflow_metrics(run_ids: list[str], tracking_uri: str | None) -> dict[str, d
 
 
 def compare_trials(study: optuna.Study, *, tracking_uri: str | None = None,
-                   top: int = 10) -> pd.DataFrame:
+                   top: int = 10, trials: Sequence[Any] | None = None,
+                   whole: Callable[[list[Any]], list[FrozenTrial]] | None = None
+                   ) -> pd.DataFrame:
     """The `top` trials, best first: number, state, value(s), test_accuracy, epochs,
-    duration_s, run_id and the sampled params (one column each)."""
+    duration_s, run_id and the sampled params (one column each).
+
+    `trials` ranks these instead of the study's (summaries: state, values, the last
+    report), and `whole` reads the top ones in full: a 10k-trial study is ranked without
+    building every trial."""
     import pandas as pd
     from optuna.trial import TrialState
 
     if top < 1:
         raise TunetrackError(f"top must be >= 1 but got {top}")
     signs = [direction_sign(d) for d in study.directions]
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: _sort_key(t, signs))[:top]
+    ranked = trials if trials is not None else study.get_trials(deepcopy=False)
+    trials = sorted(ranked, key=lambda t: rank_key(t, signs))[:top]
+    if whole is not None:
+        trials = whole(trials)
     missing = [t.user_attrs[T.ATTR_RUN_ID] for t in trials
                if t.state == TrialState.COMPLETE and T.ATTR_RUN_ID in t.user_attrs
                and T.ATTR_TEST_ACCURACY not in t.user_attrs]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -29,9 +30,11 @@ COST_COLUMNS = ("cost_device_seconds", "cost_wall_seconds", "cost_cpu_seconds",
                 "cost_peak_memory_mb", "cost_peak_device_memory_mb", "cost_energy_joules")
 
 
-def finished_in_order(study: optuna.Study) -> list[FrozenTrial]:
-    """Finished trials (complete, pruned, failed) by completion time, then number."""
-    trials = [t for t in study.get_trials(deepcopy=False)
+def finished_in_order(study: optuna.Study, trials: Sequence[Any] | None = None
+                      ) -> list[FrozenTrial]:
+    """Finished trials (complete, pruned, failed) by completion time, then number; of
+    `trials` (summaries will do) when given, else of the study."""
+    trials = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
               if t.state.is_finished() and t.datetime_complete is not None]
     return sorted(trials, key=lambda t: (t.datetime_complete, t.number))
 
@@ -40,8 +43,8 @@ def _reached(value: float, target: float, maximize: bool) -> bool:
     return value >= target if maximize else value <= target
 
 
-def cost_to_target(study: optuna.Study, fractions: tuple[float, ...] = TARGET_FRACTIONS
-                   ) -> pd.DataFrame:
+def cost_to_target(study: optuna.Study, fractions: tuple[float, ...] = TARGET_FRACTIONS,
+                   trials: Sequence[Any] | None = None) -> pd.DataFrame:
     """One row per fraction: the target value, the first trial that reached it, how many
     trials had finished by then, and the device seconds spent up to and including it.
 
@@ -54,7 +57,7 @@ def cost_to_target(study: optuna.Study, fractions: tuple[float, ...] = TARGET_FR
 
     columns = ["target", "target_value", "trial", "trials_finished", "device_seconds",
                "share_of_total"]
-    trials = finished_in_order(study)
+    trials = finished_in_order(study, trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     if not complete:
         return pd.DataFrame(columns=columns)
