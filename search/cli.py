@@ -599,6 +599,10 @@ def compare(
     _emit(render_sections(sections, fmt.value, tables), wide=wide)
 
 
+# a bigger study's report draws this many of its trials (the best half, the rest spread)
+REPORT_MAX_TRIALS = 500
+
+
 @app.command()
 @user_errors
 def report(
@@ -616,8 +620,14 @@ def report(
     _check_tracking_store(tracking_uri)
     _quiet_libraries()
     from tunetrack.tracking import write_report
+    from tunetrack.tracking.directions import direction_sign
+    from tunetrack.tracking.reading.compare import rank_key
 
-    summary = write_report(loaded, out, tracking_uri=tracking_uri, top=top)
+    from .trial_reads import bounded_view
+
+    signs = [direction_sign(d) for d in loaded.directions]
+    shown, note = bounded_view(loaded, REPORT_MAX_TRIALS, lambda t: rank_key(t, signs))
+    summary = write_report(shown, out, tracking_uri=tracking_uri, top=top, note=note)
     best = ("no completed trial" if summary.best_trial is None else
             f"{len(summary.pictures)} pictures of trial {summary.best_trial}")
     record = {"path": str(summary.path.resolve()), "plots": len(summary.plots),

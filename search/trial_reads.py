@@ -10,8 +10,9 @@ trials 2N small ones. Journal and in-memory storages hold the study in memory an
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -113,3 +114,46 @@ def whole(study: optuna.Study, summaries: Sequence[TrialSummary]
     """The full trials of `summaries` (one read each)."""
     storage = study_storage(study)
     return [storage.get_trial(s.storage_id) for s in summaries]
+
+
+def bounded_view(study: optuna.Study, limit: int,
+                 rank: Callable[[Any], tuple]) -> tuple[optuna.Study, str | None]:
+    """`study` itself when it has at most `limit` trials; else an in-memory study of the
+    `limit // 2` best (by `rank`) and of the rest spread evenly over the study's course
+    (its history's shape kept), read whole, and a note saying so: what the report's plots
+    draw, in a time that does not grow with the study."""
+    summaries = trial_summaries(study, ())
+    if len(summaries) <= limit:
+        return study, None
+    best = sorted(summaries, key=rank)[:limit // 2]
+    chosen = {s.number for s in best}
+    rest = [s for s in summaries if s.number not in chosen]
+    step = len(rest) / (limit - len(best))
+    chosen |= {rest[int(i * step)].number for i in range(limit - len(best))}
+    picked = [s for s in summaries if s.number in chosen]
+    view = StudyView(study, whole(study, picked))
+    counts = ", ".join(f"{n} {state}" for state, n in state_counts(study).items())
+    return view, (f"the report draws {len(picked)} of the study's {len(summaries)} trials "
+                  f"({counts}): the {len(best)} best and {len(picked) - len(best)} spread "
+                  f"over its course")
+
+
+class StudyView(optuna.Study):
+    """Some of a study's trials, read whole, as a study that readers (Optuna's plots, the
+    report) take like the study itself, trial numbers included (`add_trials` would number
+    them afresh); its best trial is the study's."""
+
+    def __init__(self, study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]):
+        storage = optuna.storages.InMemoryStorage()
+        storage.create_new_study(study.directions, study.study_name)
+        super().__init__(study_name=study.study_name, storage=storage)
+        self.whole_study, self.shown = study, list(trials)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None
+                   ) -> list[optuna.trial.FrozenTrial]:
+        shown = [t for t in self.shown if states is None or t.state in states]
+        return copy.deepcopy(shown) if deepcopy else shown
+
+    @property
+    def best_trial(self) -> optuna.trial.FrozenTrial:
+        return self.whole_study.best_trial

@@ -4,6 +4,8 @@ database on RDB storages and from memory on journal ones, the same either way; a
 
 from __future__ import annotations
 
+import html
+
 import optuna
 import pytest
 from optuna.storages import JournalStorage
@@ -82,3 +84,29 @@ def test_compare_from_summaries_is_compare_from_whole_trials(kind, tmp_path):
     assert fast.equals(compare_trials(study, top=5)) and len(fast) == 5
     targets = cost_to_target(study, trials=summaries)
     assert targets.equals(cost_to_target(study)) and len(targets) == 4
+
+
+def test_a_big_study_is_reported_from_its_best_and_a_spread_of_the_rest(tmp_path,
+                                                                       monkeypatch):
+    from tunetrack.search import cli
+    from tunetrack.search.trial_reads import bounded_view
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    study = optuna.create_study(study_name="big", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1),
+                   n_trials=40)
+    view, note = bounded_view(study, 10, lambda t: (-t.values[0],))
+    best = sorted(study.trials, key=lambda t: -t.value)[:5]
+    numbers = [t.number for t in view.trials]
+    assert len(numbers) == 10 and {t.number for t in best} <= set(numbers)
+    assert numbers == sorted(numbers) and numbers[0] <= 7  # spread from the start
+    assert view.best_value == study.best_value
+    assert note == ("the report draws 10 of the study's 40 trials (40 COMPLETE): the 5 "
+                    "best and 5 spread over its course")
+    assert bounded_view(study, 40, lambda t: (0,)) == (study, None)
+    monkeypatch.setattr(cli, "REPORT_MAX_TRIALS", 10)
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", "big", "--storage", storage, "--out", str(out),
+                                      "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert result.exit_code == 0, result.output
+    assert html.escape(note) in out.read_text() and note in result.stderr

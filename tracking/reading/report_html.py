@@ -284,17 +284,20 @@ def _best_section(study: optuna.Study, best: FrozenTrial | None, tracking_uri: s
 
 
 def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: int = 10,
-                 drawn: StudySummary | None = None) -> tuple[str, ReportSummary]:
+                 drawn: StudySummary | None = None, note: str | None = None
+                 ) -> tuple[str, ReportSummary]:
     """The report's HTML text and what went into it; `drawn`: the study's plots as
-    `study_plots.write_plots` just made them (not made again)."""
+    `study_plots.write_plots` just made them (not made again); `note`: shown first (what
+    part of a big study `study` is)."""
     import optuna as _optuna
     import plotly
     from plotly.offline import get_plotlyjs
 
-    summary = ReportSummary()
+    summary = ReportSummary(notes=[note] if note else [])
     best = _best_trial(study)
     divs = _plot_divs(study, summary, drawn)
-    body = "".join([_summary_section(study, best), _plots_section(divs, summary),
+    body = "".join([f'<p class="note">{_e(note)}</p>' if note else "",
+                    _summary_section(study, best), _plots_section(divs, summary),
                     _trials_section(study, tracking_uri, top), cost_section_html(study),
                     _best_section(study, best, tracking_uri, summary)])
     # plotly.js once, inline, only when a section draws a plotly figure (its div calls
@@ -322,14 +325,16 @@ def build_report(study: optuna.Study, *, tracking_uri: str | None = None, top: i
 
 
 def write_report(study: optuna.Study, out: str | Path, *, tracking_uri: str | None = None,
-                 top: int = 10, drawn: StudySummary | None = None) -> ReportSummary:
+                 top: int = 10, drawn: StudySummary | None = None,
+                 note: str | None = None) -> ReportSummary:
     """Write the report of `study` to `out` (replaced atomically: a browser never sees half
     a file) and return what went into it (`drawn`: see `build_report`)."""
     out = Path(out)
     if not out.parent.is_dir():
         raise TunetrackError(f"cannot write the report to {out}: folder {out.parent} does "
                              f"not exist")
-    page, summary = build_report(study, tracking_uri=tracking_uri, top=top, drawn=drawn)
+    page, summary = build_report(study, tracking_uri=tracking_uri, top=top, drawn=drawn,
+                                 note=note)
     partial = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         partial.write_text(page, encoding="utf-8")
