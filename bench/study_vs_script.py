@@ -17,6 +17,9 @@ Values: the script's trial value is the best epoch's val accuracy; tunetrack's i
 accuracy of the epoch early stopping keeps (the study file watches val_loss), which can
 only be lower, so `best_any_epoch` (the highest val accuracy tunetrack reported to the
 pruner in any epoch) is printed beside it for a like-for-like look.
+Time to quality (`time_to_quality`): per seed, the seconds until each side first completed
+a trial at least as good as the other side's final best; target: tunetrack reaches the
+script's final best in <= 0.4 of the script's own time to it (median over the seeds).
 Prints one JSON line, the ratio (tunetrack seconds / script seconds) last; target <= 0.7
 with `best_no_worse` (medians over the seeds, like for like: best epoch vs best epoch).
 Run: python -m bench.study_vs_script [--repeats 3] [--trials 30] [--target 0.98]
@@ -63,12 +66,19 @@ def tunetrack_side(files: list[Path], folder: Path, trials: int | None, target: 
         extra = ["--trials", str(trials)] if trials else []
         timed = run_process(tunetrack_cli("run", str(files[repeat]), *extra), cwd)
         study = stored_study(f"sqlite:///{cwd}/tunetrack.db")
-        reached, trial = time_to_target(finished_trials(study), timed.spawned, target)
+        records = finished_trials(study)
+        reached, trial = time_to_target(records, timed.spawned, target)
         any_epoch = max(max(t.intermediate_values.values(), default=0.0)
                         for t in study.trials)
+        # like for like with the script's values (its best epoch's val accuracy): each
+        # completed trial's best reported val accuracy
+        best_epochs = [TrialTimes(t.number, max(t.intermediate_values.values()),
+                                  t.datetime_start, t.datetime_complete)
+                       for t in study.trials if t.state.name == "COMPLETE"
+                       and t.intermediate_values]
         return {"seconds": timed.seconds, "cpu_s": timed.cpu_s, "best": study.best_value,
-                "to_target_s": reached,
-                "target_trial": trial, "best_any_epoch": any_epoch}
+                "to_target_s": reached, "target_trial": trial, "best_any_epoch": any_epoch,
+                "records": best_epochs, "spawned": timed.spawned}
 
     return once
 
@@ -85,7 +95,8 @@ def script_side(files: list[Path], folder: Path, trials: int | None, target: flo
         reached, trial = time_to_target(records, timed.spawned, target)
         best = max(t.value for t in records if t.value is not None)
         return {"seconds": timed.seconds, "cpu_s": timed.cpu_s, "best": best,
-                "to_target_s": reached, "target_trial": trial}
+                "to_target_s": reached, "target_trial": trial, "records": records,
+                "spawned": timed.spawned}
 
     return once
 
@@ -109,6 +120,29 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+def time_to_quality(ours: list[dict], script: list[dict]) -> dict:
+    """Per seed: seconds from spawn until each side first completed a trial at least as good
+    as the other side's final best (best epoch's val accuracy on both sides: like for like),
+    and until the script reached its own final best; the
+    ratio the target is about is tunetrack's time to the script's best over the script's
+    own time to it (median over the seeds that reached it; None where tunetrack never did)."""
+    seeds, ratios = [], []
+    for mine, theirs in zip(ours, script, strict=True):
+        to_theirs, _ = time_to_target(mine["records"], mine["spawned"], theirs["best"])
+        their_own, _ = time_to_target(theirs["records"], theirs["spawned"], theirs["best"])
+        to_mine, _ = time_to_target(theirs["records"], theirs["spawned"],
+                                    mine["best_any_epoch"])
+        ratio = round(to_theirs / their_own, 3) if to_theirs is not None else None
+        seeds.append({"script_best": round(theirs["best"], 4),
+                      "tunetrack_to_script_best_s": to_theirs,
+                      "script_to_own_best_s": their_own,
+                      "script_to_tunetrack_best_s": to_mine, "ratio": ratio})
+        if ratio is not None:
+            ratios.append(ratio)
+    return {"per_seed": seeds, "reached": f"{len(ratios)}/{len(seeds)}",
+            "median_ratio": round(statistics.median(ratios), 3) if ratios else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -127,6 +161,7 @@ def main() -> None:
             "script": script_side(files, Path(tmp), args.trials, args.target,
                                   args.script_threads or None),
         }, args.repeats)
+    quality = time_to_quality(runs["tunetrack"], runs["script"])
     ours, script = summary(runs["tunetrack"]), summary(runs["script"])
     out: dict = {"bench": "study_vs_script", "study": study_file.name,
                  "trials": args.trials or "file's", "repeats": args.repeats,
@@ -137,6 +172,7 @@ def main() -> None:
                  # never higher: `kept_epoch_no_worse`)
                  "best_no_worse": ours["best_any_epoch"] >= script["best"],
                  "kept_epoch_no_worse": ours["best"] >= script["best"]}
+    out["time_to_quality"] = quality  # target: median_ratio <= 0.4
     if ours["to_target_s"] and script["to_target_s"]:
         out["ratio_to_target"] = round(ours["to_target_s"] / script["to_target_s"], 3)
     out["ratio_cpu"] = round(ours["cpu_s"] / script["cpu_s"], 3)
