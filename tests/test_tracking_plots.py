@@ -138,6 +138,6 @@ def test_a_stuck_drawer_is_stopped_and_its_plots_drawn_here(study, drawer, tmp_p
 def test_an_answer_nobody_collected_is_not_taken_for_the_next_one(study, drawer) -> None:
     copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
     trials = copy.get_trials(deepcopy=False)
-    assert drawer.submit(["slice"], trials, ["MAXIMIZE"])  # never collected
+    assert drawer.submit(["timeline"], trials, ["MAXIMIZE"])  # never collected
     assert drawer.submit(["intermediate_values"], trials, ["MAXIMIZE"])
     assert set(drawer.collect()) == {"intermediate_values"}

@@ -24,10 +24,10 @@ import sys
 from typing import Any
 
 _log = logging.getLogger(__name__)
-# the dearest PNG twins, balanced against what the helper draws meanwhile (the
-# parallel coordinates, importances and every plotly figure): each side ~1.1 s for the
-# 30-trial digits study (bench/README.md)
-ASIDE = ("slice", "parallel_coordinate", "intermediate_values")
+# the dearest PNG twins, balanced against what the helper draws meanwhile (the history,
+# importances and every plotly figure): 0.44 s here against 0.86 s there for the 30-trial
+# digits study (bench.figure_costs, 2026-12-07, AMD EPYC Zen 4 VM)
+ASIDE = ("intermediate_values", "timeline")
 ANSWER_TIMEOUT_S = 120.0
 
 

@@ -66,9 +66,12 @@ def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable |
                                   vis_mpl.plot_optimization_history),
         "param_importances": (partial(vis.plot_param_importances, evaluator=evaluator),
                               partial(vis_mpl.plot_param_importances, evaluator=evaluator)),
-        "parallel_coordinate": (vis.plot_parallel_coordinate,
-                                vis_mpl.plot_parallel_coordinate),
-        "slice": (vis.plot_slice, vis_mpl.plot_slice),
+        # HTML only, as contour and rank: their matplotlib twins took 0.70 s and 1.43 s for
+        # the 30-trial digits study against 0.04 s and 0.11 s for plotly (bench.figure_costs,
+        # 2026-12-07, AMD EPYC Zen 4 VM), four fifths of what the study process waited for
+        # after its last trial
+        "parallel_coordinate": (vis.plot_parallel_coordinate, None),
+        "slice": (vis.plot_slice, None),
     }
     for name, funcs in single.items():
         if multi:
