@@ -7,6 +7,7 @@ on stderr and exit with code 2; bugs keep their traceback.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import functools
 import logging
@@ -359,10 +360,11 @@ def run(
     from .runner import run_study
 
     total = trials or spec.search.n_trials
+    started = datetime.datetime.now()  # naive local time, as Optuna's trial times
     study = run_study(spec, n_trials=total, timeout=timeout, storage=storage,
                       tracking_uri=tracking_uri, device=device, threads=threads,
                       progress=StudyProgress(spec.name, total, enabled=progress))
-    _print_summary(study, spec, tracking_uri, storage)
+    _print_summary(study, spec, tracking_uri, storage, since=started)
 
 
 def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
@@ -383,16 +385,22 @@ def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
     return spec
 
 
-def _print_summary(study, spec, tracking_uri: str | None, storage: str | None) -> None:
-    """The study's outcome, then the next commands as a fresh shell runs them
-    (`next_steps`: venv paths, the stores' options, the MLflow UI link)."""
+def _print_summary(study, spec, tracking_uri: str | None, storage: str | None, *,
+                   since: datetime.datetime) -> None:
+    """The study's outcome (and who else added trials to it since `since`), then the next
+    commands as a fresh shell runs them (`next_steps`: venv paths, the stores' options,
+    the MLflow UI link)."""
     from rich.markup import escape
 
     from .command_output import study_summary
+    from .concurrent_runs import shared_study_line
     from .next_steps import next_steps
 
     console = _console()
     console.print(study_summary(study))
+    shared = shared_study_line(study, since)
+    if shared is not None:
+        console.print(escape(shared), soft_wrap=True)
     experiment = (spec.tracking.experiment or spec.name) if spec.tracking.enabled else None
     if experiment is not None:
         console.print(f"MLflow: experiment [bold]{escape(experiment)}[/]")
