@@ -155,9 +155,9 @@ def _fit_width(wide: bool) -> int | None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C (SIGTERM)
-    into one line and exit code 130 (143) (the running trial was already marked FAIL on its
-    way out; search/termination.py)."""
+    """Turn `TunetrackError` and a full disk into one line on stderr and exit code 2, and
+    Ctrl-C (SIGTERM) into one line and exit code 130 (143) (the running trial was already
+    marked FAIL on its way out; search/termination.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -173,14 +173,26 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(exit_code(exc)) from None
         except Exception as exc:
             # e.g. a database call cut off by Ctrl-C; a trial left RUNNING that way is
-            # failed by the next command. Without an interrupt behind it: a bug, traceback.
+            # failed by the next command. A full disk: one line. Else a bug, traceback.
             interrupt = interruption(exc)
             if interrupt is None:
+                _say_disk_full(exc)
                 raise
             _say_interrupted(interrupt)
             raise typer.Exit(exit_code(interrupt)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_disk_full(exc: Exception) -> None:
+    """One line and exit 2 when `exc` says a disk is full (where `runner.run_study` could
+    not name the store itself: another command, a store being created)."""
+    from tunetrack.tracking.runs import disk_full_line, full_path
+
+    full = full_path(exc, None)
+    if full is not None:
+        typer.echo(f"error: {disk_full_line('disk', full)}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _say_interrupted(exc: KeyboardInterrupt) -> None:
@@ -208,7 +220,7 @@ def _quiet_libraries() -> None:
 
     optuna.logging.set_verbosity(_library_level())
     logging.getLogger("mlflow").setLevel(_library_level())
-    optimize_logger().addFilter(_NotInterrupted())
+    optimize_logger().addFilter(_SaidInOneLine())
 
 
 def _library_level() -> int:
@@ -216,22 +228,29 @@ def _library_level() -> int:
     return logging.INFO if level == logging.DEBUG else max(level, logging.WARNING)
 
 
-class _NotInterrupted:
-    """Drop Optuna's two "trial failed" warnings (one with a traceback) for Ctrl-C: the
-    trial keeps its reason (`interrupted (SIGINT)`), the user sees one line
-    (`user_errors`)."""
+class _SaidInOneLine:
+    """Drop Optuna's two "trial failed" warnings (one with a traceback) for what stops a
+    study with one line of its own (`user_errors`): Ctrl-C or SIGTERM (the trial keeps its
+    reason, `interrupted (SIGINT)`) and a full disk (`runner.run_study`)."""
 
     def __init__(self) -> None:
         self.follow_up: str | None = None
 
     def filter(self, record) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and _said_in_one_line(record.exc_info[1]):
             self.follow_up = record.getMessage().split(" failed with ", 1)[0] + " failed with value"
             return False
         if self.follow_up and record.getMessage().startswith(self.follow_up):
             self.follow_up = None
             return False
         return True
+
+
+def _said_in_one_line(exc: BaseException | None) -> bool:
+    from tunetrack.tracking.runs import full_path
+
+    return isinstance(exc, KeyboardInterrupt) or (
+        exc is not None and full_path(exc, None) is not None)
 
 
 def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
@@ -808,6 +827,9 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
+    uri = sys.modules.get("tunetrack.tracking.store.sqlite")
+    if uri is not None:  # before the helper's last writes: an emptied -wal file is room
+        uri.checkpoint_wal()  # tunetrack.db whole without its -wal file
     helper = sys.modules.get("tunetrack.tracking.runs.helper_link")
     if helper is not None:
         try:
@@ -816,9 +838,6 @@ def main() -> None:
             if code not in (130, 143):  # one line
                 _say_interrupted(exc)
             code = code if code in (130, 143) else exit_code(exc)
-    uri = sys.modules.get("tunetrack.tracking.store.sqlite")
-    if uri is not None:
-        uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,6 +8,7 @@ never creates an empty study row or an orphan MLflow run.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,8 @@ from .resume import check_resume, remember
 from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
-from .stale_trials import record_owner
+from .stale_trials import OWNER_ATTR, record_owner
+from .storage import storage_file
 from .study_file import load_study_file, parse_study
 from .trial_budget import has_heartbeats
 from .user_objects import with_objects
@@ -195,7 +197,7 @@ def run_study(
     bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
     plain = Objective(spec, space, splits, dev, tracker, progress=bar)
     optimize = _optimize(spec, study, plain)
-    stopped = False  # by Ctrl-C or SIGTERM: the parent run ends KILLED, not FINISHED
+    ending = "FINISHED"  # the parent run's status
     try:
         with bar if bar is not None else contextlib.nullcontext():
             optimize(
@@ -206,13 +208,43 @@ def run_study(
                 callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
             )
     except KeyboardInterrupt:
-        stopped = True
+        ending = "KILLED"  # by Ctrl-C or SIGTERM: the study was stopped
         raise
+    except Exception as exc:
+        from tunetrack.tracking.runs import full_path
+
+        full = full_path(exc, storage_file(storage))
+        if full is None:
+            raise
+        ending = "FAILED"
+        raise TunetrackError(_stopped_by_full_disk(study, full, storage_file(storage))
+                             ) from None
     finally:
         resume_gc()
         if tracker is not None:
-            tracker.finish_study(study, stopped=stopped)
+            tracker.finish_study(study, status=ending)
     return study
+
+
+def _stopped_by_full_disk(study: optuna.Study, full: str, store: Path | None) -> str:
+    """One line: what filled up, where, and what became of the study (read back: a full
+    disk still lets a store be read)."""
+    from tunetrack.tracking.runs import disk_full_line
+
+    what = "study storage" if store is not None and Path(full) == store else "disk"
+    text = disk_full_line(what, full) + "; the study stopped, its finished trials are kept"
+    with contextlib.suppress(Exception):
+        running = [t.number for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if _mine(t)]
+        if running:
+            text += (f"; trial {', '.join(map(str, running))} left RUNNING (the next "
+                     f"`tunetrack run` or `tunetrack repair` fails it)")
+    return text
+
+
+def _mine(trial: optuna.trial.FrozenTrial) -> bool:
+    """Does this process run `trial` (`stale_trials.record_owner`)?"""
+    return trial.system_attrs.get(OWNER_ATTR, {}).get("pid") == os.getpid()
 
 
 def _optimize(spec: StudySpec, study: optuna.Study, plain: Objective) -> Callable[..., None]:

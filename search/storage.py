@@ -136,6 +136,21 @@ def _lost_schema_race(exc: Exception) -> bool:
                                          "unique constraint failed: alembic_version"))
 
 
+def storage_file(storage: str | optuna.storages.BaseStorage | None) -> Path | None:
+    """The local file a storage writes (SQLite or journal), to name it when its disk is
+    full; None for a server database."""
+    if isinstance(storage, optuna.storages.BaseStorage):
+        from .optuna_internals import uncached_storage
+
+        storage = getattr(uncached_storage(storage), "url", None)
+        if storage is None:
+            return None
+    url = storage or DEFAULT_STORAGE
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    return sqlite_path(url)
+
+
 def missing_store(where: str) -> TunetrackError:
     return TunetrackError(f"no study store at {where}; run `tunetrack run FILE` first (or "
                           f"pass --storage / set TUNETRACK_STORAGE to where the study is)")

@@ -10,4 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "run_contents": ("CompletedTrial", "model_wanted", "run_fields", "warm_up_files",
                      "write_trial_artifacts"),
     "datasets": ("dataset_inputs",),
+    "disk_full": ("disk_full_line", "full_path"),
 })
