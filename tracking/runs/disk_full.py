@@ -20,23 +20,25 @@ _SQLITE_FULL = "database or disk is full"  # SQLITE_FULL, whatever wraps it
 
 def full_path(exc: BaseException, store: str | Path | None) -> str | None:
     """Where the disk filled up when `exc`, or an exception behind it, says it did: the
-    file named by the OSError, else `store` (the SQLite file or journal being written);
-    None for any other failure."""
+    file named by the OSError, else `store` (the SQLite file or journal being written),
+    else "" (full, but nobody said where); None for any other failure."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, OSError) and cause.errno in _FULL_ERRNOS:
             named = cause.filename2 or cause.filename
-            return str(named or store or "the store")
+            return str(named or store or "")
         if _SQLITE_FULL in str(cause):
-            return str(store or "the store")
+            return str(store or "")
         cause = cause.__cause__ or cause.__context__
     return None
 
 
 def disk_full_line(what: str, path: str) -> str:
     """`{what} full: no space left on device for {path} ({free} left there)`."""
+    if not path:
+        return f"{what} full: no space left on device"
     return f"{what} full: no space left on device for {path}{_room_left(path)}"
 
 
