@@ -7,6 +7,7 @@ on stderr and exit with code 2; bugs keep their traceback.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import functools
 import logging
@@ -155,9 +156,9 @@ def _fit_width(wide: bool) -> int | None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn `TunetrackError` into one line on stderr and exit code 2, and Ctrl-C (SIGTERM)
-    into one line and exit code 130 (143) (the running trial was already marked FAIL on its
-    way out; search/termination.py)."""
+    """Turn `TunetrackError` and a full disk into one line on stderr and exit code 2, and
+    Ctrl-C (SIGTERM) into one line and exit code 130 (143) (the running trial was already
+    marked FAIL on its way out; search/termination.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -173,14 +174,26 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(exit_code(exc)) from None
         except Exception as exc:
             # e.g. a database call cut off by Ctrl-C; a trial left RUNNING that way is
-            # failed by the next command. Without an interrupt behind it: a bug, traceback.
+            # failed by the next command. A full disk: one line. Else a bug, traceback.
             interrupt = interruption(exc)
             if interrupt is None:
+                _say_disk_full(exc)
                 raise
             _say_interrupted(interrupt)
             raise typer.Exit(exit_code(interrupt)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_disk_full(exc: Exception) -> None:
+    """One line and exit 2 when `exc` says a disk is full (where `runner.run_study` could
+    not name the store itself: another command, a store being created)."""
+    from tunetrack.tracking.runs import disk_full_line, full_path
+
+    full = full_path(exc, None)
+    if full is not None:
+        typer.echo(f"error: {disk_full_line('disk', full)}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _say_interrupted(exc: KeyboardInterrupt) -> None:
@@ -207,7 +220,7 @@ def _quiet_libraries() -> None:
 
     optuna_log_level(_library_level())
     logging.getLogger("mlflow").setLevel(_library_level())
-    optimize_logger().addFilter(_NotInterrupted())
+    optimize_logger().addFilter(_SaidInOneLine())
 
 
 def _library_level() -> int:
@@ -215,22 +228,29 @@ def _library_level() -> int:
     return logging.INFO if level == logging.DEBUG else max(level, logging.WARNING)
 
 
-class _NotInterrupted:
-    """Drop Optuna's two "trial failed" warnings (one with a traceback) for Ctrl-C: the
-    trial keeps its reason (`interrupted (SIGINT)`), the user sees one line
-    (`user_errors`)."""
+class _SaidInOneLine:
+    """Drop Optuna's two "trial failed" warnings (one with a traceback) for what stops a
+    study with one line of its own (`user_errors`): Ctrl-C or SIGTERM (the trial keeps its
+    reason, `interrupted (SIGINT)`) and a full disk (`runner.run_study`)."""
 
     def __init__(self) -> None:
         self.follow_up: str | None = None
 
     def filter(self, record) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and _said_in_one_line(record.exc_info[1]):
             self.follow_up = record.getMessage().split(" failed with ", 1)[0] + " failed with value"
             return False
         if self.follow_up and record.getMessage().startswith(self.follow_up):
             self.follow_up = None
             return False
         return True
+
+
+def _said_in_one_line(exc: BaseException | None) -> bool:
+    from tunetrack.tracking.runs import full_path
+
+    return isinstance(exc, KeyboardInterrupt) or (
+        exc is not None and full_path(exc, None) is not None)
 
 
 def _load_study(name: str, storage: str | None, tracking_uri: str | None = None):
@@ -364,10 +384,11 @@ def run(
     from .runner import run_study
 
     total = trials or spec.search.n_trials
+    started = datetime.datetime.now()  # naive local time, as Optuna's trial times
     study = run_study(spec, n_trials=total, timeout=timeout, storage=storage,
                       tracking_uri=tracking_uri, device=device, threads=threads,
                       progress=StudyProgress(spec.name, total, enabled=progress))
-    _print_summary(study, spec, tracking_uri, storage)
+    _print_summary(study, spec, tracking_uri, storage, since=started)
 
 
 def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
@@ -388,16 +409,22 @@ def _study_to_train(file: Path, *, fuse: int | None, data: str | None,
     return spec
 
 
-def _print_summary(study, spec, tracking_uri: str | None, storage: str | None) -> None:
-    """The study's outcome, then the next commands as a fresh shell runs them
-    (`next_steps`: venv paths, the stores' options, the MLflow UI link)."""
+def _print_summary(study, spec, tracking_uri: str | None, storage: str | None, *,
+                   since: datetime.datetime) -> None:
+    """The study's outcome (and who else added trials to it since `since`), then the next
+    commands as a fresh shell runs them (`next_steps`: venv paths, the stores' options,
+    the MLflow UI link)."""
     from rich.markup import escape
 
     from .command_output import study_summary
+    from .concurrent_runs import shared_study_line
     from .next_steps import next_steps
 
     console = _console()
     console.print(study_summary(study))
+    shared = shared_study_line(study, since)
+    if shared is not None:
+        console.print(escape(shared), soft_wrap=True)
     experiment = (spec.tracking.experiment or spec.name) if spec.tracking.enabled else None
     if experiment is not None:
         console.print(f"MLflow: experiment [bold]{escape(experiment)}[/]")
@@ -845,6 +872,9 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
+    uri = sys.modules.get("tunetrack.tracking.store.sqlite")
+    if uri is not None:  # before the helper's last writes: an emptied -wal file is room
+        uri.checkpoint_wal()  # tunetrack.db whole without its -wal file
     helper = sys.modules.get("tunetrack.tracking.runs.helper_link")
     if helper is not None:
         try:
@@ -853,9 +883,6 @@ def main() -> None:
             if code not in (130, 143):  # one line
                 _say_interrupted(exc)
             code = code if code in (130, 143) else exit_code(exc)
-    uri = sys.modules.get("tunetrack.tracking.store.sqlite")
-    if uri is not None:
-        uri.checkpoint_wal()  # tunetrack.db / mlflow.db whole without their -wal files
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

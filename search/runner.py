@@ -8,6 +8,7 @@ never creates an empty study row or an orphan MLflow run.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -27,7 +28,8 @@ from .resume import check_resume, remember
 from .samplers import make_pruner, make_sampler, most_epochs
 from .shared_study import clean_up_dead_trials, open_study_storage, rdb_storage
 from .space import SearchSpace
-from .stale_trials import record_owner
+from .stale_trials import OWNER_ATTR, record_owner
+from .storage import open_storage, storage_file
 from .study_file import load_study_file, parse_study
 from .trial_budget import has_heartbeats
 from .user_objects import with_objects
@@ -183,39 +185,86 @@ def run_study(
     dev = resolve_device(device or "auto")
     _set_cpu_threads(dev, threads)
     splits = load_splits(space.resolve({}).data)
-    backend = open_study_storage(storage, study_name=spec.name, tracking_uri=tracking_uri,
-                                 track=spec.tracking.enabled)
-    study = create_or_load(spec, space, backend, seed_offset)
-    clean_up_dead_trials(study, tracking_uri=tracking_uri, track=spec.tracking.enabled)
-    if tracker is not None:
-        from tunetrack.tracking.store import check_mlflow_store
-
-        check_mlflow_store(tracker.tracking_uri)  # a wrong file is refused before any trial
-        tracker.start_study(study, wait=False)  # the helper creates the store and parent run
-    n_trials = n_trials or spec.search.n_trials
-    bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
-    timeout = timeout or spec.search.timeout_s
-    plain = Objective(spec, space, splits, dev, tracker, progress=bar,
-                      deadline=time.monotonic() + timeout if timeout else None)
-    optimize = _optimize(spec, study, plain)
-    stopped = False  # by Ctrl-C or SIGTERM: the parent run ends KILLED, not FINISHED
-    try:
-        with bar if bar is not None else contextlib.nullcontext():
-            optimize(
-                _owned(plain, study),
-                n_trials=n_trials,
-                timeout=timeout,
-                catch=(torch.cuda.OutOfMemoryError, UserCodeError),
-                callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
-            )
-    except KeyboardInterrupt:
-        stopped = True
-        raise
-    finally:
-        resume_gc()
+    with _FullDisk(storage, spec.name):  # one line naming what filled up, and where
+        backend = open_study_storage(storage, study_name=spec.name, tracking_uri=tracking_uri,
+                                     track=spec.tracking.enabled)
+        study = create_or_load(spec, space, backend, seed_offset)
+        clean_up_dead_trials(study, tracking_uri=tracking_uri, track=spec.tracking.enabled)
         if tracker is not None:
-            tracker.finish_study(study, stopped=stopped)
-    return study
+            from tunetrack.tracking.store import check_mlflow_store
+
+            check_mlflow_store(tracker.tracking_uri)  # a wrong file is refused before any trial
+            tracker.start_study(study, wait=False)  # the helper creates the store and parent run
+        n_trials = n_trials or spec.search.n_trials
+        bar = StudyProgress(spec.name, n_trials) if progress is True else progress or None
+        timeout = timeout or spec.search.timeout_s
+        plain = Objective(spec, space, splits, dev, tracker, progress=bar,
+                          deadline=time.monotonic() + timeout if timeout else None)
+        optimize = _optimize(spec, study, plain)
+        ending = "FINISHED"  # the parent run's status
+        try:
+            with bar if bar is not None else contextlib.nullcontext():
+                optimize(
+                    _owned(plain, study),
+                    n_trials=n_trials,
+                    timeout=timeout,
+                    catch=(torch.cuda.OutOfMemoryError, UserCodeError),
+                    callbacks=_trial_callbacks(bar, callbacks, max_total_trials),
+                )
+        except KeyboardInterrupt:
+            ending = "KILLED"  # by Ctrl-C or SIGTERM: the study was stopped
+            raise
+        except Exception:
+            ending = "FAILED"  # by an error (a full disk: `_FullDisk` says it in one line)
+            raise
+        finally:
+            resume_gc()
+            if tracker is not None:
+                tracker.finish_study(study, status=ending)
+        return study
+
+
+class _FullDisk:
+    """Around a study: a full disk under its storage (or wherever the study process
+    writes) becomes one line saying what filled up, where, and what became of the study's
+    trials (read back: a store on a full disk can still be read)."""
+
+    def __init__(self, storage: str | optuna.storages.BaseStorage | None, name: str):
+        self.storage, self.name = storage, name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        from tunetrack.tracking.runs import disk_full_line, full_path
+
+        store = storage_file(self.storage)
+        full = full_path(exc, store) if isinstance(exc, Exception) else None
+        if full is None:
+            return
+        what = "study storage" if store is not None and Path(full) == store else "disk"
+        raise TunetrackError(f"{disk_full_line(what, full)}; the study stopped (its finished "
+                             f"trials are kept){self._left_running()}") from None
+
+    def _left_running(self) -> str:
+        """`; trial 7 left RUNNING (...)` for this process's trials the storage could not
+        end; "" when none (or when the study cannot be read)."""
+        try:
+            study = optuna.load_study(study_name=self.name, storage=open_storage(self.storage,
+                                                                             create=False))
+            running = [t.number for t in study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if _mine(t)]
+        except Exception:  # nothing to add to the line
+            return ""
+        if not running:
+            return ""
+        return (f"; trial {', '.join(map(str, running))} left RUNNING (the next "
+                f"`tunetrack run` or `tunetrack repair` fails it)")
+
+
+def _mine(trial: optuna.trial.FrozenTrial) -> bool:
+    """Does this process run `trial` (`stale_trials.record_owner`)?"""
+    return trial.system_attrs.get(OWNER_ATTR, {}).get("pid") == os.getpid()
 
 
 def _optimize(spec: StudySpec, study: optuna.Study, plain: Objective) -> Callable[..., None]:

@@ -121,14 +121,34 @@ def _missing_driver(url: str) -> str:
 
 
 def _lost_schema_race(exc: Exception) -> bool:
-    """Workers opening a fresh database at once all try to create Optuna's tables; the
-    losers get "already exists" / duplicate-key errors and only need to open it again."""
+    """Processes opening a fresh database at once (workers, or two `run`s started together
+    on the default SQLite file) all try to create Optuna's tables; the losers get "already
+    exists" / duplicate-key errors (SQLite: "table ... already exists", "UNIQUE constraint
+    failed: alembic_version...", or "database is locked" where a reader's transaction
+    could not become a writer) and only need to open it again."""
     import sqlalchemy.exc
 
-    if not isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)):
+    if not isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                            sqlalchemy.exc.OperationalError)):
         return False
     text = str(exc).lower()
-    return "already exists" in text or "duplicate key" in text
+    return any(sign in text for sign in ("already exists", "duplicate key", "database is locked",
+                                         "unique constraint failed: alembic_version"))
+
+
+def storage_file(storage: str | optuna.storages.BaseStorage | None) -> Path | None:
+    """The local file a storage writes (SQLite or journal), to name it when its disk is
+    full; None for a server database."""
+    if isinstance(storage, optuna.storages.BaseStorage):
+        from .optuna_internals import uncached_storage
+
+        storage = getattr(uncached_storage(storage), "url", None)
+        if storage is None:
+            return None
+    url = storage or DEFAULT_STORAGE
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    return sqlite_path(url)
 
 
 def missing_store(where: str) -> TunetrackError:

@@ -4,6 +4,7 @@ table|json|csv, and the progress bars (on for a terminal or notebook, off in log
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -348,8 +349,9 @@ def test_run_summary_after_a_server_run_names_its_url_not_mlflow_ui(capsys):
 
     spec = parse_study(tiny_study("made", tracking={"enabled": True}))
     study = optuna.create_study(study_name="made")
-    _print_summary(study, spec, "http://127.0.0.1:9", None)
+    now = datetime.datetime.now()
+    _print_summary(study, spec, "http://127.0.0.1:9", None, since=now)
     shown = capsys.readouterr().out
     assert "http://127.0.0.1:9/#/experiments" in shown and "mlflow ui" not in shown
-    _print_summary(study, spec, None, None)
+    _print_summary(study, spec, None, None, since=now)
     assert "ui --backend-store-uri sqlite:///mlflow.db" in capsys.readouterr().out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,10 +93,12 @@ def check_terminated(storage: str, tracking_uri: str, stderr: str) -> None:
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
 
 
-@pytest.mark.slow
-def test_sigterm_ends_run_like_ctrl_c_with_exit_143(tmp_path):
+def test_sigterm_ends_run_like_ctrl_c_with_exit_143(tmp_path, template_db):
     """`tunetrack run` given SIGTERM mid-trial: exit 143 within the grace period, one line,
-    the trial FAIL (terminated), its run FAILED, the parent KILLED, the helper drained."""
+    the trial FAIL (terminated), its run FAILED, the parent KILLED, the helper drained.
+    In the fast suite, as the Ctrl-C test (tests/test_cli.py); a migrated mlflow.db saves
+    MLflow's schema setup."""
+    shutil.copy(template_db, tmp_path / "mlflow.db")
     file = write_study(tmp_path, **LONG_TRIALS)
     proc = subprocess.Popen([*CLI, "run", str(file), "--no-progress"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -29,6 +29,10 @@ def serve() -> None:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if os.environ.get("TUNETRACK_LOG_LEVEL") != "DEBUG":  # -vv shows it
+        # MLflow logs each failed database call with its traceback; the lanes say the
+        # failure in one line (lanes.py)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     lock = threading.Lock()
 
     def answer(seq: int, value: Any) -> None:

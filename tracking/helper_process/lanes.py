@@ -9,6 +9,12 @@ type), skips the rest of that run's data (its end is still tried, so no run stay
 for a blip that passed) and marks the store down; while it is down, each new run first
 probes the store with one quick request (and for a few seconds after a failure, new runs
 do not even try), so a dead server costs the study nothing.
+
+A full disk is not a blip: once a write fails for want of space (`runs.full_path`), one
+line says what filled up and where, the open runs of that store (the parent included) are
+ended FAILED at once, while the room a cut-off write freed is still there, nothing more is
+written to it but the Optuna states of those runs as their trials end, and the helper's last
+line names the runs it could not end.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 from tunetrack.models import TunetrackError
 from tunetrack.models.errors import first_line
 
-from ..store import check_reachable
+from ..runs import disk_full_line, full_path
+from ..store import check_reachable, sqlite_path
 
 _log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5.0  # after a failure, new runs skip the store this long
@@ -92,6 +99,9 @@ class Lanes:
         self._runs: dict[int, RunState] = {}
         self._slow_runs: set[int] = set()
         self._down: dict[str, float] = {}  # store -> when its last write failed
+        self._full: dict[str, str] = {}  # store -> the file its disk had no room for
+        self._unended: dict[str, dict[str, str]] = {}  # full store -> run id -> label
+        self._ended_failed: set[str] = set()  # run ids ended FAILED for a full store
         self._warned: set[tuple[str, str]] = set()
         self._errors: tuple[type[BaseException], ...] | None = None
         self._lanes = [queue.Queue(), queue.Queue()]
@@ -123,6 +133,15 @@ class Lanes:
         if self._dispatched:
             for lane in self._lanes:
                 lane.join()
+        for uri, runs in self._unended.items():
+            study = next(s for s in self._studies.values() if s.uri == uri)
+            for run_id, label in list(runs.items()):  # the study process may have made room
+                self.end_failed(study, run_id, label)
+            if runs:
+                _log.warning("error: %s; left RUNNING: %s (a later `tunetrack run` of the "
+                             "study ends them once there is room)",
+                             disk_full_line("MLflow store", self._full[uri]),
+                             ", ".join(runs.values()))
 
     def signal(self, event: threading.Event) -> None:
         event.set()
@@ -158,10 +177,13 @@ class Lanes:
         if self._errors is None:
             self._errors = tracking_errors()
         store = isinstance(exc, (*self._errors, TunetrackError))
-        if store:
-            study = run.study if run else self._studies.get(kwargs.get("study", ""))
-            if study is not None:
-                self._down[study.uri] = time.monotonic()
+        study = run.study if run else self._studies.get(kwargs.get("study", ""))
+        if store and study is not None:
+            full = full_path(exc, sqlite_path(study.uri))
+            if full is not None:
+                self._filled(study, full)
+                return
+            self._down[study.uri] = time.monotonic()
         kind = (op, type(exc).__name__)
         where = f"{op} (trial {run.number})" if run is not None else op
         if kind in self._warned:
@@ -176,10 +198,50 @@ class Lanes:
                      "records every trial)", where, type(exc).__name__, short_reason(exc),
                      goes_on)
 
+    def _filled(self, study: StudyState, path: str) -> None:
+        """The store's disk is full: say so once and end its open runs FAILED now."""
+        if study.uri in self._full:
+            return
+        self._full[study.uri] = path
+        _log.warning("error: %s; its open runs end FAILED and nothing more is logged to it "
+                     "(the study goes on: Optuna still records every trial)",
+                     disk_full_line("MLflow store", path))
+        if study.parent_run_id is not None:  # first: it stands for the whole study
+            self.end_failed(study, study.parent_run_id, "the parent run")
+        for run in list(self._runs.values()):
+            if run.study is study and run.run_id is not None:
+                self.end_failed(study, run.run_id, f"trial {run.number}")
+
+    def end_failed(self, study: StudyState, run_id: str, label: str,
+                   tags: dict[str, str] | None = None) -> None:
+        """End a run of a full store FAILED (once; an update in place, the write most
+        likely to fit), then add `tags` (its Optuna state and why) if they fit; a run that
+        cannot be ended is named by `close`."""
+        from mlflow.entities import RunTag
+
+        from ..store import client_for
+
+        client = client_for(study.uri)
+        unended = self._unended.setdefault(study.uri, {})
+        if run_id not in self._ended_failed:
+            try:
+                client.set_terminated(run_id, "FAILED")
+            except Exception:  # no room (or no store): named by `close`, never raised here,
+                unended[run_id] = label  # where it would end the lane's thread
+                return
+            self._ended_failed.add(run_id)
+            unended.pop(run_id, None)
+        if tags:
+            with contextlib.suppress(Exception):  # no room for the why: the status counts
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()],
+                                 synchronous=True)
+
     def _answering(self, uri: str, *, new_run: bool = False) -> None:
         """After a failure, one quick probe (no MLflow retries) before writing again; a
         new run is not even tried for RETRY_AFTER_S (a store that answers the probe but
         fails the writes would cost the helper seconds per trial)."""
+        if uri in self._full:
+            raise _Skipped(uri)  # a full disk does not empty itself
         failed_at = self._down.get(uri)
         if failed_at is None:
             return

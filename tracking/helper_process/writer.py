@@ -17,7 +17,7 @@ from tunetrack.models.errors import first_line
 from tunetrack.models.user_code import add_code_dirs
 
 from .. import tags as T
-from ..runs import code_folders, code_records
+from ..runs import code_folders, code_records, full_path
 from ..store import client_for, end_run  # MLflow's client, before the first message
 from .lanes import Lanes, RunState, StudyState
 from .parent_run import find_or_create
@@ -152,15 +152,23 @@ class Writer(Lanes):
 
     def _live(self, run: int) -> RunState | None:
         me = self._runs.get(run)
-        return None if me is None or me.broken else me
+        return None if me is None or me.broken or me.study.uri in self._full else me
 
     def _upload(self, run: RunState, folder: Path) -> None:
         """A folder's files straight to the run's artifact repository, in one call
-        (`MlflowClient.log_artifacts` would re-read the whole run first)."""
+        (`MlflowClient.log_artifacts` would re-read the whole run first). A copy cut off
+        by a full disk leaves no half file behind: its room may be what ending the run
+        needs."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        get_artifact_repository(run.artifact_uri, tracking_uri=run.study.uri).log_artifacts(
-            str(folder))
+        try:
+            get_artifact_repository(run.artifact_uri, tracking_uri=run.study.uri
+                                    ).log_artifacts(str(folder))
+        except OSError as exc:
+            half = Path(exc.filename2 or "")
+            if full_path(exc, None) is not None and half.is_file() and folder not in half.parents:
+                half.unlink()
+            raise
 
     def metrics(self, run: int, rows: list[tuple[str, float, int, int]],
                 tags: dict[str, str] | None = None, model_id: str | None = None) -> None:
@@ -218,6 +226,12 @@ class Writer(Lanes):
                 me.monitor.finish()
             except Exception as exc:  # never keep the run from ending
                 _log.warning("system metrics of run %s: %s", me.run_id, exc)
+        if me.study.uri in self._full:  # FAILED: its record is incomplete
+            why = "MLflow store full: the run's record is incomplete" + (
+                f"; {reason}" if reason else "")
+            self.end_failed(me.study, me.run_id, f"trial {me.number}",
+                            {T.OPTUNA_STATE: state, T.OPTUNA_REASON: T.clip(why)})
+            return
         self._answering(me.study.uri)
         end_run(client_for(me.study.uri), me.run_id, state, reason)
 
@@ -233,6 +247,8 @@ class Writer(Lanes):
         state = self._studies.get(study)
         if state is None or state.parent_run_id is None:
             return  # (an answer the drawer gives meanwhile is read by its next request)
+        if state.uri in self._full:
+            return  # its parent run was ended FAILED when the disk filled up
         copy = study_copy(state.name, trials, directions)
         folder = Path(tempfile.mkdtemp(prefix="tunetrack-study-"))
         client = client_for(state.uri)

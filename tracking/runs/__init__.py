@@ -11,4 +11,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                      "write_trial_artifacts"),
     "datasets": ("dataset_inputs",),
     "code_provenance": ("code_folders", "code_records", "code_tags"),
+    "disk_full": ("disk_full_line", "full_path"),
 })

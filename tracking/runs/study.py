@@ -127,17 +127,17 @@ class StudyTracker:
                         else None)
 
     def finish_study(self, study: optuna.Study, *, wait: bool = True,
-                     stopped: bool = False) -> None:
-        """Plots, trials.csv and best params on the parent run, which then ends FINISHED
-        (KILLED when the study was `stopped` by Ctrl-C or SIGTERM), unless trials of the
-        study still run (other workers). `wait`: return once everything this process
-        queued is written."""
+                     status: str = "FINISHED") -> None:
+        """Plots, trials.csv and best params on the parent run, which then ends `status`
+        (KILLED for a study stopped by Ctrl-C or SIGTERM, FAILED for one stopped by an
+        error), unless trials of the study still run (other workers). `wait`: return once
+        everything this process queued is written."""
         if self._parent is None and self._parent_id is None:
             self.start_study(study, wait=False)
         HELPER.send("finish_study", study=self._key,
                     trials=study.get_trials(deepcopy=False),
                     directions=[d.name for d in study.directions],
-                    status="KILLED" if stopped else "FINISHED")
+                    status=status)
         self.parent_run_id_of(study, wait=PARENT_WAIT_S if wait else 0.0)
         if wait:
             HELPER.flush()
