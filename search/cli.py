@@ -595,8 +595,7 @@ def compare(
     from rich.console import Group
 
     from tunetrack.tracking import compare_trials
-    from tunetrack.tracking.reading import cost_to_target
-    from tunetrack.tracking.reading.cost_report import COST_KEY
+    from tunetrack.tracking.reading import COST_KEY, cost_to_target
 
     from .command_output import cost_table, render_sections, rows_table
     from .trial_reads import trial_summaries, whole
@@ -648,7 +647,7 @@ def report(
     _quiet_libraries()
     from tunetrack.tracking import write_report
     from tunetrack.tracking.directions import direction_sign
-    from tunetrack.tracking.reading.compare import rank_key
+    from tunetrack.tracking.reading import rank_key
 
     from .trial_reads import bounded_view
 

@@ -4,8 +4,8 @@
 from ..lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "compare": ("compare_trials",),
+    "compare": ("compare_trials", "rank_key"),
     "report_html": ("build_report", "write_report"),
-    "cost_report": ("cost_per_trial", "cost_section_html", "cost_to_target"),
+    "cost_report": ("COST_KEY", "cost_per_trial", "cost_section_html", "cost_to_target"),
     "prediction": ("predict",),
 })
