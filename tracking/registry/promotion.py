@@ -183,7 +183,7 @@ def _test_split(client: MlflowClient, candidate: _Candidate) -> Splits:
     from tunetrack.models import TrialConfig, load_splits
     from tunetrack.models.user_code import code_dirs
 
-    from ..runs.code_provenance import code_folders, code_records
+    from ..runs import code_folders, code_records
     from ..store import quiet_downloads
 
     run_id = candidate.run.info.run_id
