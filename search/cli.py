@@ -704,6 +704,7 @@ def promote(
                                            else registry.get("min_improvement", 0.0)),
                           alpha=alpha if alpha is not None else registry.get("alpha",
                                                                              DEFAULT_ALPHA),
+                          export=registry.get("export", ()),
                           dry_run=dry_run, tracking_uri=tracking_uri)
     from .command_output import promotion_record, render_one
 

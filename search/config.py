@@ -312,6 +312,8 @@ class RegistrySpec(BaseModel):
     alias: str = "champion"
     min_improvement: float = Field(0.0, ge=0)
     alpha: float = Field(0.05, gt=0, lt=1)  # McNemar significance level for promotion
+    # formats a new champion is logged in too, checked against torch on test: onnx
+    export: list[str] = Field(default_factory=list)
 
     @field_validator("model_name")
     @classmethod
@@ -332,6 +334,17 @@ class RegistrySpec(BaseModel):
         if problem is not None:
             raise ValueError(problem)
         return alias
+
+    @field_validator("export")
+    @classmethod
+    def _exportable(cls, formats: list[str]) -> list[str]:
+        from tunetrack.tracking.registry import export_problem  # reads no package
+
+        for fmt in formats:
+            problem = export_problem(fmt)
+            if problem is not None:  # else promote, after the whole study, would skip it
+                raise ValueError(problem)
+        return formats
 
 
 class StudySpec(BaseModel):

@@ -141,6 +141,30 @@ def _save(model: torch.nn.Module, path: Path, mlflow_model: Model, example: np.n
     return fmt
 
 
+@contextlib.contextmanager
+def new_logged_model(client: MlflowClient, *, run_id: str, experiment_id: str, name: str,
+                     tags: dict[str, str] | None = None) -> Iterator[tuple[str, Model, Path]]:
+    """A LoggedModel `name` of `run_id`, made the way `mlflow.<flavor>.log_model` makes one
+    but through `client` (see the module's docstring): the block saves the model folder
+    into the yielded path with the yielded `Model` (it carries the new model's ids); then
+    the folder is uploaded, linked to the run as an output and the model finalized READY.
+    Should anything fail, the model is finalized FAILED, never left half-made and READY."""
+    logged = client.create_logged_model(experiment_id=experiment_id, name=name,
+                                        source_run_id=run_id, tags=tags)
+    try:
+        mlflow_model = Model(artifact_path=logged.artifact_location, run_id=run_id,
+                             model_uuid=logged.model_id, model_id=logged.model_id)
+        with tempfile.TemporaryDirectory(prefix=f"tunetrack-{name}-") as tmp:
+            path = Path(tmp) / name
+            yield logged.model_id, mlflow_model, path
+            client.log_model_artifacts(logged.model_id, str(path))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+
+
 def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
                       model: torch.nn.Module, example: np.ndarray,
                       metadata: dict[str, Any], tags: dict[str, str] | None = None
@@ -149,24 +173,12 @@ def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
     nobody trains any more (`CompletedTrial.collect` made it: an unwrapped, eval-mode copy),
     so it is saved as it is, not copied again. `metadata` holds `classes`, `input_shape`
     and `raw_scale` (the pyfunc's preprocessing) besides what identifies the trial."""
-    cpu_model = model.eval()
-    logged = client.create_logged_model(experiment_id=experiment_id, name=MODEL_NAME,
-                                        source_run_id=run_id, tags=tags)
-    try:
-        mlflow_model = Model(artifact_path=logged.artifact_location, run_id=run_id,
-                             model_uuid=logged.model_id, model_id=logged.model_id)
-        with tempfile.TemporaryDirectory(prefix="tunetrack-model-") as tmp:
-            path = Path(tmp) / MODEL_NAME
-            config = {k: metadata[k] for k in ("classes", "input_shape", "raw_scale")}
-            fmt = _save(cpu_model, path, mlflow_model, np.ascontiguousarray(example),
-                        {METADATA_KEY: metadata}, config)
-            client.log_model_artifacts(logged.model_id, str(path))
-        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    except BaseException:
-        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-        raise
-    return logged.model_id, fmt
+    config = {k: metadata[k] for k in ("classes", "input_shape", "raw_scale")}
+    with new_logged_model(client, run_id=run_id, experiment_id=experiment_id,
+                          name=MODEL_NAME, tags=tags) as (model_id, mlflow_model, path):
+        fmt = _save(model.eval(), path, mlflow_model, np.ascontiguousarray(example),
+                    {METADATA_KEY: metadata}, config)
+    return model_id, fmt
 
 
 _LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")

@@ -28,6 +28,7 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,11 +40,13 @@ from tunetrack.models import TunetrackError
 
 from .. import tags as T
 from .names import alias_problem, model_name_problem
+from .onnx_export import EXPORT_FORMATS
 from .promotion_notes import RUN_NOTE, run_note, version_description
 from .promotion_stats import PairedEvidence, paired_evidence
 
 if TYPE_CHECKING:
     import optuna
+    import torch
     from mlflow import MlflowClient
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
@@ -73,7 +76,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _validate(model_name: str, alias: str, min_improvement: float, alpha: float) -> None:
+def _validate(model_name: str, alias: str, min_improvement: float, alpha: float,
+              export: Sequence[str]) -> None:
     for what, problem in (("model name", model_name_problem(model_name)),
                           ("alias", alias_problem(alias))):
         if problem is not None:
@@ -82,6 +86,10 @@ def _validate(model_name: str, alias: str, min_improvement: float, alpha: float)
         raise TunetrackError(f"min_improvement must be >= 0 but got {min_improvement}")
     if not (math.isfinite(alpha) and 0 < alpha < 1):
         raise TunetrackError(f"alpha must be in (0, 1) but got {alpha}")
+    unknown = [fmt for fmt in export if fmt not in EXPORT_FORMATS]
+    if unknown:
+        raise TunetrackError(f"export: unknown format {unknown[0]!r}; allowed: "
+                             f"{', '.join(EXPORT_FORMATS)}")
 
 
 @dataclass
@@ -199,16 +207,26 @@ def _test_split(client: MlflowClient, candidate: _Candidate) -> Splits:
     return splits
 
 
-def _test_correct(model_uri: str, client: MlflowClient, splits: Splits) -> np.ndarray:
-    """Per test image, whether the model classifies it correctly: argmax of fp32 logits,
-    the rule `Trainer.evaluate` uses, so the mean is the recorded test accuracy."""
+@dataclass
+class _Evaluated:
+    """A model's network and its answers on the test split."""
+
+    network: torch.nn.Module
+    metadata: dict[str, Any]  # tunetrack's MLmodel metadata (classes, input shape, ...)
+    logits: torch.Tensor  # fp32, one row per test image
+    correct: np.ndarray  # per test image: argmax of the logits is its label
+
+
+def _evaluate(model_uri: str, client: MlflowClient, splits: Splits) -> _Evaluated:
+    """`model_uri` on the test split. Correct = argmax of fp32 logits, the rule
+    `Trainer.evaluate` uses, so the mean is the recorded test accuracy."""
     from .model_io import load_pytorch_model, predict_logits
 
-    model, _ = load_pytorch_model(model_uri, client)
-    logits = predict_logits(model, splits.test.x.cpu().float())
-    if not len(logits):
-        return np.zeros(0, dtype=bool)
-    return (logits.argmax(1) == splits.test.y.cpu()).numpy()
+    network, metadata = load_pytorch_model(model_uri, client)
+    logits = predict_logits(network, splits.test.x.cpu().float())
+    correct = ((logits.argmax(1) == splits.test.y.cpu()).numpy() if len(logits)
+               else np.zeros(0, dtype=bool))
+    return _Evaluated(network, metadata, logits, correct)
 
 
 def _accuracy(correct: np.ndarray) -> float:
@@ -245,35 +263,40 @@ def _evidence_entry(evidence: PairedEvidence) -> dict[str, Any]:
 
 def promote(study: optuna.Study, *, model_name: str, alias: str = "champion",
             min_improvement: float = 0.0, alpha: float = DEFAULT_ALPHA,
-            dry_run: bool = False, tracking_uri: str | None = None) -> PromotionResult:
+            export: Sequence[str] = (), dry_run: bool = False,
+            tracking_uri: str | None = None) -> PromotionResult:
     """Register the best trial's model and point `alias` at it when the evidence says it
     beats the champion: test accuracy gain >= `min_improvement` and exact McNemar p <
     `alpha`. Every decision (promoted or refused after a comparison) goes into the
-    history; `dry_run` decides and changes nothing. Promotions of one model run one at a
-    time (`promotion_lock`): each decides on what the one before it left."""
+    history; `dry_run` decides and changes nothing. A new champion is also logged in each
+    format of `export` (`onnx_export`; a network that does not export is a line of the
+    message). Promotions of one model run one at a time (`promotion_lock`): each decides
+    on what the one before it left."""
     from ..runs import HELPER
     from ..store import open_client
     from .promotion_lock import promotion_lock
 
-    _validate(model_name, alias, min_improvement, alpha)
+    _validate(model_name, alias, min_improvement, alpha, export)
     uri, client = open_client(tracking_uri)
     HELPER.flush()  # runs this process is still writing
     candidate = _find_candidate(client, study)
     with contextlib.nullcontext() if dry_run else promotion_lock(uri, model_name):
         return _decide(client, study, candidate, model_name=model_name, alias=alias,
-                       min_improvement=min_improvement, alpha=alpha, dry_run=dry_run)
+                       min_improvement=min_improvement, alpha=alpha,
+                       export=tuple(export), dry_run=dry_run)
 
 
 def _decide(client: MlflowClient, study: optuna.Study, candidate: _Candidate, *,
             model_name: str, alias: str, min_improvement: float, alpha: float,
-            dry_run: bool) -> PromotionResult:
+            export: tuple[str, ...], dry_run: bool) -> PromotionResult:
     """Read the champion, judge the candidate against it, register or refuse."""
     registered = _registered(client, model_name)
     if registered is not None:
         _check_owner(registered, study.study_name)
     champion = _champion(client, model_name, alias) if registered is not None else None
     splits = _test_split(client, candidate)
-    correct = _test_correct(f"models:/{candidate.model_id}", client, splits)
+    evaluated = _evaluate(f"models:/{candidate.model_id}", client, splits)
+    correct = evaluated.correct
     accuracy = _accuracy(correct)
     entry: dict[str, Any] = {
         "at": _now(), "alias": alias, "study": study.study_name,
@@ -282,7 +305,7 @@ def _decide(client: MlflowClient, study: optuna.Study, candidate: _Candidate, *,
         "min_improvement": min_improvement,
         "champion_version": str(champion.version) if champion is not None else None}
     decider = _Decider(client, study, model_name, alias, dry_run, registered, candidate,
-                       splits.fingerprint, accuracy, entry)
+                       splits.fingerprint, accuracy, entry, export, splits, evaluated)
     if champion is None:
         return decider.promoted(f"first champion: {model_name}@{alias} does not exist yet, "
                                 f"nothing to compare")
@@ -303,6 +326,9 @@ class _Decider:
     fingerprint: str  # of the test split both models are judged on
     accuracy: float  # the candidate's test accuracy
     entry: dict[str, Any]  # the history entry so far
+    export: tuple[str, ...]  # formats a new champion is logged in too
+    splits: Splits  # the test split both models are judged on
+    evaluated: _Evaluated  # the candidate on it
 
     def refused(self, reason: str, champion_acc: float | None,
                 evidence: PairedEvidence | None = None, record: bool = True
@@ -327,15 +353,38 @@ class _Decider:
                     "reason": reason}
         if self.dry_run:
             why = f" over version {champion.version}: {reason}" if champion else f" ({reason})"
-            message, version = f"dry run: would promote trial #{trial}{why}", None
-        else:
-            version = _register(self, champion, decision)
-            why = (f", replacing version {champion.version}: {reason}" if champion
-                   else f": test accuracy {self.accuracy:.4f}, {reason}")
-            message = f"promoted trial #{trial} as {self.model_name} version {version} " \
-                      f"@{self.alias}{why}"
-        return PromotionResult(not self.dry_run, version, self.accuracy, champion_acc,
-                               message + self.candidate.note, evidence, decision, self.dry_run)
+            return PromotionResult(False, None, self.accuracy, champion_acc,
+                                   f"dry run: would promote trial #{trial}{why}"
+                                   f"{self.candidate.note}", evidence, decision, True)
+        version = _register(self, champion, decision)
+        why = (f", replacing version {champion.version}: {reason}" if champion
+               else f": test accuracy {self.accuracy:.4f}, {reason}")
+        message = (f"promoted trial #{trial} as {self.model_name} version {version} "
+                   f"@{self.alias}{why}{self.candidate.note}")
+        # one line per exported format, after the decision: the promotion stands anyway
+        message += "".join(f"\n{line}" for line in self.exported(version))
+        return PromotionResult(True, version, self.accuracy, champion_acc, message,
+                               evidence, decision)
+
+    def exported(self, version: str) -> list[str]:
+        """Log the new champion in each `export` format (onnx, the only one) and tag
+        `version` with where it went; one line per format."""
+        from .onnx_export import DIFFERENCE_TAG, ONNX_TAG, log_onnx
+
+        if "onnx" not in self.export:
+            return []
+        run = self.candidate.run
+        logged = log_onnx(
+            self.client, run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+            network=self.evaluated.network, x=self.splits.test.x,
+            torch_logits=self.evaluated.logits, metadata=self.evaluated.metadata)
+        if logged.model_id is not None:
+            self.client.set_model_version_tag(self.model_name, version, ONNX_TAG,
+                                              f"models:/{logged.model_id}")
+            self.client.set_model_version_tag(
+                self.model_name, version, DIFFERENCE_TAG,
+                f"{logged.agreement.max_probability_diff:.3g}")
+        return [logged.line]
 
 
 def _challenge(decider: _Decider, champion: ModelVersion, splits: Splits,
@@ -359,7 +408,8 @@ def _challenge(decider: _Decider, champion: ModelVersion, splits: Splits,
                                f"candidate {splits.fingerprint}); their test accuracies are "
                                f"not comparable", None)
     try:
-        champion_correct = _test_correct(f"models:/{name}@{alias}", decider.client, splits)
+        champion_correct = _evaluate(f"models:/{name}@{alias}", decider.client,
+                                     splits).correct
     except TunetrackError as exc:
         raise TunetrackError(f"current champion {name}@{alias} (version {champion.version}) "
                              f"cannot be evaluated: {exc}; delete that alias to start over") \
