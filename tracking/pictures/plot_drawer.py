@@ -24,10 +24,11 @@ import sys
 from typing import Any
 
 _log = logging.getLogger(__name__)
-# the dearest PNG twins, balanced against what the helper draws meanwhile (the history,
-# importances and every plotly figure): 0.44 s here against 0.86 s there for the 30-trial
-# digits study (bench.figure_costs, 2026-12-07, AMD EPYC Zen 4 VM)
-ASIDE = ("intermediate_values", "timeline")
+# the PNG twins but the importances (drawn with the helper's seeded evaluator, which
+# the plotly twin shares): 0.56 s for the 30-trial digits study, against what the helper
+# does meanwhile: the last trial's files, every plotly figure (0.6 s), the importances
+# PNG (0.14 s) and the report (bench.figure_costs, 2026-12-07, AMD EPYC Zen 4 VM)
+ASIDE = ("intermediate_values", "timeline", "optimization_history")
 ANSWER_TIMEOUT_S = 120.0
 
 
