@@ -30,6 +30,7 @@ import logging
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,11 @@ def _save_network(model: torch.nn.Module, path: Path, example: np.ndarray) -> st
     common = dict(input_example=example, signature=infer_signature(example, outputs),
                   pip_requirements=[])
     try:
-        mlflow.pytorch.save_model(model, str(path), serialization_format="pt2", **common)
+        with warnings.catch_warnings():
+            # torch's pt2 archive says so for every weight that shares a storage with
+            # another (tied or sliced parameters); the weights are on the CPU, as it wants
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+            mlflow.pytorch.save_model(model, str(path), serialization_format="pt2", **common)
         return "pt2"
     except Exception as exc:  # torch.export cannot trace every network
         _log.warning("torch.export failed (%s); saving the model with pickle instead",
