@@ -179,6 +179,9 @@ def log_pytorch_model(client: MlflowClient, *, run_id: str, experiment_id: str,
     so it is saved as it is, not copied again. `metadata` holds `classes`, `input_shape`
     and `raw_scale` (the pyfunc's preprocessing) besides what identifies the trial."""
     config = {k: metadata[k] for k in ("classes", "input_shape", "raw_scale")}
+    # convolutions run faster on channels-last batches on CPU (oneDNN) and GPU, as the
+    # trainer feeds them: the served network is fed so too
+    config["channels_last"] = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     with new_logged_model(client, run_id=run_id, experiment_id=experiment_id,
                           name=MODEL_NAME, tags=tags) as (model_id, mlflow_model, path):
         fmt = _save(model.eval(), path, mlflow_model, np.ascontiguousarray(example),

@@ -81,6 +81,10 @@ class ImageClassifier:
         self.raw_scale = float(config.get("raw_scale", 1.0))
         import torch
 
+        # a convolutional network takes its batches channels-last (model_io decides)
+        self.memory_format = (torch.channels_last if config.get("channels_last")
+                              else torch.contiguous_format)
+
         if not isinstance(network, torch.fx.GraphModule):
             network.eval()  # a pickled network; an exported (pt2) graph is frozen in eval
 
@@ -100,8 +104,9 @@ class ImageClassifier:
         import torch
 
         with torch.inference_mode():
-            parts = [self.network(torch.from_numpy(x[i:i + BATCH])).float().softmax(1)
-                     for i in range(0, len(x), BATCH)]
+            parts = [self.network(torch.from_numpy(x[i:i + BATCH]).contiguous(
+                memory_format=self.memory_format)).float().softmax(1)
+                for i in range(0, len(x), BATCH)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, len(self.classes)),
                                                                 np.float32)
 
