@@ -90,8 +90,10 @@ def test_a_full_mlflow_store_ends_its_runs_failed_or_names_them(small_disk):
     running = {f"trial {number}" if number else "the parent run"
                for status, number in runs if status == "RUNNING"}
     assert running == named, (runs, ran.stderr)  # nothing RUNNING that the line leaves out
-    assert {status for status, _ in runs} <= {"FINISHED", "FAILED", "RUNNING"}
-    assert "FAILED" in {status for status, _ in runs}
+    statuses = {status for status, _ in runs}
+    assert statuses <= {"FINISHED", "FAILED", "RUNNING"}
+    # the store full: its open runs ended FAILED where it still took that write, else named
+    assert "FAILED" in statuses or named, (runs, ran.stderr)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ test uses a wrong host/port, database and user instead.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -115,8 +116,11 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_ended(pg_url, tmp_
     dead_run = runs[killed.user_attrs["mlflow_run_id"]]
     assert dead_run.info.status == "FAILED"  # not left RUNNING
     assert dead_run.data.tags["optuna.state"] == "FAIL"
-    assert dead_run.data.tags["optuna.reason"] == "worker died (stale heartbeat)"
-    assert "worker died (stale heartbeat)" in (tmp_path / "rescuer.log").read_text()
+    # found by its stale heartbeat, or (the rescuer runs on the same host) by its pid gone
+    reason = dead_run.data.tags["optuna.reason"]
+    assert reason == "worker died (stale heartbeat)" or re.fullmatch(
+        rf"process died \(pid {victim.pid} on .+\); found by pid \d+", reason), reason
+    assert reason == dead.user_attrs["reason"]
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
 
 
