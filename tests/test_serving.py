@@ -6,6 +6,7 @@ so does a user's network torch.export cannot trace (pickled, its module beside i
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -74,9 +75,15 @@ def champion(tmp_path_factory, template_db):
     return root, uri
 
 
-def _post(port: int, body: bytes) -> tuple[int, dict]:
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _post(port: int, body: bytes, kind: str = "application/json") -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": kind})
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             return answer.status, json.loads(answer.read())
@@ -139,6 +146,13 @@ def test_serve_the_champion(champion):
             status, answer = _post(port, json.dumps({"inputs": layout.tolist()}).encode())
             assert status == 200, answer
             assert [r["label"] for r in answer["predictions"]] == labels
+        # the same batch as one .npy body (the binary door): the same answer
+        status, as_npy = _post(port, _npy(raw), "application/x-npy")
+        assert status == 200 and as_npy == answer
+        status, wrong = _post(port, _npy(raw[:, :, :3]), "application/x-npy")
+        assert status == 400 and "must have shape" in wrong["message"]
+        status, wrong = _post(port, b"not an array", "application/x-npy")
+        assert status == 400 and wrong["message"].startswith("the body is not one .npy array")
 
         bad = {
             "not an image": json.dumps({"dataframe_split": {"columns": ["image"], "data": [[
