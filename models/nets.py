@@ -18,14 +18,7 @@ from .config import ModelConfig
 from .dropout import Dropout, Dropout2d
 from .errors import unknown
 from .init_schemes import LEAKY_SLOPE, apply_init
-from .user_code import (
-    UserCodeError,
-    accepts,
-    import_object,
-    last_line,
-    plugin_names,
-    plugin_path,
-)
+from .user_code import UserCodeError, call_user, plugin_names, plugin_path
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -182,15 +175,7 @@ def user_network(cfg: ModelConfig, path: str, shape: tuple[int, int, int],
     """The user's callable called with `model.init_args`, plus `num_classes` and `in_shape`
     where its signature names them; whatever it raises fails the trial, not the study."""
     where = "model.class_path" if cfg.class_path else "model.family"
-    fn = import_object(path, where)
-    kwargs = dict(cfg.init_args)
-    for name, value in (("num_classes", n_classes), ("in_shape", shape)):
-        if accepts(fn, name):
-            kwargs.setdefault(name, value)
-    try:
-        net = fn(**kwargs)
-    except Exception as exc:
-        raise UserCodeError(f"{where} {path}: {last_line(exc)}") from exc
+    net = call_user(path, where, cfg.init_args, {"num_classes": n_classes, "in_shape": shape})
     if not isinstance(net, nn.Module):
         raise UserCodeError(f"{where} {path} returned a {type(net).__name__}, not an "
                             f"nn.Module")

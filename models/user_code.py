@@ -17,7 +17,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +159,22 @@ def accepts(fn: Callable, name: str) -> bool:
         inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
+def call_user(path: str, where: str, init_args: Mapping[str, Any],
+              offered: Mapping[str, Any] | None = None) -> Any:
+    """The user's callable at `path` called with `init_args`, plus each `offered` argument
+    (num_classes, seed, ...) that its signature names; whatever it raises becomes a
+    `UserCodeError` naming `where` and `path`, with the exception's last line."""
+    fn = import_object(path, where)
+    kwargs = dict(init_args)
+    for name, value in (offered or {}).items():
+        if accepts(fn, name):
+            kwargs.setdefault(name, value)
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        raise UserCodeError(f"{where} {path}: {last_line(exc)}") from exc
+
+
 def signature_problems(fn: Callable, given: Sequence[str], provided: Sequence[str],
                        where: str) -> list[str]:
     """What calling `fn(**given, **provided)` would refuse: `given` (the study's init_args)
@@ -241,19 +257,18 @@ def code_record(import_path: str) -> CodeRecord:
                       import_root(module))
 
 
-def changed_code(records: Sequence[dict[str, Any]]) -> str | None:
-    """One line naming the first recorded module whose file changed or went missing, or
-    the first object that cannot be rebuilt; None when all are as recorded."""
-    for rec in records:
-        path = rec["import_path"]
-        if path.startswith(LOCAL_PREFIX):
-            return (f"{path} was passed to run_study as a Python object without an import "
-                    f"path: it cannot be rebuilt")
-        file = rec.get("file")
-        if file is None:
-            continue
-        if not Path(file).is_file():
-            return f"{file} (the code of {path}) no longer exists"
-        if file_hash(file) != rec.get("sha256"):
-            return f"{file} changed since the run (the code of {path}); it cannot be the same"
+def changed_code(rec: Mapping[str, Any]) -> str | None:
+    """One line saying why the recorded object `rec` (`CodeRecord` fields) is not the code
+    it was: its module file changed or went missing, or it has no import path to rebuild it
+    from; None when it is as recorded."""
+    path, file = rec["import_path"], rec.get("file")
+    if path.startswith(LOCAL_PREFIX):
+        return (f"{path} was passed to run_study as a Python object without an import "
+                f"path: it cannot be rebuilt")
+    if file is None:
+        return None
+    if not Path(file).is_file():
+        return f"{file} (the code of {path}) no longer exists"
+    if file_hash(file) != rec.get("sha256"):
+        return f"{file} changed since the run (the code of {path}); it cannot be the same"
     return None

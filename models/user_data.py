@@ -20,14 +20,7 @@ import torch
 from .choices import DATASETS
 from .config import DataConfig
 from .errors import TunetrackError, unknown
-from .user_code import (
-    UserCodeError,
-    accepts,
-    import_object,
-    last_line,
-    plugin_names,
-    plugin_path,
-)
+from .user_code import UserCodeError, call_user, last_line, plugin_names, plugin_path
 
 SPLIT_NAMES = ("train", "val", "test")
 # (x, y, classes, {split: indices} when the user's code fixed the splits, else None)
@@ -48,14 +41,7 @@ def call_dataset(cfg: DataConfig) -> Any:
     where = "dataset.class_path" if cfg.class_path else "dataset.name"
     if path is None:
         raise unknown("dataset", cfg.name, [*DATASETS, *plugin_names("dataset")])
-    fn = import_object(path, where)
-    kwargs = dict(cfg.init_args)
-    if accepts(fn, "seed"):
-        kwargs.setdefault("seed", cfg.seed)
-    try:
-        return fn(**kwargs)
-    except Exception as exc:
-        raise UserCodeError(f"{where} {path}: {last_line(exc)}") from exc
+    return call_user(path, where, cfg.init_args, {"seed": cfg.seed})
 
 
 def check_returned(value: Any, where: str) -> list[str]:

@@ -238,7 +238,7 @@ def _same_code(code: dict[str, dict[str, Any]], run_id: str) -> None:
     from tunetrack.models.user_code import changed_code
 
     for role, rec in code.items():
-        problem = changed_code([rec])
+        problem = changed_code(rec)
         gone = rec["file"] is not None and not Path(rec["file"]).is_file()
         if problem and not gone:  # changed in place, or never had an import path
             raise TunetrackError(f"run {run_id} cannot be reproduced: {problem}")
