@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,8 +34,11 @@ STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """{state: trials}, in `STATE_ORDER`, states with no trial left out."""
     counts = trial_state_counts(study_storage(study), study_id(study))
-    if counts is None:
-        counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    return _in_order(counts if counts is not None else
+                     Counter(t.state.name for t in study.get_trials(deepcopy=False)))
+
+
+def _in_order(counts: Mapping[str, int]) -> dict[str, int]:
     return {state: counts[state] for state in STATE_ORDER if counts.get(state)}
 
 
@@ -132,7 +135,8 @@ def bounded_view(study: optuna.Study, limit: int,
     chosen |= {rest[int(i * step)].number for i in range(limit - len(best))}
     picked = [s for s in summaries if s.number in chosen]
     view = StudyView(study, whole(study, picked))
-    counts = ", ".join(f"{n} {state}" for state, n in state_counts(study).items())
+    counts = ", ".join(f"{n} {state}" for state, n in
+                       _in_order(Counter(s.state.name for s in summaries)).items())
     return view, (f"the report draws {len(picked)} of the study's {len(summaries)} trials "
                   f"({counts}): the {len(best)} best and {len(picked) - len(best)} spread "
                   f"over its course")
