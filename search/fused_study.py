@@ -25,11 +25,10 @@ import torch
 from tunetrack.models import EpochResult, Trainer
 from tunetrack.models.cost import CostMeter
 from tunetrack.models.fused_train import FusedTrainer, Member, MemberResult, unfused_reason
-from tunetrack.models.nets import model_path
-from tunetrack.models.user_code import UserCodeError, last_line
+from tunetrack.models.user_code import UserCodeError
 
 from .fused_groups import GROUP_ATTR, GROUP_TAG, effective_fuse, fuse_notes, shared_values
-from .objective import Objective, PruningCallback
+from .objective import Objective, PruningCallback, user_failure
 from .optuna_internals import heartbeat_thread
 from .pruning_round import SNAPSHOT_PRUNERS, PruningRound
 from .trial_budget import FINISHED, SharedTrialBudget
@@ -305,12 +304,11 @@ class FusedStudy:
                 self._train(study, pending[start:start + self.k], shared, group)
         except BaseException as exc:
             pending = [s.member for s in trainer.slots] if trainer is not None else members
-            user = (isinstance(exc, Exception) and not isinstance(exc, UserCodeError)
-                    and model_path(members[0].model) is not None)
-            reason = last_line(exc) if user else f"{type(exc).__name__}: {exc}"
+            user = user_failure(exc, members[0].model) if isinstance(exc, Exception) else None
+            reason = user if user is not None else f"{type(exc).__name__}: {exc}"
             self.members.fail(pending, reason)
-            if user:  # inside the user's network: its trials fail, the study goes on
-                raise UserCodeError(reason) from exc
+            if user is not None and not isinstance(exc, UserCodeError):
+                raise UserCodeError(reason) from exc  # its trials fail, the study goes on
             raise
 
 

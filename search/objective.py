@@ -20,7 +20,7 @@ import optuna
 import torch
 
 from tunetrack.models import EpochResult, FitResult, Splits, Trainer, count_parameters, create
-from tunetrack.models.config import TrialConfig
+from tunetrack.models.config import ModelConfig, TrialConfig
 from tunetrack.models.cost import CostMeter
 from tunetrack.models.errors import first_line
 from tunetrack.models.user_code import UserCodeError, last_line
@@ -72,6 +72,18 @@ class StudyDeadline:
 
     def on_epoch_end(self, result: EpochResult) -> bool:
         return time.monotonic() >= self.deadline
+
+
+def user_failure(exc: Exception, model: ModelConfig) -> str | None:
+    """The reason of a trial (or fused group) that `exc` ended, when the user's own code
+    raised it: a `UserCodeError` (their metric, their network's constructor), or anything
+    raised while their network trains (its forward, its parameters), by its last line;
+    None for tunetrack's own errors, which stop the study."""
+    from tunetrack.models.nets import model_path
+
+    if isinstance(exc, UserCodeError):
+        return str(exc)
+    return last_line(exc) if model_path(model) is not None else None
 
 
 def measure_latency_ms(model: torch.nn.Module, splits: Splits, device: torch.device) -> float:
@@ -130,25 +142,14 @@ class Objective:
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (termination.py)
             reason = interrupt_reason(exc)
             raise
-        except UserCodeError as exc:  # the user's code raised: this trial fails, not the study
-            reason = str(exc)
-            raise
         except Exception as exc:
-            if not self.runs_user_network(cfg):
-                reason = f"{type(exc).__name__}: {exc}"
-                raise
-            # inside the user's network (its forward, its parameters): the trial fails
-            reason = last_line(exc)
-            raise UserCodeError(reason) from exc
+            user = user_failure(exc, cfg.model)
+            reason = user if user is not None else f"{type(exc).__name__}: {exc}"
+            if user is not None and not isinstance(exc, UserCodeError):
+                raise UserCodeError(reason) from exc  # this trial fails, not the study
+            raise
         finally:
             self.close(trial, run, meter, state, reason)
-
-    @staticmethod
-    def runs_user_network(cfg: TrialConfig) -> bool:
-        """Does the trial train the user's own network (whose errors fail only the trial)?"""
-        from tunetrack.models.nets import model_path
-
-        return model_path(cfg.model) is not None
 
     def start_run(self, trial: optuna.Trial, sampled: dict[str, Any], cfg: TrialConfig, *,
                   tags: dict[str, str] | None = None) -> TrialRun | NullRun:
