@@ -58,15 +58,15 @@ def next_steps(study: str, experiment: str | None, *, storage: str | None,
     if experiment is None:
         return _commented([(f"{tunetrack} status {name}"
                             f"{_store_options(storage, None, False)}",
-                            "every trial: state, value, epochs, params")])
+                            "the last trials: state, value, epochs, params")])
     options = _store_options(storage, tracking_uri, True)  # report, promote read MLflow
     steps = [(f"{tunetrack} status {name}{_store_options(storage, None, False)}",
-              "every trial: state, value, params"),
+              "the last trials: state, value, params"),
              (f"{tunetrack} report {name}{options}", "report.html: plots, top trials"),
              (f"{tunetrack} promote {name}{options}",
               "register the best model, @champion if it is better")]
-    hint = ui_hint(tracking_uri, experiment, mlflow=script("mlflow"))
-    ui = ["MLflow UI, in Model training mode on the study's runs:"]
+    hint = ui_hint(tracking_uri, experiment, mlflow=script("mlflow"), study=study)
+    ui = ["MLflow UI, in Model training mode on the study's trial runs:"]
     if hint.command is not None:
         ui.append(f"  {hint.command}")
     return [*_commented(steps), *ui, f"  then open {hint.url}" if hint.command else

@@ -19,7 +19,13 @@ from typer.testing import CliRunner
 from tunetrack.search.cli import app
 from tunetrack.search.next_steps import next_steps, script
 from tunetrack.tracking import tags as T
-from tunetrack.tracking.store import client_for, get_or_create_experiment, ui_hint, ui_url
+from tunetrack.tracking.store import (
+    client_for,
+    get_or_create_experiment,
+    trials_filter,
+    ui_hint,
+    ui_url,
+)
 
 from .studyfiles import write_study
 from .support import free_port
@@ -27,12 +33,24 @@ from .test_tracking_report import CHROMIUM_FLAGS, chromium
 
 runner = CliRunner(env={"COLUMNS": "200"})
 MODEL_TRAINING = "?workflowType=machine_learning"
+TINY_TRIALS = ("&searchFilter=tags.%60tunetrack.study%60%20%3D%20%27tiny%27%20AND%20"
+               "tags.%60tunetrack.role%60%20%3D%20%27trial%27"
+               "&orderByKey=metrics.%60best_val_accuracy%60&orderByAsc=false")
 
 
 def test_ui_url_opens_the_runs_list_in_model_training_mode():
     assert ui_url("http://h:5000/", "7") == (
         "http://h:5000/#/experiments/7/runs?workflowType=machine_learning")
     assert ui_url("http://h:5000") == "http://h:5000/#/experiments?workflowType=machine_learning"
+
+
+def test_a_study_link_lists_its_trial_runs():
+    assert trials_filter("tiny") == (
+        "tags.`tunetrack.study` = 'tiny' AND tags.`tunetrack.role` = 'trial'")
+    assert ui_url("http://h:5000", "7", "tiny") == (
+        f"http://h:5000/#/experiments/7/runs{MODEL_TRAINING}{TINY_TRIALS}")
+    # no escape for a quote in the UI's filter grammar: such a study is matched by role
+    assert trials_filter("it's") == "tags.`tunetrack.role` = 'trial'"
 
 
 def test_a_server_is_its_own_ui_and_a_database_needs_mlflow_ui(tmp_path, monkeypatch):
@@ -109,10 +127,11 @@ def test_run_prints_the_next_commands_and_the_ui_link(tracked):
     _, out = tracked
     tail = out[out.index("next:"):].splitlines()
     assert [line.split()[1] for line in tail[1:4]] == ["status", "report", "promote"]
-    assert tail[4] == "MLflow UI, in Model training mode on the study's runs:"
+    assert tail[4] == "MLflow UI, in Model training mode on the study's trial runs:"
     assert tail[5].strip().endswith(
         "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
-    assert tail[6] == f"  then open http://127.0.0.1:5000/#/experiments/1/runs{MODEL_TRAINING}"
+    assert tail[6] == (
+        f"  then open http://127.0.0.1:5000/#/experiments/1/runs{MODEL_TRAINING}{TINY_TRIALS}")
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
@@ -152,11 +171,12 @@ def test_the_printed_link_opens_the_runs_list_in_chromium(tracked, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(
         r"<(script|style)\b.*?</\1>", " ", dom.stdout, flags=re.S)))
-    # the runs list (not the GenAI traces overview) of experiment "tiny": its parent run,
-    # with the three trial runs under it ("Expand rows" shows them)
-    assert "Run Name" in text and "Expand rows" in text, text[:2000]
-    assert "tiny" in text
-    assert "4 matching runs" in text, text[:2000]
+    # the runs list (not the GenAI traces overview) of experiment "tiny": its three trial
+    # runs, each a row of its own, sorted by best validation accuracy
+    assert "Run Name" in text and "Sort: best_val_accuracy" in text, text[:2000]
+    runs = re.findall(r"Hide run #\w+ (trial-\d+)", text)
+    assert sorted(runs) == ["trial-0", "trial-1", "trial-2"], text[:2000]
+    assert "Pin run" not in text  # rows of their own, not children folded under a parent
 
 
 def test_documented_ui_links_open_model_training_mode():
@@ -165,4 +185,4 @@ def test_documented_ui_links_open_model_training_mode():
              for link in re.findall(r"http://[\w.:]+/#/experiments[^\s`)]*",
                                     doc.read_text(encoding="utf-8"))]
     assert len(links) >= 4, links
-    assert all(link.endswith(MODEL_TRAINING.lstrip("?")) for link in links), links
+    assert all(MODEL_TRAINING.lstrip("?") in link.split("?")[1].split("&") for link in links), links

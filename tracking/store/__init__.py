@@ -14,5 +14,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "client": ("client_for", "end_run", "error_code", "get_or_create_experiment", "open_client",
                "quiet_downloads"),
     "server": ("is_loopback", "mlflow_server_argv", "serve"),
-    "ui": ("UI_QUERY", "UiHint", "experiment_id", "ui_hint", "ui_url"),
+    "ui": ("UI_QUERY", "UiHint", "experiment_id", "trials_filter", "ui_hint", "ui_url"),
 })

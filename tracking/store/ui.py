@@ -8,6 +8,14 @@ so every link tunetrack prints or documents carries it and points at the runs li
 experiment is created, `client.get_or_create_experiment`) alone does not change what a
 fresh browser shows.
 
+MLflow's runs list folds child runs under their parent ("Expand rows") whenever it is
+sorted by creation time, and then also fetches the parent of every child a filter lists;
+sorted by any other key it shows each run as a row of its own. (The shared-view mechanism,
+`viewStateShareKey`, drops any expanded rows it is given.) So a study's link filters the
+list to that study's trial runs (`tunetrack.study` and `tunetrack.role` tags) and sorts
+them by `best_val_accuracy`, best first: the trials open as rows, ready to tick and
+compare; clearing the filter shows the parent run with the study's plots.
+
 Nothing here imports MLflow: the experiment id is read straight from a SQLite store or
 asked of a server over plain HTTP, so printing a link costs milliseconds.
 """
@@ -23,22 +31,39 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tags import ROLE, ROLE_TRIAL, STUDY
 from .redaction import redact
 from .sqlite import sqlite_path
 from .uri import resolve_tracking_uri, scheme_of
 
 UI_QUERY = "workflowType=machine_learning"
+TRIALS_ORDER = "metrics.`best_val_accuracy`"  # logged by every trial that ran an epoch
 UI_HOST = "127.0.0.1"
 UI_PORT = 5000
 
 
-def ui_url(base: str, experiment_id: str | None = None) -> str:
+def ui_url(base: str, experiment_id: str | None = None, study: str | None = None) -> str:
     """The runs list of experiment `experiment_id` (the experiments list without one) on
-    the MLflow UI at `base`, in Model training mode."""
+    the MLflow UI at `base`, in Model training mode; with `study`, that study's trial
+    runs, best first, each a row (not folded under the parent run)."""
     base = base.rstrip("/")
     if experiment_id is None:
         return f"{base}/#/experiments?{UI_QUERY}"
-    return f"{base}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
+    query = UI_QUERY
+    if study is not None:
+        query += "&" + urllib.parse.urlencode(
+            {"searchFilter": trials_filter(study), "orderByKey": TRIALS_ORDER,
+             "orderByAsc": "false"}, quote_via=urllib.parse.quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def trials_filter(study: str) -> str:
+    """MLflow search filter for the trial runs of `study`; a study name with a quote in
+    it is matched by role alone, as the UI's filter parser has no escape for one."""
+    role = f"tags.`{ROLE}` = '{ROLE_TRIAL}'"
+    if "'" in study:
+        return role
+    return f"tags.`{STUDY}` = '{study}' AND {role}"
 
 
 def experiment_id(tracking_uri: str, name: str, *, timeout: float = 3.0) -> str | None:
@@ -87,18 +112,20 @@ class UiHint:
     url: str
 
 
-def ui_hint(tracking_uri: str | None, experiment: str, *, mlflow: str = "mlflow") -> UiHint:
+def ui_hint(tracking_uri: str | None, experiment: str, *, mlflow: str = "mlflow",
+            study: str | None = None) -> UiHint:
     """The UI for `experiment` in the store `tracking_uri` (resolved as every command
-    does). A server's own address is the link; any other store needs `mlflow ui` on
-    127.0.0.1:5000 first, spelled with `mlflow` (e.g. `.venv/bin/mlflow` for a shell
-    without the venv) and the store as short as the current folder allows."""
+    does), on `study`'s trial runs when it is given. A server's own address is the link;
+    any other store needs `mlflow ui` on 127.0.0.1:5000 first, spelled with `mlflow` (e.g.
+    `.venv/bin/mlflow` for a shell without the venv) and the store as short as the current
+    folder allows."""
     uri = resolve_tracking_uri(tracking_uri)
     found = experiment_id(uri, experiment)
     if scheme_of(uri) in ("http", "https"):
-        return UiHint(None, ui_url(redact(uri), found))
+        return UiHint(None, ui_url(redact(uri), found, study))
     command = (f"{mlflow} ui --backend-store-uri {_shown_store(uri)} --host {UI_HOST} "
                f"--port {UI_PORT}")
-    return UiHint(command, ui_url(f"http://{UI_HOST}:{UI_PORT}", found))
+    return UiHint(command, ui_url(f"http://{UI_HOST}:{UI_PORT}", found, study))
 
 
 def _shown_store(uri: str) -> str:
