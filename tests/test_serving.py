@@ -260,7 +260,9 @@ def test_the_champion_version_and_run_tell_why(champion):
     assert f"parent run {parent}" in text and f"run {version.run_id}" in text
     note = run.data.tags["mlflow.note.content"]
     assert f"{NAME} version {version.version}** (@champion)" in note
-    assert f"#/experiments/{run.info.experiment_id}/runs` (parent run {parent})" in note
+    assert (f"[Its study's trials](#/experiments/{run.info.experiment_id}/runs?"
+            "workflowType=machine_learning&searchFilter=") in note
+    assert f"(parent run {parent})" in note
 
 
 def test_a_challenge_is_described_with_its_evidence():

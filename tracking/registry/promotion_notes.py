@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..store import ui_url
+
 RUN_NOTE = "mlflow.note.content"  # MLflow's tag for a run's description
 
 
@@ -40,7 +42,8 @@ def run_note(model_name: str, version: str, decision: dict[str, Any], *,
              parent_run_id: str | None, experiment_id: str) -> str:
     """The champion run's note: which version it became, and the way back to its study."""
     study = decision["study"]
-    link = (f" Its study's runs: `#/experiments/{experiment_id}/runs` (parent run "
-            f"{parent_run_id})." if parent_run_id else "")
+    trials = ui_url("", experiment_id, study).lstrip("/")  # relative: any host or prefix
+    link = (f" [Its study's trials]({trials}) (parent run {parent_run_id})."
+            if parent_run_id else "")
     return (f"Promoted as **{model_name} version {version}** (@{decision['alias']}) on "
             f"{decision['at']}: trial #{decision['trial']} of study **{study}**.{link}")
