@@ -6,7 +6,9 @@ Items are read once into one float32 array (N, C, H, W), as every built-in datas
 the trainer's resident batches, augmentation and fused trials work unchanged. An item is
 `(image, label)`; the image a tensor (C, H, W), a PIL image or an array (H, W) / (H, W, C);
 uint8 pixels are scaled to [0, 1], floats kept as they are (the network normalises with the
-train split's statistics either way).
+train split's statistics either way). A PIL image is decoded as an image folder's files,
+`predict` and the served model decode theirs (`image_pixels.pixels`, its own size): by its
+real range (16-bit and wider), a palette through its colours, transparency over black.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from .choices import DATASETS
 from .config import DataConfig
 from .errors import TunetrackError, unknown
+from .image_pixels import Unmappable, is_grey, pixels
 from .user_code import UserCodeError, call_user, last_line, plugin_names, plugin_path
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -68,8 +71,14 @@ def _image(item: Any, where: str, index: int) -> np.ndarray:
         if arr.ndim == 3:
             arr = arr.astype(np.float32) / 255.0 if item.dtype == torch.uint8 else arr
             return np.asarray(arr, dtype=np.float32)
+    elif hasattr(item, "getbands"):  # a PIL image
+        try:
+            return pixels(item, item.size, 1 if is_grey(item) else 3)
+        except (Unmappable, ValueError) as exc:
+            raise TunetrackError(f"{where}: item {index}'s image (mode {item.mode}): "
+                                 f"{exc}") from None
     else:
-        arr = np.asarray(item)  # a PIL image: (H, W) or (H, W, C)
+        arr = np.asarray(item)  # (H, W) or (H, W, C)
         if arr.ndim == 3:
             arr = arr.transpose(2, 0, 1)
     if arr.ndim == 2:
