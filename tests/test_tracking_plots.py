@@ -50,14 +50,12 @@ def drawer():
 
 
 def test_the_drawer_process_draws_what_this_process_would(study, drawer) -> None:
-    import optuna.visualization.matplotlib as vis_mpl
-
     copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
     assert drawer.submit(list(ASIDE), copy.get_trials(deepcopy=False), ["MAXIMIZE"])
     drawn = drawer.collect()
     assert set(drawn) == set(ASIDE)
     for name in ASIDE:
-        here = png_of(getattr(vis_mpl, f"plot_{name}"), copy)
+        here = png_of(study_plots.plot_list(copy)[0][name][1], copy)
         assert drawn[name] == here, name  # byte for byte: the same picture
 
 
@@ -76,15 +74,13 @@ def test_write_plots_with_a_drawer_writes_every_plot(study, drawer, tmp_path) ->
 
 
 def test_a_dead_drawer_costs_no_plot(study, drawer, tmp_path) -> None:
-    import optuna.visualization.matplotlib as vis_mpl
-
     drawer._proc.kill()
     drawer._proc.wait()
     copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
     summary = write_plots(copy, tmp_path, drawer)
     for name in ASIDE:
         # drawn here instead: the very picture this process draws of the study
-        here = png_of(getattr(vis_mpl, f"plot_{name}"), copy)
+        here = png_of(study_plots.plot_list(copy)[0][name][1], copy)
         assert (tmp_path / f"{name}.png").read_bytes() == here, name
         assert name not in summary.skipped
 

@@ -24,11 +24,12 @@ import sys
 from typing import Any
 
 _log = logging.getLogger(__name__)
-# the PNG twins but the importances (drawn with the helper's seeded evaluator, which
-# the plotly twin shares): 0.56 s for the 30-trial digits study, against what the helper
-# does meanwhile: the last trial's files, every plotly figure (0.6 s), the importances
-# PNG (0.14 s) and the report (bench.figure_costs, 2026-12-07, AMD EPYC Zen 4 VM)
-ASIDE = ("intermediate_values", "timeline", "optimization_history")
+# the study's PNG twins, importances included (drawn with the same seeded fANOVA as the
+# helper's plotly twin, so the same numbers): 0.83 s for the 30-trial digits study without
+# the importances and 0.28 s more with them, against what the helper does meanwhile: the
+# last trial's files (0.46-0.7 s), every plotly figure (0.85 s) and the report (0.3 s)
+# (bench.figure_costs, 2026-12-08, AMD EPYC Zen 3 VM)
+ASIDE = ("intermediate_values", "timeline", "optimization_history", "param_importances")
 ANSWER_TIMEOUT_S = 120.0
 
 
@@ -96,13 +97,15 @@ class PlotDrawer:
 
 
 def draw(names: list[str], trials: list, directions: list[str]) -> dict[str, Any]:
-    """Each plot of `names` as PNG bytes, or the one-line reason it could not be drawn."""
-    import optuna.visualization.matplotlib as vis_mpl
-
+    """Each plot of `names` as PNG bytes, or the one-line reason it could not be drawn:
+    the plots `study_plots.plot_list` gives this study, so the helper's own choice."""
     from .plot_png import png_or_why, study_copy
+    from .study_plots import plot_list
 
     study = study_copy("drawn", trials, directions)
-    return {name: png_or_why(getattr(vis_mpl, f"plot_{name}"), study) for name in names}
+    plots, skipped = plot_list(study)
+    return {name: png_or_why(plots[name][1], study) if plots.get(name, (0, None))[1]
+            else skipped.get(name, "no PNG twin") for name in names}
 
 
 def warm_up_drawing() -> None:
@@ -142,8 +145,10 @@ def serve() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    # what each request needs: `plot_list` names both twins of every plot
     import matplotlib.pyplot
-    import optuna.visualization.matplotlib  # noqa: F401 (what each request needs)
+    import optuna.visualization
+    import optuna.visualization.matplotlib  # noqa: F401
 
     warm_up_drawing()
     gc.freeze()  # what is imported stays: the collector need not walk it again
