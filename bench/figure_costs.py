@@ -90,7 +90,8 @@ def study_costs(study: optuna.Study, folder: Path, repeats: int) -> dict[str, fl
     """Each of the parent run's plots, plotly HTML and matplotlib PNG separately."""
     import matplotlib.pyplot as plt
 
-    from tunetrack.tracking.pictures.study_plots import plot_list, trials_frame
+    from tunetrack.tracking.pictures.plot_choice import plot_list
+    from tunetrack.tracking.pictures.study_plots import trials_frame
 
     def png(function: Callable, name: str) -> None:
         axes = function(study)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from tunetrack.tracking import pictures
 from tunetrack.tracking.pictures import (
     ASIDE,
     PlotDrawer,
+    plot_choice,
     png_of,
     study_copy,
-    study_plots,
     write_plots,
 )
 from tunetrack.tracking.reading import build_report
@@ -55,7 +56,7 @@ def test_the_drawer_process_draws_what_this_process_would(study, drawer) -> None
     drawn = drawer.collect()
     assert set(drawn) == set(ASIDE)
     for name in ASIDE:
-        here = png_of(study_plots.plot_list(copy)[0][name][1], copy)
+        here = png_of(plot_choice.plot_list(copy)[0][name][1], copy)
         assert drawn[name] == here, name  # byte for byte: the same picture
 
 
@@ -80,7 +81,7 @@ def test_a_dead_drawer_costs_no_plot(study, drawer, tmp_path) -> None:
     summary = write_plots(copy, tmp_path, drawer)
     for name in ASIDE:
         # drawn here instead: the very picture this process draws of the study
-        here = png_of(study_plots.plot_list(copy)[0][name][1], copy)
+        here = png_of(plot_choice.plot_list(copy)[0][name][1], copy)
         assert (tmp_path / f"{name}.png").read_bytes() == here, name
         assert name not in summary.skipped
 
@@ -111,7 +112,11 @@ def test_the_study_copy_hands_out_trials_uncopied_and_unchanged(study) -> None:
 def test_the_report_shows_the_figures_just_drawn(study, tmp_path, monkeypatch) -> None:
     copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
     drawn = write_plots(copy, tmp_path)
-    monkeypatch.setattr(study_plots, "plot_list", lambda *_: pytest.fail("drawn again"))
+    never = lambda *_: pytest.fail("drawn again")  # noqa: E731
+    # the door keeps what it handed out: patched first, so that what it restores is the
+    # real function, not the patch it would otherwise fetch from plot_choice
+    for holder in (pictures, plot_choice):
+        monkeypatch.setattr(holder, "plot_list", never)
     page, summary = build_report(copy, drawn=drawn)
     assert sorted(summary.plots) == sorted(drawn.figures)
     for name in drawn.figures:

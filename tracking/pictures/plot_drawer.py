@@ -98,9 +98,9 @@ class PlotDrawer:
 
 def draw(names: list[str], trials: list, directions: list[str]) -> dict[str, Any]:
     """Each plot of `names` as PNG bytes, or the one-line reason it could not be drawn:
-    the plots `study_plots.plot_list` gives this study, so the helper's own choice."""
+    the plots `plot_choice.plot_list` gives this study, so the helper's own choice."""
+    from .plot_choice import plot_list
     from .plot_png import png_or_why, study_copy
-    from .study_plots import plot_list
 
     study = study_copy("drawn", trials, directions)
     plots, skipped = plot_list(study)
