@@ -22,7 +22,7 @@ import torch
 from .choices import DATASETS
 from .config import DataConfig
 from .errors import TunetrackError, unknown
-from .image_pixels import Unmappable, is_grey, pixels
+from .image_pixels import is_grey, pixels
 from .user_code import UserCodeError, call_user, last_line, plugin_names, plugin_path
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -74,7 +74,7 @@ def _image(item: Any, where: str, index: int) -> np.ndarray:
     elif hasattr(item, "getbands"):  # a PIL image
         try:
             return pixels(item, item.size, 1 if is_grey(item) else 3)
-        except (Unmappable, ValueError) as exc:
+        except ValueError as exc:  # `Unmappable` range, or a mode Pillow cannot convert
             raise TunetrackError(f"{where}: item {index}'s image (mode {item.mode}): "
                                  f"{exc}") from None
     else:

@@ -112,7 +112,10 @@ def test_the_study_copy_hands_out_trials_uncopied_and_unchanged(study) -> None:
 def test_the_report_shows_the_figures_just_drawn(study, tmp_path, monkeypatch) -> None:
     copy = study_copy("s", study.get_trials(deepcopy=False), ["MAXIMIZE"])
     drawn = write_plots(copy, tmp_path)
-    never = lambda *_: pytest.fail("drawn again")  # noqa: E731
+
+    def never(*_):
+        pytest.fail("drawn again")
+
     # the door keeps what it handed out: patched first, so that what it restores is the
     # real function, not the patch it would otherwise fetch from plot_choice
     for holder in (pictures, plot_choice):

@@ -20,8 +20,7 @@ IMPORTANCE_SEED = 0  # fANOVA's random forest: the same trials give the same imp
 def plot_list(study: optuna.Study) -> tuple[dict[str, tuple[Callable, Callable | None]],
                                            dict[str, str]]:
     """Plot name -> (plotly function, matplotlib function) for the plots that apply, and
-    plot name -> why not for the others. The one place that decides which Optuna plots a
-    study gets: the parent run's files and `tunetrack report` both use it."""
+    plot name -> why not for the others."""
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 

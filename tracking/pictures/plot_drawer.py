@@ -104,8 +104,12 @@ def draw(names: list[str], trials: list, directions: list[str]) -> dict[str, Any
 
     study = study_copy("drawn", trials, directions)
     plots, skipped = plot_list(study)
-    return {name: png_or_why(plots[name][1], study) if plots.get(name, (0, None))[1]
-            else skipped.get(name, "no PNG twin") for name in names}
+    drawn: dict[str, Any] = {}
+    for name in names:
+        twin = plots[name][1] if name in plots else None  # its matplotlib function
+        drawn[name] = (png_or_why(twin, study) if twin is not None
+                       else skipped.get(name, "no PNG twin"))
+    return drawn
 
 
 def warm_up_drawing() -> None:
